@@ -1,0 +1,222 @@
+//! JSON views of the routing in force, shared by the admin API, the CLI and the status page.
+//!
+//! Invariants: built from one snapshot load, so a view is consistent with itself; every value says
+//! where it came from (file, admin, circuit).
+
+use serde::{Deserialize, Serialize};
+
+use crate::circuit::window::Totals;
+use crate::control::{current_candidate, unix_ms, ReloadStatus};
+use crate::snapshot::{RouteEntry, Snapshot};
+use crate::state::{Source, Trip};
+
+/// `GET /api/v1/routes`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoutesView {
+    pub generation: u64,
+    pub config: ConfigView,
+    pub routes: Vec<RouteView>,
+}
+
+/// The route file in force and the last reload attempt.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub path: String,
+    pub last_reload: ReloadView,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReloadView {
+    pub result: String,
+    pub error: Option<String>,
+    pub at: u64,
+}
+
+/// One route.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteView {
+    pub name: String,
+    pub generation: u64,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub live: String,
+    pub live_source: Source,
+    pub previous: Option<String>,
+    pub canary: Option<CanaryView>,
+    /// Share of new requests per target, in percent.
+    pub split: Vec<Share>,
+    pub targets: Vec<TargetView>,
+    pub circuit: CircuitView,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CanaryView {
+    pub target: String,
+    pub percent: f64,
+    pub sticky: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Share {
+    pub target: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TargetView {
+    pub name: String,
+    pub instances: Vec<String>,
+    /// Outcomes in the circuit's current window.
+    pub window: WindowView,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WindowView {
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CircuitView {
+    /// `off` (no circuit configured), `idle` (nothing to watch), `watching`, `tripped`.
+    pub state: String,
+    pub candidate: Option<String>,
+    pub tripped: Option<Trip>,
+    pub window_seconds: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub bake_until_unix_ms: Option<u64>,
+}
+
+impl RoutesView {
+    pub fn new(snap: &Snapshot, last: &ReloadStatus) -> RoutesView {
+        RoutesView {
+            generation: snap.generation,
+            config: ConfigView {
+                path: snap.config.path.display().to_string(),
+                last_reload: ReloadView {
+                    result: last.result.to_string(),
+                    error: last.error.clone(),
+                    at: last.at,
+                },
+            },
+            routes: snap
+                .routes
+                .iter()
+                .map(|r| RouteView::new(snap, r))
+                .collect(),
+        }
+    }
+}
+
+impl RouteView {
+    pub fn new(snap: &Snapshot, r: &RouteEntry) -> RouteView {
+        let cfg = snap
+            .config
+            .route(&r.name)
+            .expect("snapshot routes come from its config");
+        let s = &r.state;
+        let now_ms = crate::clock::now_ms();
+        let canary = s
+            .canary_target
+            .as_ref()
+            .filter(|_| s.canary_bp > 0)
+            .map(|t| CanaryView {
+                target: t.clone(),
+                percent: s.canary_bp as f64 / 100.0,
+                sticky: match cfg.canary.as_ref().map(|c| &c.sticky) {
+                    Some(crate::config::Sticky::Header(h)) => format!("header:{h}"),
+                    Some(crate::config::Sticky::Cookie(c)) => format!("cookie:{c}"),
+                    _ => "none".into(),
+                },
+                source: s.canary_source,
+            });
+        let split = r
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let bp = r.split.basis_points as f64 / 100.0;
+                let percent = if r.split.basis_points > 0 && i == r.split.canary {
+                    bp
+                } else if i == r.split.live {
+                    100.0 - if r.split.basis_points > 0 { bp } else { 0.0 }
+                } else {
+                    0.0
+                };
+                Share {
+                    target: t.name.to_string(),
+                    percent,
+                }
+            })
+            .collect();
+        let targets = r
+            .targets
+            .iter()
+            .map(|t| {
+                let tot: Totals = t.window.totals(now_ms);
+                TargetView {
+                    name: t.name.to_string(),
+                    instances: t.upstream.instances.iter().map(|a| a.to_string()).collect(),
+                    window: WindowView {
+                        seconds: t.window.length().as_secs_f64(),
+                        requests: tot.requests,
+                        errors: tot.errors,
+                        error_rate: tot.error_rate(),
+                    },
+                }
+            })
+            .collect();
+        let candidate = current_candidate(s, unix_ms());
+        let circuit = match &r.circuit {
+            None => CircuitView {
+                state: "off".into(),
+                candidate: None,
+                tripped: None,
+                window_seconds: None,
+                min_requests: None,
+                max_error_rate: None,
+                bake_until_unix_ms: None,
+            },
+            Some(c) => CircuitView {
+                state: if s.tripped.is_some() {
+                    "tripped"
+                } else if candidate.is_some() {
+                    "watching"
+                } else {
+                    "idle"
+                }
+                .into(),
+                candidate,
+                tripped: s.tripped.clone(),
+                window_seconds: Some(c.window.as_secs_f64()),
+                min_requests: Some(c.min_requests),
+                max_error_rate: Some(c.max_error_rate),
+                bake_until_unix_ms: s.bake_until_unix_ms,
+            },
+        };
+        RouteView {
+            name: r.name.to_string(),
+            generation: snap.generation,
+            hosts: cfg
+                .hosts
+                .iter()
+                .map(|h| match h {
+                    crate::config::HostPattern::Exact(e) => e.clone(),
+                    crate::config::HostPattern::Wildcard(w) => format!("*{w}"),
+                })
+                .collect(),
+            path_prefix: cfg.path_prefix.clone(),
+            live: s.live.clone(),
+            live_source: s.live_source,
+            previous: s.previous.clone(),
+            canary,
+            split,
+            targets,
+            circuit,
+        }
+    }
+}

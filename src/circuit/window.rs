@@ -1,0 +1,145 @@
+//! Sliding-window outcome counters for one target, recorded from the request path.
+//!
+//! Invariants: recording is a handful of relaxed atomic operations, no locks, no allocation. The
+//! window is `BUCKETS` time buckets; each bucket remembers the tick it counts, and a stale bucket is
+//! reset by the first recorder of a new tick (a concurrent recorder may lose a count at the boundary,
+//! which is acceptable for rates). Time is passed in (milliseconds on a monotonic clock) so tests
+//! drive it with tokio's paused clock.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Buckets per window: the window slides in steps of `window / BUCKETS`.
+pub const BUCKETS: usize = 10;
+
+/// Totals over the current window.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests slower than the circuit's latency bound.
+    pub slow: u64,
+}
+
+impl Totals {
+    /// Error share of requests; 0 when there were none.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+#[derive(Default)]
+struct Bucket {
+    tick: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    slow: AtomicU64,
+}
+
+/// Outcome counters of one target over a sliding window.
+pub struct Window {
+    width_ms: u64,
+    /// Latency above which a request counts as slow; `u64::MAX` when unused.
+    slow_ms: u64,
+    buckets: [Bucket; BUCKETS],
+}
+
+impl Window {
+    /// A window of `length`, judging requests slower than `slow` (if any) as slow.
+    pub fn new(length: Duration, slow: Option<Duration>) -> Window {
+        let width_ms = (length.as_millis() as u64 / BUCKETS as u64).max(1);
+        Window {
+            width_ms,
+            slow_ms: slow.map_or(u64::MAX, |d| d.as_millis() as u64),
+            buckets: Default::default(),
+        }
+    }
+
+    /// The window's length.
+    pub fn length(&self) -> Duration {
+        Duration::from_millis(self.width_ms * BUCKETS as u64)
+    }
+
+    /// Records one outcome at `now_ms`. `+1` offset keeps tick 0 distinct from "never used".
+    #[inline]
+    pub fn record(&self, now_ms: u64, error: bool, latency_ms: u64) {
+        let tick = now_ms / self.width_ms + 1;
+        let b = &self.buckets[(tick % BUCKETS as u64) as usize];
+        let seen = b.tick.load(Relaxed);
+        if seen != tick
+            && b.tick
+                .compare_exchange(seen, tick, Relaxed, Relaxed)
+                .is_ok()
+        {
+            b.requests.store(0, Relaxed);
+            b.errors.store(0, Relaxed);
+            b.slow.store(0, Relaxed);
+        }
+        b.requests.fetch_add(1, Relaxed);
+        if error {
+            b.errors.fetch_add(1, Relaxed);
+        }
+        if latency_ms > self.slow_ms {
+            b.slow.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Sums the buckets still inside the window at `now_ms`.
+    pub fn totals(&self, now_ms: u64) -> Totals {
+        let now_tick = now_ms / self.width_ms + 1;
+        let oldest = now_tick.saturating_sub(BUCKETS as u64 - 1);
+        let mut t = Totals::default();
+        for b in &self.buckets {
+            let tick = b.tick.load(Relaxed);
+            if tick >= oldest && tick <= now_tick {
+                t.requests += b.requests.load(Relaxed);
+                t.errors += b.errors.load(Relaxed);
+                t.slow += b.slow.load(Relaxed);
+            }
+        }
+        t
+    }
+
+    /// Forgets everything (after a trip or an operator action the new candidate starts clean).
+    pub fn clear(&self) {
+        for b in &self.buckets {
+            b.tick.store(0, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slides() {
+        let w = Window::new(Duration::from_secs(10), Some(Duration::from_millis(100)));
+        for i in 0..10 {
+            w.record(i * 1000, i % 2 == 0, 150);
+        }
+        assert_eq!(
+            w.totals(9_000),
+            Totals {
+                requests: 10,
+                errors: 5,
+                slow: 10
+            }
+        );
+        assert_eq!(w.totals(14_000).requests, 5);
+        assert_eq!(w.totals(30_000).requests, 0);
+        w.record(30_000, false, 1);
+        assert_eq!(
+            w.totals(30_000),
+            Totals {
+                requests: 1,
+                errors: 0,
+                slow: 0
+            }
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Command-line interface: argument definitions and the deploy-script client commands.
+//!
+//! Invariants: exit codes are 0 on success, 1 on failure with a one-line reason on stderr (the
+//! server's `error` text when it gave one), 2 on bad usage (clap's own). Client commands talk only
+//! to the admin API, so they work against any replica from anywhere the API is reachable.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::admin::view::{RouteView, RoutesView};
+
+/// flipgate: blue/green and canary reverse proxy for bot services.
+#[derive(Parser, Debug)]
+#[command(name = "flipgate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve traffic from a route file (hot-reloaded).
+    Run {
+        #[arg(short, long, default_value = "config/flipgate.toml")]
+        config: PathBuf,
+    },
+    /// Self-contained demo: built-in blue and green bots behind the proxy.
+    Demo,
+    /// Validate a route file and print a summary; errors as FILE:LINE:COL: message.
+    Check { file: PathBuf },
+    /// Show routes: live, canary, previous, circuit, error rates.
+    Status {
+        route: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make TARGET (default: the canary target, else the only other target) live.
+    Flip {
+        route: String,
+        target: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Send PERCENT (0..=100) of new requests to the canary target.
+    Canary {
+        route: String,
+        percent: f64,
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the canary target live.
+    Promote {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Undo: canary to 0 %, or live back to the previous target.
+    Rollback {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Clear a tripped circuit (keeps the current split).
+    Reset {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is and how to authenticate.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "FLIPGATE_ADMIN", default_value = "http://127.0.0.1:9901")]
+    pub admin: String,
+    /// Bearer token for mutating calls.
+    #[arg(long, env = "FLIPGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// A failed client command: its one-line reason.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+async fn call(
+    admin: &AdminArgs,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Bytes, Failure> {
+    let base = admin.admin.trim_end_matches('/');
+    let uri: http::Uri = format!("{base}{path}")
+        .parse()
+        .map_err(|e| Failure(format!("bad --admin URL `{}`: {e}", admin.admin)))?;
+    let mut req = http::Request::builder().method(method).uri(uri);
+    if let Some(t) = &admin.token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = req
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| Failure(e.to_string()))?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| Failure(format!("admin API at {base} did not answer within 30s")))?
+        .map_err(|e| Failure(format!("cannot reach admin API at {base}: {e}")))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Failure(format!("reading admin response: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+        return Err(Failure(format!("{} ({})", msg, status.as_u16())));
+    }
+    Ok(bytes)
+}
+
+/// Runs a client command; returns what to print on success.
+pub async fn client(cmd: Command) -> Result<String, Failure> {
+    use http::Method;
+    let post = |route: &str, verb: &str| format!("/api/v1/routes/{}/{verb}", encode(route));
+    let (admin, path, body) = match cmd {
+        Command::Status { route, json, admin } => {
+            let path = match &route {
+                Some(r) => format!("/api/v1/routes/{}", encode(r)),
+                None => "/api/v1/routes".to_string(),
+            };
+            let bytes = call(&admin, Method::GET, &path, None).await?;
+            if json {
+                return Ok(String::from_utf8_lossy(&bytes).into_owned());
+            }
+            let routes = if route.is_some() {
+                vec![serde_json::from_slice::<RouteView>(&bytes)
+                    .map_err(|e| Failure(format!("unexpected answer: {e}")))?]
+            } else {
+                serde_json::from_slice::<RoutesView>(&bytes)
+                    .map_err(|e| Failure(format!("unexpected answer: {e}")))?
+                    .routes
+            };
+            return Ok(table(&routes));
+        }
+        Command::Flip {
+            route,
+            target,
+            admin,
+        } => {
+            let body = target.map(|t| serde_json::json!({ "target": t }));
+            (admin, post(&route, "flip"), body)
+        }
+        Command::Canary {
+            route,
+            percent,
+            target,
+            admin,
+        } => {
+            let mut b = serde_json::json!({ "percent": percent });
+            if let Some(t) = target {
+                b["target"] = t.into();
+            }
+            (admin, post(&route, "canary"), Some(b))
+        }
+        Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
+        Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
+        Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
+        Command::Run { .. } | Command::Demo | Command::Check { .. } => {
+            unreachable!("not a client command")
+        }
+    };
+    let bytes = call(&admin, Method::POST, &path, body).await?;
+    let view: RouteView =
+        serde_json::from_slice(&bytes).map_err(|e| Failure(format!("unexpected answer: {e}")))?;
+    Ok(table(&[view]))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A readable table of routes.
+pub fn table(routes: &[RouteView]) -> String {
+    let mut rows = vec![[
+        "ROUTE".to_string(),
+        "LIVE".into(),
+        "CANARY".into(),
+        "PREVIOUS".into(),
+        "CIRCUIT".into(),
+        "ERRORS (window)".into(),
+    ]];
+    for r in routes {
+        let canary = r.canary.as_ref().map_or("-".to_string(), |c| {
+            format!("{} {:.2}% ({:?})", c.target, c.percent, c.source).to_lowercase()
+        });
+        let circuit = match &r.circuit.tripped {
+            Some(t) => format!("tripped: {}", t.reason),
+            None => r.circuit.state.clone(),
+        };
+        let errors = r
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}/{} {:.1}%",
+                    t.name,
+                    t.window.errors,
+                    t.window.requests,
+                    t.window.error_rate * 100.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("  ");
+        rows.push([
+            r.name.clone(),
+            format!(
+                "{} ({})",
+                r.live,
+                format!("{:?}", r.live_source).to_lowercase()
+            ),
+            canary,
+            r.previous.clone().unwrap_or_else(|| "-".into()),
+            circuit,
+            errors,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `flipgate check`: a summary of a valid file.
+pub fn summary(c: &crate::config::Config) -> String {
+    let mut out = format!(
+        "{}: OK, {} route(s); listen {}, admin {}\n",
+        c.path.display(),
+        c.routes.len(),
+        c.server.listen,
+        c.admin.listen
+    );
+    for r in &c.routes {
+        let hosts = if r.hosts.is_empty() {
+            "*".to_string()
+        } else {
+            r.hosts
+                .iter()
+                .map(|h| match h {
+                    crate::config::HostPattern::Exact(e) => e.clone(),
+                    crate::config::HostPattern::Wildcard(w) => format!("*{w}"),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let targets = r
+            .targets
+            .iter()
+            .map(|t| format!("{}({})", t.name, t.instances.len()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let canary = r.canary.as_ref().map_or("none".to_string(), |c| {
+            format!(
+                "{} {:.2}% sticky={:?}",
+                c.target,
+                c.basis_points as f64 / 100.0,
+                c.sticky
+            )
+        });
+        let circuit = r.circuit.as_ref().map_or("off".to_string(), |c| {
+            format!(
+                "window {} min {} max {:.1}% bake {}",
+                humantime::format_duration(c.window),
+                c.min_requests,
+                c.max_error_rate * 100.0,
+                humantime::format_duration(c.bake)
+            )
+        });
+        out.push_str(&format!(
+            "  {}  host {}  prefix {}  live {}  canary {}  targets {}  circuit {}\n",
+            r.name, hosts, r.path_prefix, r.live, canary, targets, circuit
+        ));
+    }
+    out
+}

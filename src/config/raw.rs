@@ -1,0 +1,146 @@
+//! Raw route-file types: exactly what serde reads from TOML, nothing more.
+//!
+//! Invariants: every table denies unknown keys, so a typo is an error and never silently ignored;
+//! fields that validation may reject are `Spanned` so the error can name a line and column. Nothing
+//! here is seen by the data path: `config::validate` turns these into `config::Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole route file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[server]`: the traffic listener and the limits that protect it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub pool_idle_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_upstream_connections: Option<Spanned<i64>>,
+    pub tunnel_max_lifetime_after_flip: Option<Spanned<String>>,
+    pub reuse_port: Option<bool>,
+}
+
+/// `[server.tls]`: HTTPS termination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Spanned<String>,
+    pub certs: Vec<Spanned<RawCertPair>>,
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `[admin]`: the control-plane listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// `[state]`: where runtime decisions are persisted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Option<String>,
+}
+
+/// `[log]`: access log format and sampling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<Spanned<String>>,
+    pub sample: Option<Spanned<f64>>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub live: Spanned<String>,
+    pub targets: Spanned<BTreeMap<String, Spanned<toml::Value>>>,
+    pub canary: Option<Spanned<RawCanary>>,
+    pub preview: Option<Spanned<RawPreview>>,
+    pub circuit: Option<Spanned<RawCircuit>>,
+}
+
+/// The table form of a target: instances plus upstream protocol options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetTable {
+    pub instances: Vec<String>,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub http2: bool,
+    pub sni: Option<String>,
+    pub ca: Option<String>,
+}
+
+/// `[routes.canary]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub target: Spanned<String>,
+    pub percent: Spanned<f64>,
+    pub sticky: Option<Spanned<String>>,
+}
+
+/// `[routes.preview]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    pub header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<String>>,
+}
+
+/// `[routes.circuit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuit {
+    pub window: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub max_error_rate: Option<Spanned<f64>>,
+    pub bake: Option<Spanned<String>>,
+    pub compare: Option<Spanned<String>>,
+    pub max_p99: Option<Spanned<String>>,
+}

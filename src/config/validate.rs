@@ -1,0 +1,727 @@
+//! Raw -> validated config. Collects every error with its location instead of stopping at the first.
+//!
+//! Invariants: never panics on any input (the fuzz target drives `parse` directly); returns either a
+//! fully valid `Config` or at least one `ConfigError`; all defaults live here, in one place.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize as _;
+use toml::Spanned;
+
+use super::error::Sink;
+use super::raw::*;
+use super::*;
+
+/// Default listen addresses and timeouts, chosen to match what nginx/Envoy operators expect.
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+const DEFAULT_PREVIEW_HEADER: &str = "x-flipgate-target";
+
+/// Parses and validates route-file text. `path` is used for error messages and to resolve relative
+/// paths (state dir, certificates) against the file's directory.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut sink = Sink::new(path, text);
+    if text.trim().is_empty() {
+        sink.push(0..0, "", "file is empty (refusing to serve no routes)");
+        return Err(ConfigErrors(sink.errors));
+    }
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            sink.push(span, "", e.message().trim().to_string());
+            return Err(ConfigErrors(sink.errors));
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = build(&mut sink, &base, path, text, raw);
+    match config {
+        Some(c) if sink.errors.is_empty() => Ok(c),
+        _ => {
+            if sink.errors.is_empty() {
+                sink.push(0..0, "", "invalid configuration");
+            }
+            Err(ConfigErrors(sink.errors))
+        }
+    }
+}
+
+fn build(sink: &mut Sink, base: &Path, path: &Path, text: &str, raw: RawConfig) -> Option<Config> {
+    let server = server(sink, base, raw.server);
+    let admin = admin(sink, base, raw.admin);
+    let state = State {
+        dir: resolve(base, raw.state.dir.as_deref().unwrap_or("state")),
+    };
+    let log = log(sink, raw.log);
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut name_spans = Vec::with_capacity(raw.routes.len());
+    for r in raw.routes {
+        let name_span = r.get_ref().name.span();
+        if let Some(route) = route(sink, base, r) {
+            routes.push(route);
+            name_spans.push(name_span);
+        }
+    }
+    if routes.is_empty() && sink.errors.is_empty() {
+        sink.push(
+            0..0,
+            "routes",
+            "no [[routes]] defined (refusing to serve no routes)",
+        );
+    }
+    check_unique(sink, &routes, &name_spans);
+    Some(Config {
+        path: path.to_path_buf(),
+        content_hash: xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
+        server: server?,
+        admin: admin?,
+        state,
+        log,
+        routes,
+    })
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn addr(
+    sink: &mut Sink,
+    v: Option<Spanned<String>>,
+    default: &str,
+    field: &str,
+) -> Option<SocketAddr> {
+    match v {
+        None => Some(default.parse().expect("default address parses")),
+        Some(s) => match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                sink.push(
+                    s.span(),
+                    field,
+                    format!(
+                        "`{}` is not an IP:port address (example: \"0.0.0.0:8080\")",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn duration(
+    sink: &mut Sink,
+    v: Option<Spanned<String>>,
+    default: Duration,
+    field: &str,
+) -> Duration {
+    let Some(s) = v else { return default };
+    match humantime::parse_duration(s.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            sink.push(s.span(), field, "duration must be greater than zero");
+            default
+        }
+        Err(e) => {
+            sink.push(
+                s.span(),
+                field,
+                format!(
+                    "`{}` is not a duration ({e}); examples: \"500ms\", \"30s\", \"5m\"",
+                    s.get_ref()
+                ),
+            );
+            default
+        }
+    }
+}
+
+fn count(sink: &mut Sink, v: Option<Spanned<i64>>, default: u64, min: i64, field: &str) -> u64 {
+    let Some(s) = v else { return default };
+    let n = *s.get_ref();
+    if n < min {
+        sink.push(s.span(), field, format!("must be at least {min}, got {n}"));
+        return default;
+    }
+    n as u64
+}
+
+fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
+    let listen = addr(sink, raw.listen, DEFAULT_LISTEN, "server.listen");
+    let workers = count(sink, raw.workers, 0, 0, "server.workers") as usize;
+    let tls = raw.tls.and_then(|t| {
+        let span = t.span();
+        let t = t.into_inner();
+        let listen = addr(sink, Some(t.listen), "", "server.tls.listen")?;
+        if t.certs.is_empty() {
+            sink.push(
+                span,
+                "server.tls.certs",
+                "at least one { cert, key } pair is required",
+            );
+            return None;
+        }
+        let certs = t
+            .certs
+            .into_iter()
+            .map(|c| {
+                let c = c.into_inner();
+                CertPair {
+                    cert: resolve(base, &c.cert),
+                    key: resolve(base, &c.key),
+                }
+            })
+            .collect();
+        Some(Tls { listen, certs })
+    });
+    let s = Server {
+        listen: listen?,
+        workers,
+        tls,
+        connect_timeout: duration(
+            sink,
+            raw.connect_timeout,
+            Duration::from_secs(2),
+            "server.connect_timeout",
+        ),
+        upstream_timeout: duration(
+            sink,
+            raw.upstream_timeout,
+            Duration::from_secs(60),
+            "server.upstream_timeout",
+        ),
+        drain_timeout: duration(
+            sink,
+            raw.drain_timeout,
+            Duration::from_secs(30),
+            "server.drain_timeout",
+        ),
+        header_read_timeout: duration(
+            sink,
+            raw.header_read_timeout,
+            Duration::from_secs(10),
+            "server.header_read_timeout",
+        ),
+        idle_timeout: duration(
+            sink,
+            raw.idle_timeout,
+            Duration::from_secs(60),
+            "server.idle_timeout",
+        ),
+        pool_idle_timeout: duration(
+            sink,
+            raw.pool_idle_timeout,
+            Duration::from_secs(4),
+            "server.pool_idle_timeout",
+        ),
+        max_header_bytes: count(
+            sink,
+            raw.max_header_bytes,
+            64 * 1024,
+            1024,
+            "server.max_header_bytes",
+        ) as usize,
+        max_headers: count(sink, raw.max_headers, 100, 1, "server.max_headers") as usize,
+        max_body_bytes: count(
+            sink,
+            raw.max_body_bytes,
+            16 * 1024 * 1024,
+            0,
+            "server.max_body_bytes",
+        ),
+        max_connections: count(sink, raw.max_connections, 0, 0, "server.max_connections") as usize,
+        max_upstream_connections: count(
+            sink,
+            raw.max_upstream_connections,
+            0,
+            0,
+            "server.max_upstream_connections",
+        ) as usize,
+        tunnel_max_lifetime_after_flip: raw.tunnel_max_lifetime_after_flip.map(|v| {
+            duration(
+                sink,
+                Some(v),
+                Duration::from_secs(3600),
+                "server.tunnel_max_lifetime_after_flip",
+            )
+        }),
+        reuse_port: raw.reuse_port.unwrap_or(false),
+    };
+    Some(s)
+}
+
+fn admin(sink: &mut Sink, base: &Path, raw: RawAdmin) -> Option<Admin> {
+    let listen = addr(sink, raw.listen, DEFAULT_ADMIN, "admin.listen")?;
+    Some(Admin {
+        listen,
+        token_env: raw.token_env.filter(|s| !s.is_empty()),
+        token_file: raw.token_file.map(|f| resolve(base, &f)),
+    })
+}
+
+fn log(sink: &mut Sink, raw: RawLog) -> Log {
+    let access = match raw.access {
+        None => AccessLogFormat::Off,
+        Some(s) => match s.get_ref().as_str() {
+            "off" => AccessLogFormat::Off,
+            "json" => AccessLogFormat::Json,
+            "logfmt" => AccessLogFormat::Logfmt,
+            other => {
+                sink.push(
+                    s.span(),
+                    "log.access",
+                    format!("unknown format `{other}`; expected \"off\", \"json\" or \"logfmt\""),
+                );
+                AccessLogFormat::Off
+            }
+        },
+    };
+    let sample = match raw.sample {
+        None => 1.0,
+        Some(s) => {
+            let v = *s.get_ref();
+            if !(0.0..=1.0).contains(&v) {
+                sink.push(
+                    s.span(),
+                    "log.sample",
+                    format!("must be between 0.0 and 1.0, got {v}"),
+                );
+            }
+            v.clamp(0.0, 1.0)
+        }
+    };
+    Log { access, sample }
+}
+
+fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> {
+    let raw = raw.into_inner();
+    let name = raw.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        sink.push(
+            raw.name.span(),
+            "routes.name",
+            format!("route name `{name}` must be non-empty and use only letters, digits, '-', '_' and '.'"),
+        );
+    }
+    let f = |field: &str| format!("routes[{name}].{field}");
+    let errors_before = sink.errors.len();
+
+    let mut hosts = Vec::new();
+    for h in &raw.hosts {
+        match host_pattern(h.get_ref()) {
+            Ok(p) => hosts.push(p),
+            Err(msg) => sink.push(h.span(), f("hosts"), msg),
+        }
+    }
+
+    let path_prefix = match &raw.path_prefix {
+        None => "/".to_string(),
+        Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+        Some(p) => {
+            sink.push(
+                p.span(),
+                f("path_prefix"),
+                format!("`{}` must start with '/'", p.get_ref()),
+            );
+            "/".to_string()
+        }
+    };
+
+    let targets_span = raw.targets.span();
+    let mut targets = Vec::new();
+    for (tname, value) in raw.targets.into_inner() {
+        if let Some(t) = target(sink, base, &name, tname, value) {
+            targets.push(t);
+        }
+    }
+    if targets.is_empty() && sink.errors.len() == errors_before {
+        sink.push(
+            targets_span.clone(),
+            f("targets"),
+            "at least one target is required",
+        );
+    }
+    let known = |t: &str| targets.iter().any(|x| x.name == t);
+    let names = || {
+        targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let live = raw.live.get_ref().clone();
+    if !targets.is_empty() && !known(&live) {
+        sink.push(
+            raw.live.span(),
+            f("live"),
+            format!("unknown target `{live}`; defined targets: {}", names()),
+        );
+    }
+
+    let canary = raw.canary.and_then(|c| {
+        let c = c.into_inner();
+        let target = c.target.get_ref().clone();
+        let mut ok = true;
+        if !targets.is_empty() && !known(&target) {
+            sink.push(
+                c.target.span(),
+                f("canary.target"),
+                format!("unknown target `{target}`; defined targets: {}", names()),
+            );
+            ok = false;
+        } else if target == live {
+            sink.push(
+                c.target.span(),
+                f("canary.target"),
+                format!("canary target `{target}` is already the live target"),
+            );
+            ok = false;
+        }
+        let percent = *c.percent.get_ref();
+        let basis_points = match percent_to_bp(percent) {
+            Some(bp) => bp,
+            None => {
+                sink.push(
+                    c.percent.span(),
+                    f("canary.percent"),
+                    format!("must be between 0 and 100, got {percent}"),
+                );
+                ok = false;
+                0
+            }
+        };
+        let sticky = match c.sticky {
+            None => Sticky::None,
+            Some(s) => match sticky(s.get_ref()) {
+                Ok(st) => st,
+                Err(msg) => {
+                    sink.push(s.span(), f("canary.sticky"), msg);
+                    ok = false;
+                    Sticky::None
+                }
+            },
+        };
+        ok.then_some(Canary {
+            target,
+            basis_points,
+            sticky,
+        })
+    });
+
+    let preview = raw.preview.and_then(|p| {
+        let p = p.into_inner();
+        let header = match &p.header {
+            None => http::HeaderName::from_static(DEFAULT_PREVIEW_HEADER),
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    sink.push(
+                        h.span(),
+                        f("preview.header"),
+                        format!("`{}` is not a valid header name", h.get_ref()),
+                    );
+                    return None;
+                }
+            },
+        };
+        let mut allow_from = Vec::new();
+        if p.allow_from.is_empty() {
+            allow_from.push("127.0.0.0/8".parse().expect("valid"));
+            allow_from.push("::1/128".parse().expect("valid"));
+        }
+        for c in &p.allow_from {
+            match parse_cidr(c.get_ref()) {
+                Some(net) => allow_from.push(net),
+                None => sink.push(
+                    c.span(),
+                    f("preview.allow_from"),
+                    format!(
+                        "`{}` is not a CIDR (example: \"10.0.0.0/8\") or IP address",
+                        c.get_ref()
+                    ),
+                ),
+            }
+        }
+        Some(Preview { header, allow_from })
+    });
+
+    let circuit = raw.circuit.map(|c| {
+        let c = c.into_inner();
+        let max_error_rate = match c.max_error_rate {
+            None => 0.05,
+            Some(r) => {
+                let v = *r.get_ref();
+                if !(0.0..=1.0).contains(&v) {
+                    sink.push(
+                        r.span(),
+                        f("circuit.max_error_rate"),
+                        format!("must be between 0.0 and 1.0, got {v}"),
+                    );
+                }
+                v.clamp(0.0, 1.0)
+            }
+        };
+        let compare = match c.compare {
+            None => Compare::Absolute,
+            Some(s) => match s.get_ref().as_str() {
+                "absolute" | "none" => Compare::Absolute,
+                "live" => Compare::Live,
+                other => {
+                    sink.push(
+                        s.span(),
+                        f("circuit.compare"),
+                        format!("unknown mode `{other}`; expected \"absolute\" or \"live\""),
+                    );
+                    Compare::Absolute
+                }
+            },
+        };
+        Circuit {
+            window: duration(
+                sink,
+                c.window,
+                Duration::from_secs(30),
+                &f("circuit.window"),
+            ),
+            min_requests: count(sink, c.min_requests, 20, 1, &f("circuit.min_requests")),
+            max_error_rate,
+            bake: duration(sink, c.bake, Duration::from_secs(300), &f("circuit.bake")),
+            compare,
+            max_p99: c
+                .max_p99
+                .map(|v| duration(sink, Some(v), Duration::from_secs(1), &f("circuit.max_p99"))),
+        }
+    });
+
+    if sink.errors.len() != errors_before {
+        return None;
+    }
+    Some(Route {
+        name,
+        hosts,
+        path_prefix,
+        live,
+        targets,
+        canary,
+        preview,
+        circuit,
+    })
+}
+
+/// Percent (0..=100, fractional) to basis points, rounding to the 0.01 % resolution.
+pub fn percent_to_bp(percent: f64) -> Option<u16> {
+    if percent.is_finite() && (0.0..=100.0).contains(&percent) {
+        Some((percent * 100.0).round() as u16)
+    } else {
+        None
+    }
+}
+
+fn target(
+    sink: &mut Sink,
+    base: &Path,
+    route: &str,
+    name: String,
+    value: Spanned<toml::Value>,
+) -> Option<Target> {
+    let span: Range<usize> = value.span();
+    let field = format!("routes[{route}].targets.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        sink.push(
+            span.clone(),
+            &field,
+            format!("target name `{name}` must use only letters, digits, '-' and '_'"),
+        );
+        return None;
+    }
+    let table = match value.into_inner() {
+        toml::Value::Array(items) => {
+            let mut instances = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    toml::Value::String(s) => instances.push(s),
+                    other => {
+                        sink.push(
+                            span.clone(),
+                            &field,
+                            format!(
+                                "instances must be \"host:port\" strings, found {}",
+                                other.type_str()
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+            RawTargetTable {
+                instances,
+                tls: false,
+                http2: false,
+                sni: None,
+                ca: None,
+            }
+        }
+        v @ toml::Value::Table(_) => match RawTargetTable::deserialize(v) {
+            Ok(t) => t,
+            Err(e) => {
+                sink.push(span, &field, e.message().trim().to_string());
+                return None;
+            }
+        },
+        other => {
+            sink.push(
+                span,
+                &field,
+                format!(
+                    "expected a list of \"host:port\" or a table with `instances`, found {}",
+                    other.type_str()
+                ),
+            );
+            return None;
+        }
+    };
+    if table.instances.is_empty() {
+        sink.push(span, &field, "target has no instances");
+        return None;
+    }
+    let mut instances = Vec::with_capacity(table.instances.len());
+    for s in &table.instances {
+        match instance(s) {
+            Ok(a) => instances.push(a),
+            Err(msg) => {
+                sink.push(span.clone(), &field, msg);
+                return None;
+            }
+        }
+    }
+    Some(Target {
+        name,
+        instances,
+        tls: table.tls,
+        http2: table.http2,
+        sni: table.sni,
+        ca: table.ca.map(|c| resolve(base, &c)),
+    })
+}
+
+/// Validates an upstream `host:port`.
+fn instance(s: &str) -> Result<http::uri::Authority, String> {
+    let bad = || format!("`{s}` is not a host:port address (example: \"10.0.0.11:3000\")");
+    let a: http::uri::Authority = s.parse().map_err(|_| bad())?;
+    if a.as_str().contains('@') || a.port_u16().is_none() || a.host().is_empty() {
+        return Err(bad());
+    }
+    if a.port_u16() == Some(0) {
+        return Err(format!("`{s}`: port 0 is not a valid upstream port"));
+    }
+    Ok(a)
+}
+
+fn host_pattern(h: &str) -> Result<HostPattern, String> {
+    let lower = h.to_ascii_lowercase();
+    let (wild, rest) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !valid {
+        return Err(format!(
+            "`{h}` is not a host name; use \"bot.example.com\" or \"*.example.com\" (no port, no scheme)"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Wildcard(format!(".{rest}"))
+    } else {
+        HostPattern::Exact(rest.to_string())
+    })
+}
+
+fn sticky(s: &str) -> Result<Sticky, String> {
+    if s == "none" {
+        return Ok(Sticky::None);
+    }
+    if let Some(h) = s.strip_prefix("header:") {
+        return http::HeaderName::from_bytes(h.as_bytes())
+            .map(Sticky::Header)
+            .map_err(|_| format!("`{h}` is not a valid header name"));
+    }
+    if let Some(c) = s.strip_prefix("cookie:") {
+        if !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            return Ok(Sticky::Cookie(c.to_string()));
+        }
+        return Err(format!("`{c}` is not a valid cookie name"));
+    }
+    Err(format!(
+        "`{s}` is not a sticky key; expected \"header:NAME\", \"cookie:NAME\" or \"none\""
+    ))
+}
+
+fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn check_unique(sink: &mut Sink, routes: &[Route], name_spans: &[Range<usize>]) {
+    let mut names = HashSet::new();
+    let mut pairs = HashSet::new();
+    for (r, at) in routes.iter().zip(name_spans) {
+        if !names.insert(r.name.as_str()) {
+            sink.push(
+                at.clone(),
+                format!("routes[{}].name", r.name),
+                "duplicate route name",
+            );
+        }
+        let hosts: Vec<Option<&HostPattern>> = if r.hosts.is_empty() {
+            vec![None]
+        } else {
+            r.hosts.iter().map(Some).collect()
+        };
+        for h in hosts {
+            if !pairs.insert((h, r.path_prefix.as_str())) {
+                let host = match h {
+                    None => "any host".to_string(),
+                    Some(HostPattern::Exact(e)) => e.clone(),
+                    Some(HostPattern::Wildcard(w)) => format!("*{w}"),
+                };
+                sink.push(
+                    at.clone(),
+                    format!("routes[{}]", r.name),
+                    format!(
+                        "({host}, path_prefix \"{}\") is already taken by another route",
+                        r.path_prefix
+                    ),
+                );
+            }
+        }
+    }
+}

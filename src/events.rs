@@ -1,0 +1,61 @@
+//! A bounded log of recent control-plane events (flips, rollbacks, trips, reloads) for the status
+//! page and the API.
+//!
+//! Invariants: holds at most `CAPACITY` events, oldest dropped first; written only by the control
+//! plane (never by the data path), read by the admin API.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+const CAPACITY: usize = 100;
+
+/// One thing that happened to the routing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: u64,
+    /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`.
+    pub kind: &'static str,
+    /// The route, when the event concerns one.
+    pub route: Option<String>,
+    pub message: String,
+}
+
+/// Recent events, newest last.
+#[derive(Default)]
+pub struct Events {
+    inner: Mutex<VecDeque<Event>>,
+}
+
+impl Events {
+    /// Appends an event and logs it; control-plane events are always logged.
+    pub fn push(&self, kind: &'static str, route: Option<&str>, message: String) {
+        if kind == "reload_rejected" || kind == "trip" {
+            tracing::warn!(event = kind, route = route.unwrap_or(""), "{message}");
+        } else {
+            tracing::info!(event = kind, route = route.unwrap_or(""), "{message}");
+        }
+        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(Event {
+            at: crate::clock::unix_secs(),
+            kind,
+            route: route.map(str::to_string),
+            message,
+        });
+    }
+
+    /// A copy of the recent events, newest last.
+    pub fn recent(&self) -> Vec<Event> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}

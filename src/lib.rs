@@ -1,0 +1,148 @@
+//! flipgate: a reverse proxy for zero-downtime bot deploys.
+//!
+//! Architecture. The *data plane* (`proxy`, `router`, `split`, `upstream`) serves requests from an
+//! immutable `Snapshot` loaded once per request from an `ArcSwap`: no locks, no per-request config
+//! lookups. The *control plane* has one writer, `control::Control`: file reloads (`reload`), admin
+//! calls (`admin`) and circuit trips (`circuit`) all edit the per-route runtime state there, which
+//! is persisted (`state`) and compiled with the validated route file (`config`) into a new snapshot,
+//! published with a single `store`. Requests in flight keep the snapshot (and target) they started
+//! with; the next request sees the new one. Per-target counters, metric handles and upstream pools
+//! outlive snapshots, so reloads and flips lose neither counts nor connections.
+//!
+//! Lifecycle: `Gateway::start` validates the file, restores runtime state, binds every listener
+//! (so a bad address fails fast), then spawns the accept loops, the reload watcher and the circuit
+//! task, all of which stop on one shutdown signal.
+
+pub mod admin;
+pub mod circuit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod events;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod split;
+pub mod state;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// A running gateway: its bound addresses and the handle to stop it.
+pub struct Gateway {
+    /// Traffic listener address (useful when the file says port 0).
+    pub addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    pub control: Arc<Control>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigErrors),
+    #[error("cannot bind traffic listener {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+}
+
+impl Gateway {
+    /// Loads `path`, binds the listeners and starts serving. Must run inside a tokio runtime.
+    pub async fn start(path: &Path) -> Result<Gateway, StartError> {
+        let config = Config::load(path)?;
+        Self::start_with(config, path.to_path_buf()).await
+    }
+
+    /// Starts from an already validated config read from `path`.
+    pub async fn start_with(config: Config, path: PathBuf) -> Result<Gateway, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let settings = server::ConnSettings::from_config(&config.server);
+        let listen = config.server.listen;
+        let reuse_port = config.server.reuse_port;
+        let admin_listen = config.admin.listen;
+        let clients = upstream::Clients::new(
+            config.server.connect_timeout,
+            config.server.pool_idle_timeout,
+        );
+        let control = Control::new(config, metrics);
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = admin::Admin::new(control.clone(), ready.clone());
+        let admin_listener = admin.bind(admin_listen).await?;
+        let listener = server::bind(listen, reuse_port).map_err(|e| StartError::Bind(listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(listen, e))?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(admin_listen, e))?;
+
+        let (shutdown, rx) = watch::channel(false);
+        let proxy = Arc::new(Proxy {
+            snapshot: control.snapshots(),
+            clients,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(server::serve(listener, proxy, settings, rx.clone()));
+        tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
+        tasks.spawn(reload::run(control.clone(), path, rx.clone()));
+        tasks.spawn(circuit::run(control.clone(), rx));
+        ready.store(true, Ordering::Release);
+        tracing::info!(%addr, admin = %admin_addr, "flipgate serving");
+        Ok(Gateway {
+            addr,
+            admin_addr,
+            control,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded by `server.drain_timeout`), and returns
+    /// when every task has stopped.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run_until_signal(gateway: Gateway) {
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("can install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,247 @@
+//! Prometheus metrics: one registry per process, handles resolved ahead of the request path.
+//!
+//! Invariants: label values come only from the config (route and target names, fixed status
+//! classes and error kinds), never from request data, so cardinality is bounded by the route file.
+//! The data path touches only pre-resolved `TargetMetrics` handles (atomic adds, no label lookup,
+//! no allocation). Gauges describing the split are written by the control plane at publish time.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::proxy::error::UpstreamErrorKind;
+
+/// Latency buckets for a proxy: 100 µs .. 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Every metric family of the contract (SPEC.md, "Metrics").
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub split_percent: prometheus::GaugeVec,
+    pub live_target: IntGaugeVec,
+    pub circuit_tripped: IntGaugeVec,
+    pub rollbacks: IntCounterVec,
+    pub flips: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub config_generation: IntGauge,
+    pub open_tunnels: IntGaugeVec,
+}
+
+/// Pre-resolved handles for one (route, target): what the request path records into.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    /// Indexed by status class: 0 = 1xx .. 4 = 5xx.
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    /// Indexed by `UpstreamErrorKind as usize`.
+    errors: [IntCounter; 4],
+    /// Open upgraded tunnels (WebSockets) to this target.
+    pub tunnels: IntGauge,
+}
+
+impl TargetMetrics {
+    /// Records one finished request: its status and time to response headers.
+    #[inline]
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+    }
+
+    /// Records an upstream fault against this target.
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("static metric definitions are valid")
+}
+
+impl Metrics {
+    /// Creates and registers every family; also the process collector and build info.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("flipgate".into()), None).expect("valid prefix");
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests served, by route, target and status class.",
+            ),
+            &["route", "target", "code"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request received to upstream response headers, by route and target.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "target"],
+        ));
+        let upstream_errors = must(IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Upstream faults counted against a target.",
+            ),
+            &["route", "target", "kind"],
+        ));
+        let split_percent = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "split_percent",
+                "Share of new requests each target gets now, in percent.",
+            ),
+            &["route", "target"],
+        ));
+        let live_target = must(IntGaugeVec::new(
+            Opts::new(
+                "live_target",
+                "1 for the live target of each route, 0 for the others.",
+            ),
+            &["route", "target"],
+        ));
+        let circuit_tripped = must(IntGaugeVec::new(
+            Opts::new(
+                "circuit_tripped",
+                "1 while a route is rolled back by its circuit.",
+            ),
+            &["route"],
+        ));
+        let rollbacks = must(IntCounterVec::new(
+            Opts::new(
+                "rollbacks_total",
+                "Rollbacks, by route and reason (circuit, admin, file).",
+            ),
+            &["route", "reason"],
+        ));
+        let flips = must(IntCounterVec::new(
+            Opts::new("flips_total", "Changes of the live target, by route."),
+            &["route"],
+        ));
+        let config_reloads = must(IntCounterVec::new(
+            Opts::new("config_reloads_total", "Route file reloads, by result."),
+            &["result"],
+        ));
+        let config_last_reload_success = must(IntGauge::new(
+            "config_last_reload_success",
+            "1 if the last route file reload succeeded.",
+        ));
+        let config_generation = must(IntGauge::new(
+            "config_generation",
+            "Generation of the snapshot serving traffic; grows with every published change.",
+        ));
+        let open_tunnels = must(IntGaugeVec::new(
+            Opts::new(
+                "open_tunnels",
+                "Open upgraded connections (WebSockets), by route and target.",
+            ),
+            &["route", "target"],
+        ));
+        let build_info = must(IntGaugeVec::new(
+            Opts::new("build_info", "Build information; always 1."),
+            &["version"],
+        ));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(split_percent.clone()),
+            Box::new(live_target.clone()),
+            Box::new(circuit_tripped.clone()),
+            Box::new(rollbacks.clone()),
+            Box::new(flips.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_success.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(open_tunnels.clone()),
+            Box::new(build_info),
+        ] {
+            must(registry.register(c));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(pc));
+        }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            split_percent,
+            live_target,
+            circuit_tripped,
+            rollbacks,
+            flips,
+            config_reloads,
+            config_last_reload_success,
+            config_generation,
+            open_tunnels,
+        }
+    }
+
+    /// Resolves the handles of one (route, target); called when a snapshot is built.
+    pub fn target(&self, route: &str, target: &str) -> TargetMetrics {
+        let req = |code| self.requests.with_label_values(&[route, target, code]);
+        let err = |kind| {
+            self.upstream_errors
+                .with_label_values(&[route, target, kind])
+        };
+        TargetMetrics {
+            requests: [req("1xx"), req("2xx"), req("3xx"), req("4xx"), req("5xx")],
+            duration: self.duration.with_label_values(&[route, target]),
+            errors: [
+                err("connect"),
+                err("timeout"),
+                err("reset"),
+                err("status_5xx"),
+            ],
+            tunnels: self.open_tunnels.with_label_values(&[route, target]),
+        }
+    }
+
+    /// Forgets the series of a (route, target) that left the config, so dashboards do not show
+    /// ghosts. Counters restart from zero if it comes back, which Prometheus handles as a reset.
+    pub fn forget_target(&self, route: &str, target: &str) {
+        for code in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = self.requests.remove_label_values(&[route, target, code]);
+        }
+        for kind in ["connect", "timeout", "reset", "status_5xx"] {
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[route, target, kind]);
+        }
+        let _ = self.duration.remove_label_values(&[route, target]);
+        let _ = self.split_percent.remove_label_values(&[route, target]);
+        let _ = self.live_target.remove_label_values(&[route, target]);
+        let _ = self.open_tunnels.remove_label_values(&[route, target]);
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let encoder = prometheus::TextEncoder::new();
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,123 @@
+//! Hot reload: watch the route file's directory, debounce, and hand the new file to the control
+//! plane; SIGHUP and a slow poll do the same.
+//!
+//! Invariants: the *directory* is watched, not the file, so editors that save by rename and
+//! Kubernetes ConfigMap `..data` symlink swaps are seen; a burst of events becomes one reload after
+//! `DEBOUNCE` of quiet. The same bytes are never re-applied or re-reported: the last attempted
+//! content hash is remembered, so a broken file is logged once, not on every poll. The poll is the
+//! safety net for missed events (inotify queue overflow, a watched directory replaced).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::control::{Control, ReloadOutcome};
+
+/// Quiet time after the last file event before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Fallback poll interval.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// Reads the file and applies it unless its bytes were already tried. Returns the outcome, or
+/// `None` when skipped.
+pub fn reload_if_changed(
+    control: &Control,
+    path: &Path,
+    last_tried: &mut Option<u64>,
+) -> Option<ReloadOutcome> {
+    let hash = std::fs::read(path)
+        .ok()
+        .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+    if hash.is_some() && hash == *last_tried {
+        return None;
+    }
+    *last_tried = hash;
+    let outcome = control.reload(Config::load(path));
+    match &outcome {
+        ReloadOutcome::Applied { generation, .. } => {
+            tracing::info!(file = %path.display(), generation, "route file reloaded")
+        }
+        ReloadOutcome::Rejected(errors) => {
+            for e in &errors.0 {
+                tracing::error!(error = %e, "route file rejected; the previous config keeps serving");
+            }
+        }
+        ReloadOutcome::Unchanged => {}
+    }
+    Some(outcome)
+}
+
+/// Watches `path` until shutdown.
+pub async fn run(control: Arc<Control>, path: PathBuf, mut shutdown: watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let watcher = {
+        let tx = tx.clone();
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w))
+    };
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the route file's directory; relying on SIGHUP and polling");
+            None
+        }
+    };
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last_tried = std::fs::read(&path)
+        .ok()
+        .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup_fut = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_fut = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(()) = rx.recv() => {
+                // Debounce: wait until events stop for DEBOUNCE.
+                loop {
+                    tokio::select! {
+                        Some(()) = rx.recv() => continue,
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                    }
+                }
+                false
+            }
+            _ = hup_fut => { tracing::info!("SIGHUP: reloading the route file"); true }
+            _ = poll.tick() => false,
+        };
+        if forced {
+            last_tried = None;
+        }
+        let c = control.clone();
+        let p = path.clone();
+        let mut lt = last_tried;
+        last_tried = tokio::task::spawn_blocking(move || {
+            reload_if_changed(&c, &p, &mut lt);
+            lt
+        })
+        .await
+        .unwrap_or(None);
+    }
+}

@@ -1,0 +1,128 @@
+//! Traffic listeners: accept loops that hand connections to hyper with the proxy as the service.
+//!
+//! Invariants: a listener is bound once, at start, and never rebuilt by a reload. Each connection is
+//! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first, then every
+//! connection is asked to finish (HTTP/1 `Connection: close` after the current response, HTTP/2
+//! GOAWAY) and gets up to the drain timeout. An accept error (e.g. out of file descriptors) is logged
+//! and retried after a short pause; it never ends the loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::{ConnInfo, Proxy};
+
+/// Connection-level settings taken from `[server]` at start.
+#[derive(Clone, Debug)]
+pub struct ConnSettings {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub drain_timeout: Duration,
+}
+
+impl ConnSettings {
+    pub fn from_config(s: &crate::config::Server) -> ConnSettings {
+        ConnSettings {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            drain_timeout: s.drain_timeout,
+        }
+    }
+}
+
+/// Builds the HTTP/1.1 + h2c connection builder.
+pub fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Binds a TCP listener, optionally with `SO_REUSEPORT` so a new process can take over the port.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves plain-TCP traffic (HTTP/1.1 and h2c) until `shutdown` flips, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: ConnSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(builder(&settings));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let info = Arc::new(ConnInfo::new(peer, false));
+        let proxy = proxy.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let fut = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    drain(graceful, settings.drain_timeout).await;
+}
+
+/// Waits for watched connections to finish, at most `timeout`.
+pub async fn drain(graceful: GracefulShutdown, timeout: Duration) {
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(connections = open, "draining connections");
+    }
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}

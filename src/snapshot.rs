@@ -1,0 +1,161 @@
+//! What the data path sees: an immutable, fully compiled view of routes, splits and upstreams.
+//!
+//! Invariants: built only from a validated `Config` plus the runtime `RouteState`s (whose target
+//! names the control plane has checked); published with one `ArcSwap::store`, so a request sees
+//! either the whole old or the whole new routing, split and circuit view; carries a generation that
+//! grows with every publish. Per-target counters, metric handles and upstream round-robin cursors
+//! are carried over between snapshots by (route, target) name, so a reload loses no counts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::circuit::window::Window;
+use crate::config::{Circuit, Config, Preview, Route};
+use crate::metrics::{Metrics, TargetMetrics};
+use crate::router::Router;
+use crate::split::Split;
+use crate::state::RouteState;
+use crate::upstream::Upstream;
+
+/// One published generation of routing.
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<RouteEntry>,
+}
+
+/// A route as the data path uses it.
+pub struct RouteEntry {
+    pub name: Arc<str>,
+    /// In the config's (sorted by name) order.
+    pub targets: Vec<Arc<TargetEntry>>,
+    pub split: Split,
+    pub preview: Option<Preview>,
+    pub circuit: Option<Circuit>,
+    /// The runtime state this entry was compiled from, for status and the circuit task.
+    pub state: RouteState,
+}
+
+/// A target of a route with everything a request needs, resolved in advance.
+pub struct TargetEntry {
+    pub route: Arc<str>,
+    pub name: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    /// Outcome window for the circuit.
+    pub window: Arc<Window>,
+    pub metrics: TargetMetrics,
+}
+
+impl Snapshot {
+    /// An empty snapshot (no routes), generation 0; used before the first config is loaded.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            config: Arc::new(
+                crate::config::parse(std::path::Path::new("<empty>"), EMPTY).expect("valid"),
+            ),
+            router: Router::default(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Builds a snapshot. `previous` lends its per-target windows and upstreams for reuse.
+    pub fn build(
+        generation: u64,
+        config: Arc<Config>,
+        states: &HashMap<String, RouteState>,
+        previous: &Snapshot,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let mut router = Router::default();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            router.insert(&route.hosts, &route.path_prefix, i);
+            let state = states
+                .get(&route.name)
+                .cloned()
+                .unwrap_or_else(|| RouteState::from_file(route));
+            routes.push(build_route(route, state, previous, metrics));
+        }
+        Snapshot {
+            generation,
+            config,
+            router,
+            routes,
+        }
+    }
+
+    /// Finds a route by name (control plane and admin only; the data path uses the router).
+    pub fn route(&self, name: &str) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}
+
+const EMPTY: &str = "[[routes]]\nname = \"none\"\npath_prefix = \"/__flipgate_unconfigured__\"\nlive = \"none\"\n[routes.targets]\nnone = [\"127.0.0.1:9\"]\n";
+
+fn build_route(
+    route: &Route,
+    state: RouteState,
+    previous: &Snapshot,
+    metrics: &Metrics,
+) -> RouteEntry {
+    let name: Arc<str> = route.name.as_str().into();
+    let old = previous.route(&route.name);
+    let targets = route
+        .targets
+        .iter()
+        .map(|t| {
+            let old_t = old.and_then(|r| r.targets.iter().find(|x| *x.name == *t.name));
+            let window_len = route
+                .circuit
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(30), |c| c.window);
+            let slow = route.circuit.as_ref().and_then(|c| c.max_p99);
+            let window = match old_t {
+                Some(o)
+                    if o.window.length() == Window::new(window_len, slow).length()
+                        && old_slow(old, slow) =>
+                {
+                    o.window.clone()
+                }
+                _ => Arc::new(Window::new(window_len, slow)),
+            };
+            let upstream = match old_t {
+                Some(o) if o.upstream.same_as(t) => o.upstream.clone(),
+                _ => Arc::new(Upstream::new(t)),
+            };
+            Arc::new(TargetEntry {
+                route: name.clone(),
+                name: t.name.as_str().into(),
+                upstream,
+                window,
+                metrics: metrics.target(&route.name, &t.name),
+            })
+        })
+        .collect::<Vec<_>>();
+    let index = |n: &str| route.target_index(n).unwrap_or(0);
+    let canary = state
+        .canary_target
+        .as_deref()
+        .filter(|_| state.canary_bp > 0)
+        .map(|c| {
+            let sticky = route
+                .canary
+                .as_ref()
+                .map_or(crate::config::Sticky::None, |c| c.sticky.clone());
+            (index(c), state.canary_bp, sticky)
+        });
+    RouteEntry {
+        split: Split::new(&route.name, index(&state.live), canary),
+        name,
+        targets,
+        preview: route.preview.clone(),
+        circuit: route.circuit.clone(),
+        state,
+    }
+}
+
+fn old_slow(old: Option<&RouteEntry>, slow: Option<std::time::Duration>) -> bool {
+    old.and_then(|r| r.circuit.as_ref()).and_then(|c| c.max_p99) == slow
+}
