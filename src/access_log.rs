@@ -14,7 +14,7 @@
 //! streamed, and a WebSocket tunnel may last hours.
 
 use std::io::Write;
-use std::time::Duration;
+use tokio::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode};
 use tracing::field::{Field, Visit};
@@ -23,6 +23,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
 use crate::config::{AccessLogFormat, Log};
+use crate::snapshot::TargetEntry;
 use crate::split::Reason;
 
 /// The `tracing` target of access-log events; filter on it (`RUST_LOG=flipgate::access=off`).
@@ -45,44 +46,44 @@ pub struct Pending {
     path: String,
     request_id: HeaderValue,
     client: std::net::IpAddr,
+    sent: Instant,
 }
 
 impl Pending {
-    /// Captures the request facts; called only for sampled requests. The query string is left out
-    /// (it often carries tokens).
-    pub fn new(
+    /// Captures the request facts just before forwarding; called only for sampled requests. Makes
+    /// sure the request carries an `x-request-id` (kept or generated), so the line and the upstream
+    /// see the same one. The query string is left out (it often carries tokens).
+    pub fn start<B>(
         format: AccessLogFormat,
-        method: &Method,
-        path: &str,
-        request_id: HeaderValue,
+        req: &mut http::Request<B>,
         client: std::net::IpAddr,
     ) -> Pending {
         Pending {
             format,
-            method: method.clone(),
-            path: path.to_string(),
-            request_id,
+            request_id: crate::proxy::headers::ensure_request_id(req.headers_mut()),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
             client,
+            sent: Instant::now(),
         }
     }
 
-    /// Emits the line once the response headers are known.
-    pub fn emit(
+    /// Emits the line once the response headers are known; `arrived` is when the request came in.
+    pub fn finish(
         self,
-        route: &str,
-        target: &str,
+        target: &TargetEntry,
         reason: Reason,
         status: StatusCode,
-        upstream: Duration,
-        total: Duration,
+        arrived: Instant,
     ) {
+        let (upstream, total) = (self.sent.elapsed(), arrived.elapsed());
         let line = Line {
             request_id: self.request_id.to_str().unwrap_or("-"),
             client: self.client,
             method: self.method.as_str(),
             path: &self.path,
-            route,
-            target,
+            route: &target.route,
+            target: &target.name,
             reason: reason.as_str(),
             status: status.as_u16(),
             upstream_ms: upstream.as_secs_f64() * 1e3,

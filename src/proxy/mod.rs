@@ -107,25 +107,9 @@ impl Proxy {
         let Some(format) = access else {
             return self.forward(req, conn, &target, timeout, start).await;
         };
-        let id = headers::ensure_request_id(req.headers_mut());
-        let log = crate::access_log::Pending::new(
-            format,
-            req.method(),
-            req.uri().path(),
-            id,
-            conn.peer.ip(),
-        );
-        let sent = Instant::now();
+        let log = crate::access_log::Pending::start(format, &mut req, conn.peer.ip());
         let resp = self.forward(req, conn, &target, timeout, start).await;
-        let (upstream, total) = (sent.elapsed(), start.elapsed());
-        log.emit(
-            &target.route,
-            &target.name,
-            reason,
-            resp.status(),
-            upstream,
-            total,
-        );
+        log.finish(&target, reason, resp.status(), start);
         resp
     }
 
