@@ -196,7 +196,14 @@ const CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
     ),
 ];
 
-fn check(case: &str, text: &str, line: usize, col: usize, field: &str, msg: &str) -> Result<(), String> {
+fn check(
+    case: &str,
+    text: &str,
+    line: usize,
+    col: usize,
+    field: &str,
+    msg: &str,
+) -> Result<(), String> {
     let path = Path::new("/etc/flipgate/routes.toml");
     let errors = match parse(path, text) {
         Ok(_) => return Err(format!("{case}: accepted an invalid file")),
@@ -212,7 +219,9 @@ fn check(case: &str, text: &str, line: usize, col: usize, field: &str, msg: &str
     if ok {
         Ok(())
     } else {
-        Err(format!("{case}: expected {line}:{col} field~`{field}` msg~`{msg}`, got: {shown}"))
+        Err(format!(
+            "{case}: expected {line}:{col} field~`{field}` msg~`{msg}`, got: {shown}"
+        ))
     }
 }
 
@@ -220,7 +229,9 @@ fn check(case: &str, text: &str, line: usize, col: usize, field: &str, msg: &str
 fn every_invalid_case_names_its_error_and_location() {
     let failures: Vec<String> = CASES
         .iter()
-        .filter_map(|(case, text, line, col, field, msg)| check(case, text, *line, *col, field, msg).err())
+        .filter_map(|(case, text, line, col, field, msg)| {
+            check(case, text, *line, *col, field, msg).err()
+        })
         .collect();
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
@@ -255,5 +266,8 @@ fn shipped_examples_are_valid() {
         }
         n += 1;
     }
-    assert!(n >= 4, "expected config/flipgate.toml and examples, found {n}");
+    assert!(
+        n >= 4,
+        "expected config/flipgate.toml and examples, found {n}"
+    );
 }
