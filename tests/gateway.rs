@@ -38,10 +38,10 @@ async fn sticky_canary_share_stability_and_monotonic_growth() {
         "20% canary gave {canary} of 3000"
     );
 
-    for u in 0..300 {
+    for (u, before) in at20.iter().enumerate().take(300) {
         assert_eq!(
-            target_of(&c, &gw, &format!("user-{u}")).await,
-            at20[u],
+            &target_of(&c, &gw, &format!("user-{u}")).await,
+            before,
             "user-{u} moved"
         );
     }
