@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
