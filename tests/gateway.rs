@@ -434,3 +434,24 @@ async fn readyz_and_routes_api_show_what_is_in_force() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn changed_listen_address_is_reported_as_needing_a_restart() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&config("blue", &[("blue", blue.addr)], "")).await;
+    let control = gw.gateway.as_ref().unwrap().control.clone();
+    let moved = config("blue", &[("blue", blue.addr)], "").replace(
+        "listen = \"127.0.0.1:0\"\nupstream_timeout",
+        "listen = \"127.0.0.1:1\"\nupstream_timeout",
+    );
+    let parsed = flipgate::config::parse(&gw.file, &moved).unwrap();
+    match control.reload(Ok(parsed)) {
+        flipgate::control::ReloadOutcome::Applied { restart_needed, .. } => {
+            assert_eq!(restart_needed, vec!["server.listen"])
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    // Still serving on the original listener.
+    assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
+    gw.stop().await;
+}
