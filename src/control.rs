@@ -200,6 +200,15 @@ impl Control {
             }
         };
         if new.content_hash == inner.config.content_hash && new.path == inner.config.path {
+            if inner.last_reload.result != "success" {
+                // The file is back to the config in force: the failure is over.
+                inner.last_reload = ReloadStatus {
+                    result: "success",
+                    error: None,
+                    at: crate::clock::unix_secs(),
+                };
+                self.metrics.config_last_reload_success.set(1);
+            }
             return ReloadOutcome::Unchanged;
         }
         let restart_needed = restart_needed(&inner.config, &new);

@@ -29,10 +29,9 @@ pub fn reload_if_changed(
     path: &Path,
     last_tried: &mut Option<u64>,
 ) -> Option<ReloadOutcome> {
-    let hash = std::fs::read(path)
-        .ok()
-        .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
-    if hash.is_some() && hash == *last_tried {
+    // An unreadable file counts as content 0, so a deleted file is reported once, not every poll.
+    let hash = Some(std::fs::read(path).map_or(0, |b| xxhash_rust::xxh3::xxh3_64(&b)));
+    if hash == *last_tried {
         return None;
     }
     *last_tried = hash;
