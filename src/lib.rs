@@ -22,6 +22,7 @@ pub mod control;
 pub mod demo;
 pub mod events;
 pub mod fuzzing;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
