@@ -19,7 +19,7 @@ use crate::snapshot::RouteEntry;
 use crate::state::Trip;
 
 /// How often the task evaluates every route.
-pub const TICK: Duration = Duration::from_millis(250);
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// Share of requests that may exceed `max_p99` before the latency criterion trips (that is p99).
 const SLOW_SHARE: f64 = 0.01;
@@ -97,32 +97,52 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
     ))
 }
 
-/// Evaluates every route once; returns how many tripped.
+/// Evaluates every route once at the current time; returns how many tripped.
 pub fn check_all(control: &Control) -> usize {
-    let snap = control.snapshots().load_full();
-    let now_ms = crate::clock::now_ms();
-    let now_unix = unix_ms();
-    let mut tripped = 0;
-    for route in &snap.routes {
-        if let Some((candidate, trip)) = evaluate(route, now_ms, now_unix) {
-            if control.trip(&route.name, &candidate, trip) {
-                tripped += 1;
-            }
-        }
-    }
-    tripped
+    check_all_at(control, crate::clock::now_ms(), unix_ms())
 }
 
-/// The circuit task: evaluates every `TICK` until shutdown.
+/// Evaluates every route once at the given monotonic and wall-clock times (tests pass both).
+/// Blocks on persisting a trip, if any.
+pub fn check_all_at(control: &Control, now_ms: u64, now_unix_ms: u64) -> usize {
+    pending(control, now_ms, now_unix_ms)
+        .into_iter()
+        .filter(|(route, candidate, trip)| {
+            control.trip(route, candidate, trip.clone(), now_unix_ms)
+        })
+        .count()
+}
+
+/// The trips the current snapshot calls for: (route, candidate, why). Cheap and non-blocking.
+fn pending(control: &Control, now_ms: u64, now_unix_ms: u64) -> Vec<(String, String, Trip)> {
+    let snap = control.snapshots().load();
+    snap.routes
+        .iter()
+        .filter_map(|r| evaluate(r, now_ms, now_unix_ms).map(|(c, t)| (r.name.to_string(), c, t)))
+        .collect()
+}
+
+/// The circuit task: evaluates every `TICK` until shutdown. Evaluation is a few atomic loads per
+/// watched target, done inline; only an actual trip (which persists state with fsync) goes to the
+/// blocking pool.
 pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                let now_unix = unix_ms();
+                let trips = pending(&control, crate::clock::now_ms(), now_unix);
+                if trips.is_empty() {
+                    continue;
+                }
                 let c = control.clone();
-                // Tripping persists state (blocking I/O); keep it off the async workers.
-                let _ = tokio::task::spawn_blocking(move || check_all(&c)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (route, candidate, trip) in trips {
+                        c.trip(&route, &candidate, trip, now_unix);
+                    }
+                })
+                .await;
             }
             _ = shutdown.changed() => return,
         }
