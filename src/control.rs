@@ -1,9 +1,11 @@
 //! The one writer: file config + runtime state -> new snapshot -> one `ArcSwap::store`.
 //!
 //! Invariants: every change (file reload, admin call, circuit trip) takes the same lock, edits the
-//! per-route `RouteState`, persists it (temp file + fsync + rename) and only then publishes a
-//! complete new snapshot with a higher generation: whatever a request or the API can see is already
-//! durable, and the data path never sees a half-applied change. Every route in the config has a
+//! per-route `RouteState`, persists it (temp file + fsync + rename) and publishes a complete new
+//! snapshot with a higher generation, all before the lock is released; the data path never sees a
+//! half-applied change. Reloads and admin calls persist first, so whatever the API has shown is
+//! durable; a circuit trip publishes first, because moving traffic off a failing target must not
+//! wait for an fsync. Every route in the config has a
 //! state entry. A route's runtime state is kept across reloads and restarts only while that route's
 //! split section in the file is unchanged (newest intent wins); when the file moves `live`, the
 //! target it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it
@@ -283,12 +285,15 @@ impl Control {
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
         let now = unix_ms();
-        let before = current_candidate(&s, now);
+        // The candidate and whether it is judged as a canary (else: baking as live).
+        let role = |s: &RouteState| current_candidate(s, now).map(|c| (c, s.canary_bp > 0));
+        let before = role(&s);
         let (kind, message) = apply(r, &mut s, &action, now, &self.metrics)?;
-        let after = current_candidate(&s, now);
+        let after = role(&s);
         if after.is_some() && after != before {
-            // A new candidate is judged on its own outcomes from now on, not on older traffic.
-            self.clear_window(route, after.as_deref());
+            // A new candidate, or one in a new role (a promoted canary), is judged on its own
+            // outcomes from the operator's action on; raising a canary's percent keeps its window.
+            self.clear_window(route, after.as_ref().map(|(c, _)| c.as_str()));
         }
         inner.states.insert(route.to_string(), s);
         let persisted = self.persist(&inner);
@@ -298,9 +303,17 @@ impl Control {
         Ok(generation)
     }
 
-    /// Rolls a route back on behalf of its circuit, if `candidate` is still its candidate at
-    /// `now_unix_ms` and the route is not already tripped. Returns whether it tripped.
-    pub fn trip(&self, route: &str, candidate: &str, trip: Trip, now_unix_ms: u64) -> bool {
+    /// Rolls a route back on behalf of its circuit. `seen` is the route state the verdict was
+    /// reached on: if anything changed since (an operator acted, a reload), the verdict is stale and
+    /// dropped; the next evaluation judges the new state. Returns whether it tripped.
+    pub fn trip(
+        &self,
+        route: &str,
+        seen: &RouteState,
+        candidate: &str,
+        trip: Trip,
+        now_unix_ms: u64,
+    ) -> bool {
         let mut inner = self.lock();
         let Some(r) = inner.config.route(route).cloned() else {
             return false;
@@ -310,7 +323,10 @@ impl Control {
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(&r));
-        if current_candidate(&s, now_unix_ms).as_deref() != Some(candidate) || s.tripped.is_some() {
+        if s != *seen
+            || current_candidate(&s, now_unix_ms).as_deref() != Some(candidate)
+            || s.tripped.is_some()
+        {
             return false;
         }
         if s.canary_bp > 0 && s.canary_target.as_deref() == Some(candidate) {
@@ -334,10 +350,12 @@ impl Control {
         );
         s.tripped = Some(trip);
         inner.states.insert(route.to_string(), s);
+        // Traffic first: a rollback must not wait for an fsync. (Crashing in between loses only the
+        // record of the trip; the candidate then restarts with an empty window and trips again.)
+        self.publish(&mut inner);
         if let Err(e) = self.persist(&inner) {
             tracing::error!(error = %e, "cannot persist the circuit's rollback; it will not survive a restart");
         }
-        self.publish(&mut inner);
         self.events.push("trip", Some(route), message);
         true
     }
