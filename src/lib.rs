@@ -53,6 +53,8 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     /// HTTPS listener address, when `[server.tls]` is configured.
     pub tls_addr: Option<SocketAddr>,
+    /// The live certificate set (reload status for tests and operators), when TLS is on.
+    pub tls: Option<Arc<tls::Resolver>>,
     pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -113,6 +115,7 @@ impl Gateway {
             }
         };
         let tls_addr = tls.as_ref().map(|t| t.2);
+        let tls_resolver = tls.as_ref().map(|t| t.0.clone());
 
         let (shutdown, rx) = watch::channel(false);
         let proxy = Arc::new(Proxy {
@@ -152,6 +155,7 @@ impl Gateway {
             addr,
             admin_addr,
             tls_addr,
+            tls: tls_resolver,
             control,
             shutdown,
             tasks,

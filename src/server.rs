@@ -103,17 +103,34 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let limit = (settings.max_connections > 0)
         .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_connections)));
+    let mut stopping = false;
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, peer) = if stopping {
+            // Take what the kernel already queued for us before closing the socket: with
+            // SO_REUSEPORT those connections would otherwise be reset, not moved to the new process.
+            tokio::select! {
+                biased;
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => break,
+                },
+                _ = std::future::ready(()) => break,
+            }
+        } else {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => {
+                    stopping = true;
                     continue;
                 }
-            },
-            _ = shutdown.changed() => break,
+            }
         };
         let permit = match &limit {
             None => None,

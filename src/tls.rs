@@ -158,6 +158,10 @@ fn names(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, Vec<String>), Option
 #[derive(Debug)]
 pub struct Resolver {
     set: ArcSwap<CertSet>,
+    /// Why the last reload was refused (cleared by the next good one), for tests and operators.
+    last_error: std::sync::Mutex<Option<String>>,
+    /// Certificate sets published since start (the first one is 1).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Resolver {
@@ -165,17 +169,43 @@ impl Resolver {
     pub fn new(set: CertSet) -> Arc<Resolver> {
         Arc::new(Resolver {
             set: ArcSwap::from_pointee(set),
+            last_error: std::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// Why the last reload attempt was refused, if it was (the old certificates still serve).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    /// How many certificate sets have been published (1 after start).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Validates the pairs and, only if all are good and something changed, swaps them in.
     /// Returns whether a new set was published.
     pub fn reload(&self, pairs: &[CertPair]) -> Result<bool, TlsError> {
-        let set = CertSet::load(pairs)?;
-        if set.hash == self.set.load().hash && set.entries.len() == self.set.load().entries.len() {
+        let set = match CertSet::load(pairs) {
+            Ok(set) => set,
+            Err(e) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = None;
+        }
+        let old = self.set.load();
+        if set.hash == old.hash && set.entries.len() == old.entries.len() {
             return Ok(false);
         }
         self.set.store(Arc::new(set));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(true)
     }
 }
