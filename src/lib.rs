@@ -13,6 +13,7 @@
 //! (so a bad address fails fast), then spawns the accept loops, the reload watcher and the circuit
 //! task, all of which stop on one shutdown signal.
 
+pub mod access_log;
 pub mod admin;
 pub mod circuit;
 pub mod cli;

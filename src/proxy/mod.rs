@@ -83,7 +83,7 @@ impl Proxy {
     /// Serves one request. Never fails: every problem becomes a response.
     pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (target, reason, limits) = {
+        let (target, reason, limits, access) = {
             let snap = self.snapshot.load();
             let host = req.uri().host().or_else(|| {
                 req.headers()
@@ -118,10 +118,32 @@ impl Proxy {
                     max_upstream_connections: s.max_upstream_connections,
                     tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
                 },
+                crate::access_log::sample(&snap.config.log),
             )
         };
-        let _ = reason;
-        self.forward(req, conn, &target, limits, start).await
+        let Some(format) = access else {
+            return self.forward(req, conn, &target, limits, start).await;
+        };
+        let id = headers::ensure_request_id(req.headers_mut());
+        let log = crate::access_log::Pending::new(
+            format,
+            req.method(),
+            req.uri().path(),
+            id,
+            conn.peer.ip(),
+        );
+        let sent = Instant::now();
+        let resp = self.forward(req, conn, &target, limits, start).await;
+        let (upstream, total) = (sent.elapsed(), start.elapsed());
+        log.emit(
+            &target.route,
+            &target.name,
+            reason,
+            resp.status(),
+            upstream,
+            total,
+        );
+        resp
     }
 
     async fn forward(
