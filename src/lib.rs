@@ -121,11 +121,16 @@ impl Gateway {
         let tls_resolver = tls.as_ref().map(|t| t.0.clone());
 
         let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(health::run(
+            control.snapshots(),
+            clients.clone(),
+            rx.clone(),
+        ));
         let proxy = Arc::new(Proxy {
             snapshot: control.snapshots(),
             clients,
         });
-        let mut tasks = JoinSet::new();
         if let Some((resolver, tls_listener, _)) = tls {
             let config = tls::server_config(resolver.clone());
             tasks.spawn(server::serve(

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,7 +30,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::Target;
+use crate::config::{HealthCheck, Target};
+use crate::health::InstanceHealth;
 use crate::proxy::body::RequestBody;
 
 /// The client type used for every upstream request.
@@ -63,6 +64,12 @@ pub struct Upstream {
     tls_client: OnceLock<HttpClient>,
     /// Requests in flight per instance (same index as `instances`), for `max_upstream_connections`.
     inflight: Box<[AtomicUsize]>,
+    /// Health per instance (same index as `instances`): outlier ejection and active checks.
+    pub health: Box<[InstanceHealth]>,
+    /// Active health check settings, if any.
+    pub health_check: Option<HealthCheck>,
+    /// When the next active check round is due (monotonic ms); written by the health task only.
+    pub next_check_ms: AtomicU64,
     next: AtomicUsize,
 }
 
@@ -86,6 +93,13 @@ impl Upstream {
                 .iter()
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
+            health: target
+                .instances
+                .iter()
+                .map(|_| InstanceHealth::default())
+                .collect(),
+            health_check: target.health_check.clone(),
+            next_check_ms: AtomicU64::new(0),
             next: AtomicUsize::new(0),
         }
     }
@@ -94,6 +108,7 @@ impl Upstream {
     /// and, for TLS targets, the connection pool).
     pub fn same_as(&self, target: &Target) -> bool {
         *self.instances == *target.instances
+            && self.health_check == target.health_check
             && self.http2 == target.http2
             && (self.scheme == Scheme::HTTPS) == target.tls
             && (!target.tls
@@ -103,11 +118,26 @@ impl Upstream {
                     .is_some_and(|t| t.sni == target.sni && t.ca == target.ca))
     }
 
-    /// Next instance, round-robin; returns its index too (for the in-flight count).
+    /// Next available instance, round-robin, skipping ejected instances and those failing active
+    /// checks. Ejection never empties a target: when every instance that passes its checks is
+    /// ejected, one of them is used anyway. `None` only when no instance passes active checks.
     #[inline]
-    pub fn pick(&self) -> (usize, &Authority) {
-        let i = self.next.fetch_add(1, Relaxed) % self.instances.len();
-        (i, &self.instances[i])
+    pub fn pick(&self, now_ms: u64) -> Option<(usize, &Authority)> {
+        let n = self.instances.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let h = &self.health[i];
+            if !h.checks_pass() {
+                continue;
+            }
+            if !h.ejected(now_ms) {
+                return Some((i, &self.instances[i]));
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback.map(|i| (i, &self.instances[i]))
     }
 
     /// Takes an in-flight slot on instance `i`, unless `limit` (0 = unlimited) is reached. The

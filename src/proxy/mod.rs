@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use std::time::Duration;
 use tokio::time::Instant;
 
+use crate::health::Outlier;
 use crate::snapshot::{Snapshot, TargetEntry};
 use crate::split::{random_bucket, Reason};
 use crate::upstream::Clients;
@@ -77,6 +78,7 @@ struct Limits {
     max_body_bytes: u64,
     max_upstream_connections: usize,
     tunnel_after_flip: Option<Duration>,
+    outlier: Outlier,
 }
 
 impl Proxy {
@@ -117,6 +119,10 @@ impl Proxy {
                     max_body_bytes: s.max_body_bytes,
                     max_upstream_connections: s.max_upstream_connections,
                     tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
+                    outlier: Outlier {
+                        consecutive_failures: s.outlier_failures,
+                        ejection: s.outlier_ejection,
+                    },
                 },
                 crate::access_log::sample(&snap.config.log),
             )
@@ -190,7 +196,15 @@ impl Proxy {
                 }
             }
         }
-        let (index, instance) = upstream.pick();
+        let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
+            tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
+            let e = ProxyError::NoHealthy;
+            target.window.record(crate::clock::now_ms(), true, 0);
+            target
+                .metrics
+                .record(e.status().as_u16(), start.elapsed().as_secs_f64());
+            return local(e);
+        };
         let Some(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
             tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
             return local(ProxyError::NoHealthy);
@@ -242,18 +256,23 @@ impl Proxy {
                 return match classify(&e) {
                     ProxyError::Upstream(kind) => {
                         tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                        upstream.health[index].record(true, now_ms, &limits.outlier);
                         self.fail(target, kind, now_ms, elapsed)
                     }
                     client_side => local(client_side),
                 };
             }
-            Err(_) => return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed),
+            Err(_) => {
+                upstream.health[index].record(true, now_ms, &limits.outlier);
+                return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+            }
         };
         let status = resp.status();
         let is_5xx = status.is_server_error();
         if is_5xx {
             target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
         }
+        upstream.health[index].record(is_5xx, now_ms, &limits.outlier);
         target
             .window
             .record(now_ms, is_5xx, elapsed.as_millis() as u64);
