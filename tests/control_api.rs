@@ -164,8 +164,16 @@ async fn unauthenticated_post_changes_nothing() {
     // Reads need no token.
     let r = get(&c, &gw.admin_url("/api/v1/routes"), &[]).await;
     assert_eq!(r.status, 200);
-    // With the token the same call works.
-    let r = post(&c, &gw, "/api/v1/routes/bot/flip", Some(TOKEN), "").await;
+    // With the token the same call works (the scheme is case-insensitive).
+    let auth = format!("bearer {TOKEN}");
+    let r = send(
+        &c,
+        "POST",
+        &gw.admin_url("/api/v1/routes/bot/flip"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["live"], "green");
     gw.stop().await;

@@ -22,7 +22,12 @@ struct Proc {
 impl Proc {
     /// Starts the binary on `file` and learns its ports from the "flipgate serving" log line.
     fn start(file: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_flipgate")), file)
+    }
+
+    /// Like `start`, with a prepared command (extra environment).
+    fn start_with(mut cmd: Command, file: &Path) -> Proc {
+        let mut child = cmd
             .args(["run", "-c"])
             .arg(file)
             .env("NO_COLOR", "1")
@@ -351,4 +356,60 @@ async fn restart_restores_the_overlay_unless_the_split_changed_meanwhile() {
     assert_eq!(v["live_source"], "file");
     assert_eq!(v["previous"], "green");
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_from_the_named_env_var_and_the_loopback_rule() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    let cfg = config("blue", &[("blue", blue.addr), ("green", green.addr)], "");
+
+    // No token configured and a non-loopback admin address: refuses to start, exit 1, one line.
+    write_atomic(
+        &file,
+        &cfg.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"0.0.0.0:0\"",
+        ),
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .env_remove("FLIPGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no admin token is configured"), "{err}");
+
+    // Token from the env var named by admin.token_env.
+    write_atomic(
+        &file,
+        &cfg.replace(
+            "[admin]\n",
+            "[admin]\ntoken_env = \"FG_TEST_ADMIN_TOKEN\"\n",
+        ),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flipgate"));
+    cmd.env("FG_TEST_ADMIN_TOKEN", "from-env");
+    let p = Proc::start_with(cmd, &file);
+    let c = client();
+    let url = p.admin_url("/api/v1/routes/bot/flip");
+    let r = send(&c, "POST", &url, &[], "").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = send(&c, "POST", &url, &[("authorization", "Bearer nope")], "").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = send(
+        &c,
+        "POST",
+        &url,
+        &[("authorization", "Bearer from-env")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &p.url("/"), &[]).await.text(), "green");
+    p.kill9();
 }

@@ -126,11 +126,14 @@ impl Admin {
         let Some(token) = self.token() else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         let Some(given) = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
         else {
             return false;
         };
