@@ -105,6 +105,8 @@ async fn failing_canary_trips_at_the_threshold_and_traffic_returns_to_live() {
 
     // Status tells why, when and where the value came from.
     let v = status(&c, &gw).await;
+    assert_eq!(v["canary"]["percent"], 0.0);
+    assert_eq!(v["canary"]["source"], "circuit");
     assert_eq!(v["circuit"]["state"], "tripped");
     assert_eq!(v["circuit"]["tripped"]["target"], "green");
     assert!(v["circuit"]["tripped"]["at"].as_u64().unwrap() > 0);
