@@ -454,3 +454,41 @@ async fn a_trip_racing_an_operator_is_dropped() {
     assert_eq!(s.live, "green");
     assert!(s.tripped.is_none());
 }
+
+#[tokio::test]
+async fn upstream_4xx_and_client_aborts_are_not_errors() {
+    use tokio::io::AsyncWriteExt;
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let gw = Gw::start(&cfg(
+        &blue,
+        &green,
+        100.0,
+        "window = \"60s\"\nmin_requests = 5\nmax_error_rate = 0.1\n",
+    ))
+    .await;
+    let c = client();
+    for code in [400, 404, 429, 499] {
+        for _ in 0..5 {
+            let r = get(&c, &gw.url(&format!("/status/{code}")), &[]).await;
+            assert_eq!(r.status, code);
+        }
+    }
+    // A client that gives up while green is still working on its request.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /hold HTTP/1.1\r\nhost: bot\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("request reached green", Duration::from_secs(5), || async {
+        green.holding.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(s);
+    green.release();
+    circuit::check_all(&control(&gw));
+    let w = window(&gw, "green");
+    assert_eq!(w.errors, 0, "{w:?}");
+    assert!(w.requests >= 20);
+    assert!(route(&gw).tripped.is_none());
+    gw.stop().await;
+}
