@@ -209,7 +209,7 @@ async fn corrupt_state_file_is_kept_aside_and_the_file_config_serves() {
 
     let p = Proc::start(&file);
     assert!(
-        p.logged("CORRUPT runtime state file ignored"),
+        p.logged("CORRUPT or unreadable runtime state file ignored"),
         "{:?}",
         p.log.lock().unwrap()
     );
@@ -418,4 +418,24 @@ async fn admin_token_from_the_named_env_var_and_the_loopback_rule() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&c, &p.url("/"), &[]).await.text(), "green");
     p.kill9();
+}
+
+#[tokio::test]
+async fn unreadable_state_file_is_moved_aside() {
+    let blue = spawn_upstream("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the state file should be: reading it fails.
+    std::fs::create_dir_all(dir.path().join("state/state.json/junk")).unwrap();
+    let gw = Gw::start_in(dir, &config("blue", &[("blue", blue.addr)], "")).await;
+    assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
+    let names: Vec<String> = std::fs::read_dir(gw.dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("state.json.bad-")),
+        "{names:?}"
+    );
+    assert_eq!(read_state(gw.dir.path())["version"], 1);
+    gw.stop().await;
 }
