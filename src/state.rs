@@ -4,7 +4,8 @@
 //! control plane checks before it writes, and restore drops entries whose file fingerprint no
 //! longer matches). The state file is replaced atomically (temp file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new file, never a torn one. A file that cannot be
-//! read or parsed never stops serving: it is copied aside and flipgate starts from the route file.
+//! read or parsed never stops serving: it is copied (or, unreadable, moved) aside and flipgate starts
+//! from the route file.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -492,3 +492,39 @@ async fn upstream_4xx_and_client_aborts_are_not_errors() {
     assert!(route(&gw).tripped.is_none());
     gw.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn bake_ends_after_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = paused_control(
+        dir.path(),
+        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\nbake = \"5m\"\n",
+    );
+    control
+        .act(
+            "bot",
+            Action::Flip {
+                target: Some("green".into()),
+            },
+        )
+        .unwrap();
+    let until = control
+        .snapshots()
+        .load()
+        .route("bot")
+        .unwrap()
+        .state
+        .bake_until_unix_ms
+        .expect("baking");
+    record(&control, "green", 20, true, 1);
+    let now_ms = flipgate::clock::now_ms();
+    // After the bake the new live target is no longer judged: no rollback.
+    assert_eq!(circuit::check_all_at(&control, now_ms, until), 0);
+    assert!(tripped(&control).is_none());
+    // During the bake it is.
+    assert_eq!(circuit::check_all_at(&control, now_ms, until - 1), 1);
+    assert_eq!(
+        control.snapshots().load().route("bot").unwrap().state.live,
+        "blue"
+    );
+}
