@@ -701,6 +701,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin.listen != new.admin.listen {
         v.push("admin.listen");
     }
+    if old.admin.token_env != new.admin.token_env || old.admin.token_file != new.admin.token_file {
+        v.push("admin.token_env/admin.token_file");
+    }
     if old.state.dir != new.state.dir {
         v.push("state.dir");
     }

@@ -105,6 +105,8 @@ async fn failing_canary_trips_at_the_threshold_and_traffic_returns_to_live() {
 
     // Status tells why, when and where the value came from.
     let v = status(&c, &gw).await;
+    assert_eq!(v["canary"]["percent"], 0.0);
+    assert_eq!(v["canary"]["source"], "circuit");
     assert_eq!(v["circuit"]["state"], "tripped");
     assert_eq!(v["circuit"]["tripped"]["target"], "green");
     assert!(v["circuit"]["tripped"]["at"].as_u64().unwrap() > 0);
@@ -451,4 +453,78 @@ async fn a_trip_racing_an_operator_is_dropped() {
         .clone();
     assert_eq!(s.live, "green");
     assert!(s.tripped.is_none());
+}
+
+#[tokio::test]
+async fn upstream_4xx_and_client_aborts_are_not_errors() {
+    use tokio::io::AsyncWriteExt;
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let gw = Gw::start(&cfg(
+        &blue,
+        &green,
+        100.0,
+        "window = \"60s\"\nmin_requests = 5\nmax_error_rate = 0.1\n",
+    ))
+    .await;
+    let c = client();
+    for code in [400, 404, 429, 499] {
+        for _ in 0..5 {
+            let r = get(&c, &gw.url(&format!("/status/{code}")), &[]).await;
+            assert_eq!(r.status, code);
+        }
+    }
+    // A client that gives up while green is still working on its request.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /hold HTTP/1.1\r\nhost: bot\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("request reached green", Duration::from_secs(5), || async {
+        green.holding.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(s);
+    green.release();
+    circuit::check_all(&control(&gw));
+    let w = window(&gw, "green");
+    assert_eq!(w.errors, 0, "{w:?}");
+    assert!(w.requests >= 20);
+    assert!(route(&gw).tripped.is_none());
+    gw.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bake_ends_after_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = paused_control(
+        dir.path(),
+        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\nbake = \"5m\"\n",
+    );
+    control
+        .act(
+            "bot",
+            Action::Flip {
+                target: Some("green".into()),
+            },
+        )
+        .unwrap();
+    let until = control
+        .snapshots()
+        .load()
+        .route("bot")
+        .unwrap()
+        .state
+        .bake_until_unix_ms
+        .expect("baking");
+    record(&control, "green", 20, true, 1);
+    let now_ms = flipgate::clock::now_ms();
+    // After the bake the new live target is no longer judged: no rollback.
+    assert_eq!(circuit::check_all_at(&control, now_ms, until), 0);
+    assert!(tripped(&control).is_none());
+    // During the bake it is.
+    assert_eq!(circuit::check_all_at(&control, now_ms, until - 1), 1);
+    assert_eq!(
+        control.snapshots().load().route("bot").unwrap().state.live,
+        "blue"
+    );
 }

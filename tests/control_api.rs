@@ -164,8 +164,16 @@ async fn unauthenticated_post_changes_nothing() {
     // Reads need no token.
     let r = get(&c, &gw.admin_url("/api/v1/routes"), &[]).await;
     assert_eq!(r.status, 200);
-    // With the token the same call works.
-    let r = post(&c, &gw, "/api/v1/routes/bot/flip", Some(TOKEN), "").await;
+    // With the token the same call works (the scheme is case-insensitive).
+    let auth = format!("bearer {TOKEN}");
+    let r = send(
+        &c,
+        "POST",
+        &gw.admin_url("/api/v1/routes/bot/flip"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["live"], "green");
     gw.stop().await;
@@ -274,7 +282,8 @@ async fn flip_canary_promote_rollback_reset_follow_spec() {
     // Rollback during a canary: percent to 0, live untouched.
     let r = post(&c, &gw, "/api/v1/routes/bot/rollback", t, "").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.json()["canary"].is_null());
+    assert_eq!(r.json()["canary"]["percent"], 0.0);
+    assert_eq!(r.json()["canary"]["source"], "admin");
     assert_eq!(r.json()["live"], "blue");
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
 
@@ -353,5 +362,24 @@ async fn status_reports_window_counts_sources_and_generation() {
     assert_eq!(blue_t["window"]["requests"], 8);
     assert_eq!(blue_t["window"]["errors"], 2);
     assert_eq!(blue_t["window"]["error_rate"], 0.25);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unwritable_state_dir_still_applies_and_says_so() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    // The state directory cannot be created: its parent is a regular file.
+    std::fs::write(dir.path().join("blocker"), "").unwrap();
+    let cfg = config("blue", &[("blue", blue.addr), ("green", green.addr)], "")
+        .replace("dir = \"state\"", "dir = \"blocker/state\"");
+    let gw = Gw::start_in(dir, &cfg).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    let r = post(&c, &gw, "/api/v1/routes/bot/flip", None, "").await;
+    assert_json_error(&r, 500, "will not survive a restart");
+    // The operator's change is in force anyway.
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
     gw.stop().await;
 }

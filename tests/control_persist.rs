@@ -22,7 +22,12 @@ struct Proc {
 impl Proc {
     /// Starts the binary on `file` and learns its ports from the "flipgate serving" log line.
     fn start(file: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_flipgate")), file)
+    }
+
+    /// Like `start`, with a prepared command (extra environment).
+    fn start_with(mut cmd: Command, file: &Path) -> Proc {
+        let mut child = cmd
             .args(["run", "-c"])
             .arg(file)
             .env("NO_COLOR", "1")
@@ -136,10 +141,14 @@ async fn tripped_state_and_admin_changes_survive_kill_9() {
         read_state(dir.path())["routes"]["bot"]["state"]["tripped"].is_object()
     })
     .await;
-    assert!(
-        p.logged("circuit tripped on `green`"),
-        "trip logged at warn"
-    );
+    wait_until("trip logged at warn", Duration::from_secs(10), || async {
+        p.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("circuit tripped on `green`"))
+    })
+    .await;
     p.kill9();
 
     // Restarted: still tripped, canary still off, nothing goes to green.
@@ -151,7 +160,9 @@ async fn tripped_state_and_admin_changes_survive_kill_9() {
     assert_eq!(v["circuit"]["state"], "tripped", "{v}");
     assert_eq!(v["circuit"]["tripped"]["target"], "green");
     assert_eq!(v["live"], "blue");
-    assert!(v["canary"].is_null(), "{v}");
+    assert_eq!(v["canary"]["target"], "green", "{v}");
+    assert_eq!(v["canary"]["percent"], 0.0);
+    assert_eq!(v["canary"]["source"], "circuit");
     let hits = green.hits();
     for _ in 0..20 {
         assert_eq!(get(&c, &p.url("/"), &[]).await.text(), "blue");
@@ -198,7 +209,7 @@ async fn corrupt_state_file_is_kept_aside_and_the_file_config_serves() {
 
     let p = Proc::start(&file);
     assert!(
-        p.logged("CORRUPT runtime state file ignored"),
+        p.logged("CORRUPT or unreadable runtime state file ignored"),
         "{:?}",
         p.log.lock().unwrap()
     );
@@ -350,5 +361,81 @@ async fn restart_restores_the_overlay_unless_the_split_changed_meanwhile() {
         .json();
     assert_eq!(v["live_source"], "file");
     assert_eq!(v["previous"], "green");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_from_the_named_env_var_and_the_loopback_rule() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    let cfg = config("blue", &[("blue", blue.addr), ("green", green.addr)], "");
+
+    // No token configured and a non-loopback admin address: refuses to start, exit 1, one line.
+    write_atomic(
+        &file,
+        &cfg.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"0.0.0.0:0\"",
+        ),
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .env_remove("FLIPGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no admin token is configured"), "{err}");
+
+    // Token from the env var named by admin.token_env.
+    write_atomic(
+        &file,
+        &cfg.replace(
+            "[admin]\n",
+            "[admin]\ntoken_env = \"FG_TEST_ADMIN_TOKEN\"\n",
+        ),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flipgate"));
+    cmd.env("FG_TEST_ADMIN_TOKEN", "from-env");
+    let p = Proc::start_with(cmd, &file);
+    let c = client();
+    let url = p.admin_url("/api/v1/routes/bot/flip");
+    let r = send(&c, "POST", &url, &[], "").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = send(&c, "POST", &url, &[("authorization", "Bearer nope")], "").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = send(
+        &c,
+        "POST",
+        &url,
+        &[("authorization", "Bearer from-env")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &p.url("/"), &[]).await.text(), "green");
+    p.kill9();
+}
+
+#[tokio::test]
+async fn unreadable_state_file_is_moved_aside() {
+    let blue = spawn_upstream("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the state file should be: reading it fails.
+    std::fs::create_dir_all(dir.path().join("state/state.json/junk")).unwrap();
+    let gw = Gw::start_in(dir, &config("blue", &[("blue", blue.addr)], "")).await;
+    assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
+    let names: Vec<String> = std::fs::read_dir(gw.dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("state.json.bad-")),
+        "{names:?}"
+    );
+    assert_eq!(read_state(gw.dir.path())["version"], 1);
     gw.stop().await;
 }

@@ -127,7 +127,9 @@ impl RouteView {
         let canary = s
             .canary_target
             .as_ref()
-            .filter(|_| s.canary_bp > 0)
+            // A canary stopped at runtime (rollback, circuit) stays visible at 0 % with who
+            // stopped it; a promoted one (now live) does not.
+            .filter(|t| s.canary_bp > 0 || (s.canary_source != Source::File && **t != s.live))
             .map(|t| CanaryView {
                 target: t.clone(),
                 percent: s.canary_bp as f64 / 100.0,

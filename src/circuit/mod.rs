@@ -2,9 +2,12 @@
 //! task decides.
 //!
 //! Invariants: the decision is a pure function of (route entry, windows, now), so tests drive it
-//! with a paused clock. The task only ever asks the control plane to roll back (never to
-//! re-promote), and the control plane re-checks that the candidate is unchanged before acting, so a
-//! trip that races an operator's action is dropped rather than applied to the wrong target.
+//! with a paused clock (`check_all_at` takes both clocks). The request path never decides and never
+//! wakes anything: it bumps window counters and, on a bad outcome, one process-wide counter that the
+//! task polls, so a trip follows the crossing within `POLL`. The task only ever asks the control
+//! plane to roll back (never to re-promote), with the route state its verdict was reached on; the
+//! control plane drops the verdict if that state changed meanwhile, so a trip that races an
+//! operator's action is never applied to the wrong target.
 
 pub mod window;
 
