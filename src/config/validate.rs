@@ -272,7 +272,12 @@ fn admin(sink: &mut Sink, base: &Path, raw: RawAdmin) -> Option<Admin> {
     let listen = addr(sink, raw.listen, DEFAULT_ADMIN, "admin.listen")?;
     Some(Admin {
         listen,
-        token_env: raw.token_env.filter(|s| !s.is_empty()),
+        // Defaults to the variable the CLI reads, so one exported token serves both; "" disables.
+        token_env: Some(
+            raw.token_env
+                .unwrap_or_else(|| "FLIPGATE_ADMIN_TOKEN".into()),
+        )
+        .filter(|s| !s.is_empty()),
         token_file: raw.token_file.map(|f| resolve(base, &f)),
     })
 }
