@@ -22,6 +22,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+pub mod fuzzing;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
@@ -30,6 +32,7 @@ pub mod server;
 pub mod snapshot;
 pub mod split;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -51,6 +54,10 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
+    /// HTTPS listener address, when `[server.tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
+    /// The live certificate set (reload status for tests and operators), when TLS is on.
+    pub tls: Option<Arc<tls::Resolver>>,
     pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -65,6 +72,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error("TLS certificates: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl Gateway {
@@ -97,13 +106,54 @@ impl Gateway {
             .local_addr()
             .map_err(|e| StartError::Bind(admin_listen, e))?;
 
+        // HTTPS: certificates must load now (a bad pair fails start); later they hot-reload.
+        let tls = match control.config().server.tls.clone() {
+            None => None,
+            Some(t) => {
+                let resolver = tls::Resolver::new(tls::CertSet::load(&t.certs)?);
+                let l = server::bind(t.listen, reuse_port)
+                    .map_err(|e| StartError::Bind(t.listen, e))?;
+                let a = l.local_addr().map_err(|e| StartError::Bind(t.listen, e))?;
+                Some((resolver, l, a))
+            }
+        };
+        let tls_addr = tls.as_ref().map(|t| t.2);
+        let tls_resolver = tls.as_ref().map(|t| t.0.clone());
+
         let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(health::run(
+            control.snapshots(),
+            clients.clone(),
+            rx.clone(),
+        ));
         let proxy = Arc::new(Proxy {
             snapshot: control.snapshots(),
             clients,
         });
-        let mut tasks = JoinSet::new();
-        tasks.spawn(server::serve(listener, proxy, settings, rx.clone()));
+        if let Some((resolver, tls_listener, _)) = tls {
+            let config = tls::server_config(resolver.clone());
+            tasks.spawn(server::serve(
+                tls_listener,
+                proxy.clone(),
+                settings.clone(),
+                Some(config),
+                rx.clone(),
+            ));
+            let snapshots = control.snapshots();
+            let current = move || {
+                snapshots
+                    .load()
+                    .config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map(|t| t.certs.clone())
+                    .unwrap_or_default()
+            };
+            tasks.spawn(tls::watch_certs(resolver, current, rx.clone()));
+        }
+        tasks.spawn(server::serve(listener, proxy, settings, None, rx.clone()));
         tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
         tasks.spawn(reload::run(control.clone(), path, rx.clone()));
         tasks.spawn(circuit::run(control.clone(), rx));
@@ -112,6 +162,8 @@ impl Gateway {
         Ok(Gateway {
             addr,
             admin_addr,
+            tls_addr,
+            tls: tls_resolver,
             control,
             shutdown,
             tasks,

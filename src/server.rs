@@ -1,10 +1,19 @@
-//! Traffic listeners: accept loops that hand connections to hyper with the proxy as the service.
+//! Traffic listeners: accept loops that hand connections (plain, or TLS-terminated) to hyper with
+//! the proxy as the service.
 //!
 //! Invariants: a listener is bound once, at start, and never rebuilt by a reload. Each connection is
-//! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first, then every
-//! connection is asked to finish (HTTP/1 `Connection: close` after the current response, HTTP/2
-//! GOAWAY) and gets up to the drain timeout. An accept error (e.g. out of file descriptors) is logged
-//! and retried after a short pause; it never ends the loop.
+//! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first (the socket is
+//! closed, so a second process on the same port with `SO_REUSEPORT` gets every new connection),
+//! then every connection is asked to finish (HTTP/1 `Connection: close` after the current
+//! response, HTTP/2 GOAWAY) and gets up to the drain timeout; upgraded tunnels are not tracked by
+//! hyper and end with the process after that. An accept error (e.g. out of file descriptors) is
+//! logged and retried after a short pause; it never ends the loop. With `max_connections`, a
+//! connection over the limit gets a bare `503` (plain) or is closed (TLS, before the handshake)
+//! and the loop keeps serving the others. The TLS handshake is bounded by `header_read_timeout`.
+//!
+//! Idle connections: HTTP/1's header read timer also runs while a kept-alive connection waits for
+//! its next request, so `header_read_timeout` closes idle HTTP/1 connections too; HTTP/2
+//! connections are pinged every `idle_timeout` and closed when a ping goes unanswered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +35,9 @@ pub struct ConnSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub drain_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Concurrent downstream connections per listener; 0 = unlimited.
+    pub max_connections: usize,
 }
 
 impl ConnSettings {
@@ -35,6 +47,8 @@ impl ConnSettings {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             drain_timeout: s.drain_timeout,
+            idle_timeout: s.idle_timeout,
+            max_connections: s.max_connections,
         }
     }
 }
@@ -51,7 +65,9 @@ pub fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(settings.idle_timeout))
+        .keep_alive_timeout(settings.header_read_timeout);
     b
 }
 
@@ -70,44 +86,118 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Serves plain-TCP traffic (HTTP/1.1 and h2c) until `shutdown` flips, then drains.
+/// Answer for a connection over `max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\nflipgate: too many open connections\n";
+
+/// Serves traffic until `shutdown` flips, then drains: HTTP/1.1 and h2c, or with `tls` HTTPS with
+/// ALPN h2/http1.1.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     settings: ConnSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let limit = (settings.max_connections > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_connections)));
+    let mut stopping = false;
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, peer) = if stopping {
+            // Take what the kernel already queued for us before closing the socket: with
+            // SO_REUSEPORT those connections would otherwise be reset, not moved to the new process.
+            tokio::select! {
+                biased;
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => break,
+                },
+                _ = std::future::ready(()) => break,
+            }
+        } else {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => {
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        let permit = match &limit {
+            None => None,
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    tracing::debug!(%peer, "connection limit reached; refusing");
+                    if acceptor.is_none() {
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let mut stream = stream;
+                            let _ = stream.write_all(BUSY).await;
+                            let _ = stream.shutdown().await;
+                        });
+                    }
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo::new(peer, false));
+        let info = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let proxy = proxy.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let fut = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let builder = builder.clone();
+        match &acceptor {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-        });
+            Some(acceptor) => {
+                let accept = acceptor.accept(stream);
+                let watcher = graceful.watcher();
+                let handshake_timeout = settings.header_read_timeout;
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(handshake_timeout, accept).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     drain(graceful, settings.drain_timeout).await;
