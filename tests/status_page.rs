@@ -161,6 +161,7 @@ async fn page_is_self_contained_and_its_json_has_what_it_shows() {
         .map(|t| {
             assert!(t["window"]["seconds"].as_f64().unwrap() > 0.0);
             assert!(t["instances"][0].is_string());
+            assert!(t["instance_health"][0].is_string(), "{t}");
             t["window"]["requests"].as_u64().unwrap()
         })
         .sum();
@@ -268,6 +269,7 @@ async fn renders_in_headless_chromium_without_errors_or_injection() {
         "tripped",
         "reload_rejected",
         "sticky header:x-user-id",
+        "class=\"i-",
     ] {
         assert!(dom.contains(want), "rendered page lacks `{want}`:\n{dom}");
     }
