@@ -548,6 +548,20 @@ fn bake_until(route: &Route, now_unix_ms: u64) -> Option<u64> {
         .map(|c| now_unix_ms + c.bake.as_millis() as u64)
 }
 
+/// The target an action means when none is named: the canary target, else the only other one.
+fn default_other(route: &Route, s: &RouteState, hint: &str) -> Result<String, ControlError> {
+    s.canary_target
+        .clone()
+        .filter(|c| *c != s.live)
+        .or_else(|| only_other(route, &s.live))
+        .ok_or_else(|| {
+            ControlError::Rejected(format!(
+                "route `{}` has no canary and more than one other target; {hint}",
+                route.name
+            ))
+        })
+}
+
 fn apply(
     route: &Route,
     s: &mut RouteState,
@@ -560,16 +574,7 @@ fn apply(
         Action::Flip { target } => {
             let to = match target {
                 Some(t) => target_of(route, t)?,
-                None => s
-                    .canary_target
-                    .clone()
-                    .filter(|c| *c != s.live)
-                    .or_else(|| only_other(route, &s.live))
-                    .ok_or_else(|| {
-                        ControlError::Rejected(format!(
-                            "route `{name}` has no canary and more than one other target; name the target to flip to"
-                        ))
-                    })?,
+                None => default_other(route, s, "name the target to flip to")?,
             };
             let had_canary = s.canary_bp > 0;
             s.tripped = None;
@@ -592,16 +597,7 @@ fn apply(
             })?;
             let t = match target {
                 Some(t) => target_of(route, t)?,
-                None => s
-                    .canary_target
-                    .clone()
-                    .filter(|c| *c != s.live)
-                    .or_else(|| only_other(route, &s.live))
-                    .ok_or_else(|| {
-                        ControlError::Rejected(format!(
-                            "route `{name}` has several other targets; name the canary target"
-                        ))
-                    })?,
+                None => default_other(route, s, "name the canary target")?,
             };
             if t == s.live {
                 return Err(ControlError::Rejected(format!(
