@@ -121,6 +121,7 @@ impl Gateway {
         let proxy = Arc::new(Proxy {
             snapshot: control.snapshots(),
             clients,
+            tunnels: Default::default(),
         });
         let mut tasks = JoinSet::new();
         if let Some((resolver, tls_listener, _)) = tls {

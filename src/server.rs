@@ -5,8 +5,8 @@
 //! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first (the socket is
 //! closed, so a second process on the same port with `SO_REUSEPORT` gets every new connection),
 //! then every connection is asked to finish (HTTP/1 `Connection: close` after the current
-//! response, HTTP/2 GOAWAY) and gets up to the drain timeout; upgraded tunnels are not tracked by
-//! hyper and end with the process after that. An accept error (e.g. out of file descriptors) is
+//! response, HTTP/2 GOAWAY) and gets up to the drain timeout, which upgraded tunnels (WebSockets)
+//! share: they may run until that deadline, then are closed. An accept error (e.g. out of file descriptors) is
 //! logged and retried after a short pause; it never ends the loop. With `max_connections`, a
 //! connection over the limit gets a bare `503` (plain) or is closed (TLS, before the handshake)
 //! and the loop keeps serving the others. The TLS handshake is bounded by `header_read_timeout`.
@@ -86,6 +86,56 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
+/// After steering a reuse-port group away from a stopping listener, how long it keeps accepting
+/// the connections whose handshakes were already under way.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(100);
+
+/// Prepares a zero-downtime handover on shutdown: when other processes listen on the same port
+/// (`SO_REUSEPORT`), attaches a classic BPF program to the port's reuse-port group that sends
+/// every new connection to the group's second socket, the next process, instead of hashing some
+/// onto ours: connections queued on a listener when it closes are reset by the kernel (unless
+/// `net.ipv4.tcp_migrate_req` is on), so none must arrive once we stop. Out of range (we are
+/// alone), the kernel falls back to its hash, i.e. to us. Returns whether a grace period applies.
+#[cfg(target_os = "linux")]
+fn reuse_port_handover(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let sock = socket2::SockRef::from(listener);
+    if !sock.reuse_port().unwrap_or(false) {
+        return false;
+    }
+    let mut code = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points to a valid one-instruction program that outlives the call; the kernel
+    // copies it. The fd is a live listening socket borrowed from `listener`.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot steer the reuse-port group; closing the listener directly");
+        return false;
+    }
+    true
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reuse_port_handover(_listener: &TcpListener) -> bool {
+    false
+}
+
 /// Answer for a connection over `max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\nflipgate: too many open connections\n";
 
@@ -104,6 +154,7 @@ pub async fn serve(
     let limit = (settings.max_connections > 0)
         .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_connections)));
     let mut stopping = false;
+    let mut grace: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = if stopping {
             // Take what the kernel already queued for us before closing the socket: with
@@ -126,7 +177,17 @@ pub async fn serve(
                         continue;
                     }
                 },
-                _ = shutdown.changed() => {
+                _ = shutdown.changed(), if grace.is_none() => {
+                    // With SO_REUSEPORT, first steer new connections to the other listeners of
+                    // the port, and keep accepting while handshakes already under way land here.
+                    if reuse_port_handover(&listener) {
+                        grace = Some(tokio::time::Instant::now() + HANDOVER_GRACE);
+                    } else {
+                        stopping = true;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => {
                     stopping = true;
                     continue;
                 }
@@ -200,7 +261,9 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     drain(graceful, settings.drain_timeout).await;
+    proxy.tunnels.drain(deadline).await;
 }
 
 /// Waits for watched connections to finish, at most `timeout`.

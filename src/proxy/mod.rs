@@ -34,6 +34,8 @@ pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream clients, process-wide so pools survive reloads.
     pub clients: Clients,
+    /// Open upgraded tunnels, so shutdown can drain them.
+    pub tunnels: Arc<tunnel::Tunnels>,
 }
 
 /// Facts about the downstream connection, computed once per connection.
@@ -250,6 +252,7 @@ impl Proxy {
                     up,
                     target.metrics.tunnels.clone(),
                     slot,
+                    self.tunnels.clone(),
                     close_after_flip,
                 ));
                 let (parts, _) = resp.into_parts();
