@@ -94,7 +94,7 @@ impl Gateway {
         let control = Control::new(config, metrics);
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin::new(control.clone(), ready.clone());
-        let admin_listener = admin.bind(admin_listen).await?;
+        let admin_listener = admin.bind(admin_listen, reuse_port).await?;
         let listener = server::bind(listen, reuse_port).map_err(|e| StartError::Bind(listen, e))?;
         let addr = listener
             .local_addr()

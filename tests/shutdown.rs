@@ -85,15 +85,30 @@ fn file_config(
     live: &str,
     targets: &[(&str, SocketAddr)],
     listen: &str,
+    admin: &str,
     reuse_port: bool,
 ) -> String {
-    with_server(
-        &config(live, targets, "").replace(
+    let cfg = config(live, targets, "")
+        .replace(
             "listen = \"127.0.0.1:0\"\nupstream",
             &format!("listen = \"{listen}\"\nupstream"),
-        ),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        );
+    with_server(
+        &cfg,
         &format!("reuse_port = {reuse_port}\ndrain_timeout = \"15s\""),
     )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One request on a fresh connection; the body, or why it failed.
@@ -126,6 +141,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         "blue",
         &[("blue", blue.addr)],
         "127.0.0.1:0",
+        "127.0.0.1:0",
         false,
     ))
     .await;
@@ -156,14 +172,11 @@ async fn sigterm_lets_the_request_in_flight_finish() {
 async fn reuse_port_hands_over_without_a_refused_connection() {
     let blue = spawn_upstream("blue").await;
     let green = spawn_upstream("green").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
+    // The same admin port too: a new process can start on the same route file.
+    let admin = format!("127.0.0.1:{}", free_port());
     let targets = [("blue", blue.addr), ("green", green.addr)];
-    let mut old = start(&file_config("blue", &targets, &listen, true)).await;
+    let mut old = start(&file_config("blue", &targets, &listen, &admin, true)).await;
     let addr = old.addr;
     // A slow request keeps the old process draining for as long as the test wants.
     let url = format!("http://{addr}/hold");
@@ -193,7 +206,7 @@ async fn reuse_port_hands_over_without_a_refused_connection() {
         })
     };
 
-    let _new = start(&file_config("green", &targets, &listen, true)).await;
+    let _new = start(&file_config("green", &targets, &listen, &admin, true)).await;
     wait_until("the new process takes connections", DEADLINE, || async {
         seen_green.load(Ordering::SeqCst) > 0
     })
