@@ -16,6 +16,7 @@
 //! connections are pinged every `idle_timeout` and closed when a ping goes unanswered.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,9 @@ use tokio::sync::watch;
 
 use crate::proxy::{ConnInfo, Proxy};
 
-/// Connection-level settings taken from `[server]` at start.
-#[derive(Clone, Debug)]
+/// Connection-level settings from `[server]`; re-read from the live snapshot at each accept, so a
+/// reload changes them for new connections (established ones keep theirs).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
@@ -136,6 +138,28 @@ fn reuse_port_handover(_listener: &TcpListener) -> bool {
     false
 }
 
+/// One open downstream connection, counted until dropped.
+struct ConnSlot {
+    open: Arc<AtomicUsize>,
+    /// Open connections including this one, when it was taken.
+    count: usize,
+}
+
+impl ConnSlot {
+    fn take(open: &Arc<AtomicUsize>) -> ConnSlot {
+        ConnSlot {
+            count: open.fetch_add(1, Ordering::AcqRel) + 1,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Answer for a connection over `max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\nflipgate: too many open connections\n";
 
@@ -148,11 +172,11 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&settings));
+    let mut settings = settings;
+    let mut conn_builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let limit = (settings.max_connections > 0)
-        .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_connections)));
+    let open = Arc::new(AtomicUsize::new(0));
     let mut stopping = false;
     let mut grace: Option<tokio::time::Instant> = None;
     loop {
@@ -193,24 +217,25 @@ pub async fn serve(
                 }
             }
         };
-        let permit = match &limit {
-            None => None,
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    tracing::debug!(%peer, "connection limit reached; refusing");
-                    if acceptor.is_none() {
-                        tokio::spawn(async move {
-                            use tokio::io::AsyncWriteExt;
-                            let mut stream = stream;
-                            let _ = stream.write_all(BUSY).await;
-                            let _ = stream.shutdown().await;
-                        });
-                    }
-                    continue;
-                }
-            },
-        };
+        let now = ConnSettings::from_config(&proxy.snapshot.load().config.server);
+        if now != settings {
+            conn_builder = Arc::new(builder(&now));
+            settings = now;
+        }
+        let permit = ConnSlot::take(&open);
+        if settings.max_connections > 0 && permit.count > settings.max_connections {
+            tracing::debug!(%peer, "connection limit reached; refusing");
+            if acceptor.is_none() {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = stream.write_all(BUSY).await;
+                    let _ = stream.shutdown().await;
+                    drop(permit);
+                });
+            }
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let proxy = proxy.clone();
@@ -219,7 +244,7 @@ pub async fn serve(
             let info = info.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
         });
-        let builder = builder.clone();
+        let builder = conn_builder.clone();
         match &acceptor {
             None => {
                 let conn = builder
@@ -261,8 +286,9 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-    drain(graceful, settings.drain_timeout).await;
+    let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    drain(graceful, drain_timeout).await;
     proxy.tunnels.drain(deadline).await;
 }
 

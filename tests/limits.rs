@@ -276,3 +276,51 @@ async fn idle_connection_race_is_resent_once_for_bodyless_requests() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn limits_follow_a_reload_for_new_requests_and_connections() {
+    let blue = spawn_upstream("blue").await;
+    let base = config("blue", &[("blue", blue.addr)], "");
+    let gw = Gw::start(&with_server(
+        &base,
+        "max_body_bytes = 1024\nmax_connections = 1",
+    ))
+    .await;
+    let c = client();
+    assert_eq!(
+        send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000])
+            .await
+            .status,
+        413
+    );
+    let held = TcpStream::connect(gw.addr).await.unwrap();
+    wait_until("second connection refused", DEADLINE, || async {
+        raw(
+            gw.addr,
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 503")
+    })
+    .await;
+
+    let generation = gw.generation();
+    gw.rewrite(&with_server(
+        &base,
+        "max_body_bytes = 4096\nmax_connections = 4",
+    ));
+    wait_until("reloaded", DEADLINE, || async {
+        gw.generation() > generation
+    })
+    .await;
+    let r = send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000]).await;
+    assert_eq!((r.status, r.body.len()), (200, 2000));
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
+    gw.stop().await;
+}

@@ -146,9 +146,11 @@ impl Proxy {
                 return local(ProxyError::TooLarge);
             }
         }
-        let upgrade = headers::is_upgrade(req.headers());
-        let version = req.version();
         let upstream = &target.upstream;
+        // HTTP/2 has no `Upgrade`: to an HTTP/2 upstream the request goes as a plain one (its
+        // upgrade headers stripped) and whatever it answers is relayed.
+        let upgrade = !upstream.http2 && headers::is_upgrade(req.headers());
+        let version = req.version();
         let host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
             None => req
