@@ -11,9 +11,11 @@
 //! connection over the limit gets a bare `503` (plain) or is closed (TLS, before the handshake)
 //! and the loop keeps serving the others. The TLS handshake is bounded by `header_read_timeout`.
 //!
-//! Idle connections: HTTP/1's header read timer also runs while a kept-alive connection waits for
-//! its next request, so `header_read_timeout` closes idle HTTP/1 connections too; HTTP/2
-//! connections are pinged every `idle_timeout` and closed when a ping goes unanswered.
+//! Idle connections: hyper's HTTP/1 header read timer also runs while a kept-alive connection waits
+//! for its next request, so an idle HTTP/1 connection is closed after the smaller of
+//! `idle_timeout` and `header_read_timeout` (which is also the slowloris bound). HTTP/2
+//! connections are pinged every `idle_timeout` and closed when a ping goes unanswered within
+//! `header_read_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,7 +62,9 @@ pub fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // hyper's header timer also runs while a kept-alive connection waits for its next
+        // request, so it is the HTTP/1 idle timeout as well.
+        .header_read_timeout(settings.header_read_timeout.min(settings.idle_timeout))
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(settings.max_headers)
         .keep_alive(true);
