@@ -122,6 +122,7 @@ impl Gateway {
             snapshot: control.snapshots(),
             clients,
             tunnels: Default::default(),
+            connections: Default::default(),
         });
         let mut tasks = JoinSet::new();
         if let Some((resolver, tls_listener, _)) = tls {

@@ -18,7 +18,7 @@
 //! `header_read_timeout`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ pub struct ConnSettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Concurrent downstream connections per listener; 0 = unlimited.
+    /// Concurrent downstream connections, all listeners together; 0 = unlimited.
     pub max_connections: usize,
 }
 
@@ -142,25 +142,25 @@ fn reuse_port_handover(_listener: &TcpListener) -> bool {
     false
 }
 
-/// One open downstream connection, counted until dropped.
+/// One open downstream connection, counted (across every listener) until dropped.
 struct ConnSlot {
-    open: Arc<AtomicUsize>,
+    proxy: Arc<Proxy>,
     /// Open connections including this one, when it was taken.
     count: usize,
 }
 
 impl ConnSlot {
-    fn take(open: &Arc<AtomicUsize>) -> ConnSlot {
+    fn take(proxy: &Arc<Proxy>) -> ConnSlot {
         ConnSlot {
-            count: open.fetch_add(1, Ordering::AcqRel) + 1,
-            open: open.clone(),
+            count: proxy.connections.fetch_add(1, Ordering::AcqRel) + 1,
+            proxy: proxy.clone(),
         }
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.proxy.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -180,7 +180,6 @@ pub async fn serve(
     let mut conn_builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let open = Arc::new(AtomicUsize::new(0));
     let mut stopping = false;
     let mut grace: Option<tokio::time::Instant> = None;
     loop {
@@ -226,7 +225,7 @@ pub async fn serve(
             conn_builder = Arc::new(builder(&now));
             settings = now;
         }
-        let permit = ConnSlot::take(&open);
+        let permit = ConnSlot::take(&proxy);
         if settings.max_connections > 0 && permit.count > settings.max_connections {
             tracing::debug!(%peer, "connection limit reached; refusing");
             if acceptor.is_none() {

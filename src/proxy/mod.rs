@@ -36,6 +36,8 @@ pub struct Proxy {
     pub clients: Clients,
     /// Open upgraded tunnels, so shutdown can drain them.
     pub tunnels: Arc<tunnel::Tunnels>,
+    /// Open downstream connections on every listener, for `max_connections`.
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Facts about the downstream connection, computed once per connection.
