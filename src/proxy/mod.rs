@@ -175,7 +175,7 @@ impl Proxy {
             }
         }
         let (index, instance) = upstream.pick();
-        let Some(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
+        let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
             tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
             return local(ProxyError::NoHealthy);
         };
@@ -267,7 +267,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, false, false);
         headers::add_via(&mut parts.headers, parts.version);
         parts.version = http::Version::HTTP_11;
-        Response::from_parts(parts, ProxyBody::Upstream(body, Some(slot)))
+        Response::from_parts(parts, ProxyBody::Upstream(body, slot))
     }
 
     fn fail(

@@ -75,7 +75,7 @@ pub async fn relay(
     down: OnUpgrade,
     up: OnUpgrade,
     gauge: IntGauge,
-    slot: InflightGuard,
+    slot: Option<InflightGuard>,
     tunnels: Arc<Tunnels>,
     close_after_flip: Option<(Arc<ArcSwap<Snapshot>>, Arc<TargetEntry>, Duration)>,
 ) {
