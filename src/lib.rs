@@ -9,9 +9,11 @@
 //! with; the next request sees the new one. Per-target counters, metric handles and upstream pools
 //! outlive snapshots, so reloads and flips lose neither counts nor connections.
 //!
-//! Lifecycle: `Gateway::start` validates the file, restores runtime state, binds every listener
-//! (so a bad address fails fast), then spawns the accept loops, the reload watcher and the circuit
-//! task, all of which stop on one shutdown signal.
+//! Lifecycle: `Gateway::start` validates the file, restores runtime state, loads the TLS
+//! certificates, binds every listener (so a bad address or certificate fails fast), then spawns the
+//! accept loops, the reload watcher, the certificate watcher (`tls`) and the circuit task, all of
+//! which stop on one shutdown signal. Shutdown drains connections, then tunnels, within
+//! `server.drain_timeout` (`server`, `proxy::tunnel`).
 
 pub mod admin;
 pub mod circuit;
