@@ -9,9 +9,11 @@
 //! with; the next request sees the new one. Per-target counters, metric handles and upstream pools
 //! outlive snapshots, so reloads and flips lose neither counts nor connections.
 //!
-//! Lifecycle: `Gateway::start` validates the file, restores runtime state, binds every listener
-//! (so a bad address fails fast), then spawns the accept loops, the reload watcher and the circuit
-//! task, all of which stop on one shutdown signal.
+//! Lifecycle: `Gateway::start` validates the file, restores runtime state, loads the TLS
+//! certificates, binds every listener (so a bad address or certificate fails fast), then spawns the
+//! accept loops, the reload watcher, the certificate watcher (`tls`) and the circuit task, all of
+//! which stop on one shutdown signal. Shutdown drains connections, then tunnels, within
+//! `server.drain_timeout` (`server`, `proxy::tunnel`).
 
 pub mod access_log;
 pub mod admin;
@@ -97,7 +99,7 @@ impl Gateway {
         let control = Control::new(config, metrics);
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin::new(control.clone(), ready.clone());
-        let admin_listener = admin.bind(admin_listen).await?;
+        let admin_listener = admin.bind(admin_listen, reuse_port).await?;
         let listener = server::bind(listen, reuse_port).map_err(|e| StartError::Bind(listen, e))?;
         let addr = listener
             .local_addr()
@@ -130,6 +132,8 @@ impl Gateway {
         let proxy = Arc::new(Proxy {
             snapshot: control.snapshots(),
             clients,
+            tunnels: Default::default(),
+            connections: Default::default(),
         });
         if let Some((resolver, tls_listener, _)) = tls {
             let config = tls::server_config(resolver.clone());

@@ -305,3 +305,76 @@ fn dir_of(p: &Path) -> PathBuf {
         .unwrap_or(Path::new("."))
         .to_path_buf()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, file: &str, names: &[&str]) -> (CertPair, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let p = CertPair {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&p.cert, cert.pem()).unwrap();
+        std::fs::write(&p.key, key.serialize_pem()).unwrap();
+        (p, cert.der().clone())
+    }
+
+    #[test]
+    fn sni_exact_then_wildcard_one_label_deep_else_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_der) = pair(dir.path(), "a", &["a.test", "www.a.test"]);
+        let (w, w_der) = pair(dir.path(), "w", &["*.wild.test", "exact.other.test"]);
+        let set = CertSet::load(&[a, w]).unwrap();
+        let served = |sni: Option<&str>| set.pick(sni).cert[0].clone();
+        assert_eq!(served(Some("a.test")), a_der);
+        assert_eq!(served(Some("www.a.test")), a_der);
+        assert_eq!(served(Some("bot.wild.test")), w_der);
+        assert_eq!(served(Some("exact.other.test")), w_der);
+        assert_eq!(
+            served(Some("wild.test")),
+            a_der,
+            "a wildcard does not cover its parent"
+        );
+        assert_eq!(served(Some("a.b.wild.test")), a_der, "nor two labels deep");
+        assert_eq!(
+            served(Some("unknown.test")),
+            a_der,
+            "unknown names get the first pair"
+        );
+        assert_eq!(served(None), a_der, "no SNI gets the first pair");
+    }
+
+    #[test]
+    fn a_set_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = pair(dir.path(), "a", &["a.test"]);
+        let (b, _) = pair(dir.path(), "b", &["b.test"]);
+        std::fs::copy(&a.key, &b.key).unwrap(); // b's certificate with a's key
+        let err = CertSet::load(&[a.clone(), b]).unwrap_err().to_string();
+        assert!(
+            err.contains("b.pem") && err.contains("do not form a usable pair"),
+            "{err}"
+        );
+        let resolver = Resolver::new(CertSet::load(std::slice::from_ref(&a)).unwrap());
+        let missing = CertPair {
+            cert: dir.path().join("nope.pem"),
+            key: a.key.clone(),
+        };
+        assert!(resolver.reload(&[missing]).is_err());
+        assert!(resolver.last_error().unwrap().contains("nope.pem"));
+        assert_eq!(resolver.generation(), 1, "nothing was published");
+        assert!(
+            !resolver.reload(&[a]).unwrap(),
+            "unchanged files are not republished"
+        );
+        assert_eq!(resolver.last_error(), None);
+        assert!(matches!(CertSet::load(&[]), Err(TlsError::Empty)));
+    }
+}

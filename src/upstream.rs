@@ -140,19 +140,27 @@ impl Upstream {
         fallback.map(|i| (i, &self.instances[i]))
     }
 
-    /// Takes an in-flight slot on instance `i`, unless `limit` (0 = unlimited) is reached. The
-    /// slot is released when the returned guard drops (with the response body).
+    /// Takes an in-flight slot on instance `i` when `limit` is set (0 = unlimited: nothing is
+    /// counted, `Ok(None)`). The slot is released when the returned guard drops (with the response
+    /// body or the tunnel). `Err(Busy)` when the instance already has `limit` in flight.
     #[inline]
-    pub fn acquire(self: &Arc<Self>, i: usize, limit: usize) -> Option<InflightGuard> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        i: usize,
+        limit: usize,
+    ) -> Result<Option<InflightGuard>, Busy> {
+        if limit == 0 {
+            return Ok(None);
+        }
         let n = self.inflight[i].fetch_add(1, Relaxed);
         let guard = InflightGuard {
             upstream: self.clone(),
             index: i,
         };
-        if limit > 0 && n >= limit {
-            return None; // the guard drops here and gives the slot back
+        if n >= limit {
+            return Err(Busy); // the guard drops here and gives the slot back
         }
-        Some(guard)
+        Ok(Some(guard))
     }
 
     /// Requests in flight to instance `i`.
@@ -170,6 +178,10 @@ impl Upstream {
         http::Uri::from_parts(parts).expect("scheme, authority and path are valid")
     }
 }
+
+/// An instance is at its `max_upstream_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
 
 /// One in-flight request to an upstream instance; gives its slot back on drop.
 pub struct InflightGuard {

@@ -276,3 +276,107 @@ async fn idle_connection_race_is_resent_once_for_bodyless_requests() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn limits_follow_a_reload_for_new_requests_and_connections() {
+    let blue = spawn_upstream("blue").await;
+    let base = config("blue", &[("blue", blue.addr)], "");
+    let gw = Gw::start(&with_server(
+        &base,
+        "max_body_bytes = 1024\nmax_connections = 1",
+    ))
+    .await;
+    let c = client();
+    assert_eq!(
+        send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000])
+            .await
+            .status,
+        413
+    );
+    let held = TcpStream::connect(gw.addr).await.unwrap();
+    wait_until("second connection refused", DEADLINE, || async {
+        raw(
+            gw.addr,
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 503")
+    })
+    .await;
+
+    let generation = gw.generation();
+    gw.rewrite(&with_server(
+        &base,
+        "max_body_bytes = 4096\nmax_connections = 4",
+    ));
+    wait_until("reloaded", DEADLINE, || async {
+        gw.generation() > generation
+    })
+    .await;
+    let r = send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000]).await;
+    assert_eq!((r.status, r.body.len()), (200, 2000));
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "idle_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // Reads the response, then EOF once the connection has been idle for the timeout.
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("idle connection closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("blue"),
+        "{text}"
+    );
+    gw.stop().await;
+}
+
+/// Accepts TCP connections and never says a word (a TLS upstream that hangs in the handshake).
+async fn spawn_silent_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_handshake_is_bounded_by_the_connect_timeout() {
+    let silent = spawn_silent_upstream().await;
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"300ms\"\nupstream_timeout = \"30s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"state\"\n\
+         [[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = {{ instances = [\"{silent}\"], tls = true, sni = \"up.test\" }}\n"
+    );
+    let gw = Gw::start(&cfg).await;
+    let r = get(&client(), &gw.url("/"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "kind=\"timeout\"").await,
+        1.0
+    );
+    gw.stop().await;
+}

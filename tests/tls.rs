@@ -324,3 +324,35 @@ async fn upstream_tls_with_configured_ca_and_sni_over_http1_and_h2() {
     assert_eq!(r.status, 502);
     gw.stop().await;
 }
+
+#[test]
+fn upstream_tls_options_are_validated_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(dir.path().join("empty.pem"), "no certificates here\n").unwrap();
+    let head = "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\n";
+    let cases = [
+        (
+            "blue = { instances = [\"127.0.0.1:1\"], sni = \"x.test\" }\n",
+            "5:8: routes[bot].targets.blue: `sni` and `ca` apply to TLS upstreams only; add `tls = true`",
+        ),
+        (
+            "blue = { instances = [\"127.0.0.1:1\"], tls = true, sni = \"bad name!\" }\n",
+            "5:8: routes[bot].targets.blue: sni `bad name!` is not a valid DNS name or IP address",
+        ),
+        (
+            "blue = { instances = [\"127.0.0.1:1\"], tls = true, ca = \"missing.pem\" }\n",
+            "5:8: routes[bot].targets.blue: ca: cannot read CA file",
+        ),
+        (
+            "blue = { instances = [\"127.0.0.1:1\"], tls = true, ca = \"empty.pem\" }\n",
+            "holds no usable PEM certificate",
+        ),
+    ];
+    for (target, want) in cases {
+        let err = flipgate::config::parse(&file, &format!("{head}{target}"))
+            .expect_err(target)
+            .to_string();
+        assert!(err.contains(want), "{target}: got {err}");
+    }
+}

@@ -172,5 +172,50 @@ async fn lifetime_after_flip_drains_old_target_sockets() {
     // The live target's socket is untouched.
     assert_eq!(ask(&mut new, "b").await, "green:b");
     assert_eq!(tunnels(&gw, "green").await, 1);
+    drop(new);
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_open_tunnels_finish() {
+    let blue = spawn_ws_echo("blue").await;
+    let gw = Gw::start(&config("blue", &[("blue", blue)], "")).await;
+    let mut ws = connect(&gw).await;
+    assert_eq!(ask(&mut ws, "before").await, "blue:before");
+    let stopping = tokio::spawn(gw.stop());
+    // The listener is closed and plain connections drained, but the tunnel keeps working...
+    assert_eq!(ask(&mut ws, "during").await, "blue:during");
+    assert!(!stopping.is_finished());
+    // ...and shutdown completes as soon as it ends.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes once the tunnel ended")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_tunnels_at_the_drain_deadline() {
+    let blue = spawn_ws_echo("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue)], ""),
+        "drain_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut ws = connect(&gw).await;
+    assert_eq!(ask(&mut ws, "a").await, "blue:a");
+    tokio::time::timeout(Duration::from_secs(10), gw.stop())
+        .await
+        .expect("shutdown bounded by the drain timeout");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "tunnel closed by shutdown");
 }

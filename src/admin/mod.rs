@@ -114,13 +114,17 @@ impl Admin {
     }
 
     /// Binds the admin listener, enforcing the loopback rule.
-    pub async fn bind(&self, addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    /// With `reuse_port` (the traffic listener's setting) the admin port is shared too, so a new
+    /// process started on the same route file can bind during a zero-downtime upgrade.
+    pub async fn bind(
+        &self,
+        addr: SocketAddr,
+        reuse_port: bool,
+    ) -> Result<TcpListener, AdminError> {
         if self.token().is_none() && !addr.ip().is_loopback() {
             return Err(AdminError::Unprotected(addr));
         }
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| AdminError::Bind(addr, e))
+        crate::server::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {

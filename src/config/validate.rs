@@ -628,6 +628,31 @@ fn target(
             }
         }
     }
+    if !table.tls && (table.sni.is_some() || table.ca.is_some()) {
+        sink.push(
+            span,
+            &field,
+            "`sni` and `ca` apply to TLS upstreams only; add `tls = true`",
+        );
+        return None;
+    }
+    if let Some(sni) = &table.sni {
+        if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+            sink.push(
+                span,
+                &field,
+                format!("sni `{sni}` is not a valid DNS name or IP address"),
+            );
+            return None;
+        }
+    }
+    let ca = table.ca.map(|c| resolve(base, &c));
+    if let Some(path) = &ca {
+        if let Err(e) = crate::upstream::read_ca(path) {
+            sink.push(span, &field, format!("ca: {e}"));
+            return None;
+        }
+    }
     let health_check = match table.health_check {
         None => None,
         Some(path) => {
@@ -675,7 +700,7 @@ fn target(
         tls: table.tls,
         http2: table.http2,
         sni: table.sni,
-        ca: table.ca.map(|c| resolve(base, &c)),
+        ca,
         health_check,
     })
 }

@@ -35,6 +35,10 @@ pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream clients, process-wide so pools survive reloads.
     pub clients: Clients,
+    /// Open upgraded tunnels, so shutdown can drain them.
+    pub tunnels: Arc<tunnel::Tunnels>,
+    /// Open downstream connections on every listener, for `max_connections`.
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Facts about the downstream connection, computed once per connection.
@@ -156,9 +160,11 @@ impl Proxy {
                 return local(ProxyError::TooLarge);
             }
         }
-        let upgrade = headers::is_upgrade(req.headers());
-        let version = req.version();
         let upstream = &target.upstream;
+        // HTTP/2 has no `Upgrade`: to an HTTP/2 upstream the request goes as a plain one (its
+        // upgrade headers stripped) and whatever it answers is relayed.
+        let upgrade = !upstream.http2 && headers::is_upgrade(req.headers());
+        let version = req.version();
         let host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
             None => req
@@ -189,7 +195,7 @@ impl Proxy {
                 .record(e.status().as_u16(), start.elapsed().as_secs_f64());
             return local(e);
         };
-        let Some(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
+        let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
             tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
             return local(ProxyError::NoHealthy);
         };
@@ -275,6 +281,7 @@ impl Proxy {
                     up,
                     target.metrics.tunnels.clone(),
                     slot,
+                    self.tunnels.clone(),
                     close_after_flip,
                 ));
                 let (parts, _) = resp.into_parts();
@@ -285,7 +292,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, false, false);
         headers::add_via(&mut parts.headers, parts.version);
         parts.version = http::Version::HTTP_11;
-        Response::from_parts(parts, ProxyBody::Upstream(body, Some(slot)))
+        Response::from_parts(parts, ProxyBody::Upstream(body, slot))
     }
 
     fn fail(
