@@ -22,6 +22,7 @@ pub mod control;
 pub mod demo;
 pub mod events;
 pub mod metrics;
+pub mod pinned;
 pub mod proxy;
 pub mod reload;
 pub mod router;

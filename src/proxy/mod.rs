@@ -35,12 +35,13 @@ pub struct Proxy {
 }
 
 /// Facts about the downstream connection, computed once per connection.
-#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The peer IP formatted as a header value, for `X-Forwarded-For`.
     pub peer_header: HeaderValue,
     pub https: bool,
+    /// This connection's own upstream connections (HTTP/1 requests to plain HTTP/1.1 upstreams).
+    pub pinned: crate::pinned::Slot,
 }
 
 impl ConnInfo {
@@ -54,6 +55,7 @@ impl ConnInfo {
             peer_header: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP is a valid header value"),
             https,
+            pinned: crate::pinned::Slot::default(),
         }
     }
 }
@@ -72,7 +74,7 @@ impl Proxy {
     /// Serves one request. Never fails: every problem becomes a response.
     pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (target, reason, timeout) = {
+        let (target, reason, timeout, connect_timeout) = {
             let snap = self.snapshot.load();
             let host = req.uri().host().or_else(|| {
                 req.headers()
@@ -101,10 +103,12 @@ impl Proxy {
                 route.targets[ti].clone(),
                 reason,
                 snap.config.server.upstream_timeout,
+                snap.config.server.connect_timeout,
             )
         };
         let _ = reason;
-        self.forward(req, conn, &target, timeout, start).await
+        let timeouts = (timeout, connect_timeout);
+        self.forward(req, conn, &target, timeouts, start).await
     }
 
     async fn forward(
@@ -112,7 +116,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         target: &Arc<TargetEntry>,
-        timeout: std::time::Duration,
+        (timeout, connect_timeout): (std::time::Duration, std::time::Duration),
         start: Instant,
     ) -> Response<ProxyBody> {
         let upgrade = headers::is_upgrade(req.headers());
@@ -141,7 +145,16 @@ impl Proxy {
         }
         let instance = upstream.pick();
         let path = req.uri_mut().path_and_query().cloned();
-        *req.uri_mut() = upstream.uri(instance, path);
+        // HTTP/1 downstream to a plain HTTP/1.1 upstream: this connection's own upstream
+        // connection (see `pinned`), which takes an origin-form request target.
+        let pinned = !upgrade
+            && !upstream.http2
+            && upstream.scheme == http::uri::Scheme::HTTP
+            && version <= http::Version::HTTP_11;
+        *req.uri_mut() = match path {
+            Some(p) if pinned => p.into(),
+            path => upstream.uri(instance, path),
+        };
         *req.version_mut() = if upstream.http2 {
             http::Version::HTTP_2
         } else {
@@ -149,14 +162,29 @@ impl Proxy {
         };
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let client = self.clients.for_upstream(upstream);
-        let result = tokio::time::timeout(timeout, client.request(req)).await;
+        let send = async {
+            let mut req = req;
+            if pinned {
+                match conn.pinned.send(instance, connect_timeout, req).await {
+                    Ok(r) => return r.map_err(|e| (e.kind(), e.to_string())),
+                    // No room for another pinned connection: the shared pool takes it.
+                    Err(back) => req = back,
+                }
+                let path = req.uri().path_and_query().cloned();
+                *req.uri_mut() = upstream.uri(instance, path);
+            }
+            let client = self.clients.for_upstream(upstream);
+            client
+                .request(req)
+                .await
+                .map_err(|e| (classify(&e), e.to_string()))
+        };
+        let result = tokio::time::timeout(timeout, send).await;
         let elapsed = start.elapsed();
         let now_ms = crate::clock::now_ms();
         let mut resp = match result {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let kind = classify(&e);
+            Ok(Err((kind, e))) => {
                 tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
                 return self.fail(target, kind, now_ms, elapsed);
             }
