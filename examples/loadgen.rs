@@ -106,7 +106,8 @@ fn target(args: &Args) -> Target {
         let mut roots = rustls::RootCertStore::empty();
         let pem =
             std::fs::read(args.ca.as_deref().expect("https needs --ca PEM")).expect("read --ca");
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             roots
                 .add(cert.expect("PEM certificate"))
                 .expect("usable CA");

@@ -1,11 +1,16 @@
 //! The one writer: file config + runtime state -> new snapshot -> one `ArcSwap::store`.
 //!
 //! Invariants: every change (file reload, admin call, circuit trip) takes the same lock, edits the
-//! per-route `RouteState`, persists it, and publishes a complete new snapshot with a higher
-//! generation; the data path never sees a half-applied change. A route's runtime state is kept
-//! across reloads only while that route's split section in the file is unchanged (newest intent
-//! wins). Nothing here runs on the request path; persistence does blocking I/O, so async callers
-//! use `spawn_blocking`.
+//! per-route `RouteState`, persists it (temp file + fsync + rename) and publishes a complete new
+//! snapshot with a higher generation, all before the lock is released; the data path never sees a
+//! half-applied change. Reloads and admin calls persist first, so whatever the API has shown is
+//! durable; a circuit trip publishes first, because moving traffic off a failing target must not
+//! wait for an fsync. Every route in the config has a
+//! state entry. A route's runtime state is kept across reloads and restarts only while that route's
+//! split section in the file is unchanged (newest intent wins); when the file moves `live`, the
+//! target it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it
+//! consumes `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request
+//! path; persistence does blocking I/O, so async callers use `spawn_blocking`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -108,21 +113,23 @@ impl Control {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Control> {
         let store = Store::new(&config.state.dir);
         let persisted = store.load();
+        let events = Events::default();
+        let now = unix_ms();
         let mut states = HashMap::new();
         let mut fingerprints = HashMap::new();
         for route in &config.routes {
             let fp = route.split_fingerprint();
             fingerprints.insert(route.name.clone(), fp);
-            match persisted.get(&route.name) {
-                Some(p) if p.fingerprint == fp && state_fits(route, &p.state) => {
-                    tracing::info!(route = %route.name, live = %p.state.live, "restored runtime state");
-                    states.insert(route.name.clone(), p.state.clone());
+            let old = persisted
+                .get(&route.name)
+                .map(|p| (&p.state, p.fingerprint));
+            if let Some((s, f)) = old {
+                if f == fp && state_fits(route, s) {
+                    tracing::info!(route = %route.name, live = %s.live, tripped = s.tripped.is_some(), "restored runtime state");
                 }
-                Some(_) => {
-                    tracing::info!(route = %route.name, "route's split changed in the file since the runtime state was saved; using the file");
-                }
-                None => {}
             }
+            let s = merge(route, fp, old, now, &metrics, &events);
+            states.insert(route.name.clone(), s);
         }
         for name in persisted.keys().filter(|n| config.route(n).is_none()) {
             tracing::info!(route = %name, "dropping runtime state of a route that is no longer in the file");
@@ -130,7 +137,7 @@ impl Control {
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             metrics,
-            events: Events::default(),
+            events,
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 states,
@@ -146,10 +153,10 @@ impl Control {
         });
         {
             let mut inner = control.lock();
-            control.publish(&mut inner);
             if let Err(e) = control.persist(&inner) {
                 tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
             }
+            control.publish(&mut inner);
         }
         control.metrics.config_last_reload_success.set(1);
         control
@@ -200,6 +207,15 @@ impl Control {
             }
         };
         if new.content_hash == inner.config.content_hash && new.path == inner.config.path {
+            if inner.last_reload.result != "success" {
+                // The file is back to the config in force: the failure is over.
+                inner.last_reload = ReloadStatus {
+                    result: "success",
+                    error: None,
+                    at: crate::clock::unix_secs(),
+                };
+                self.metrics.config_last_reload_success.set(1);
+            }
             return ReloadOutcome::Unchanged;
         }
         let restart_needed = restart_needed(&inner.config, &new);
@@ -209,57 +225,17 @@ impl Control {
                 "changed in the route file but only takes effect after a restart"
             );
         }
-        let now_ms = unix_ms();
+        let now = unix_ms();
         let mut states = HashMap::new();
         let mut fingerprints = HashMap::new();
         for route in &new.routes {
             let fp = route.split_fingerprint();
             fingerprints.insert(route.name.clone(), fp);
-            let old_state = inner.states.get(&route.name);
-            let same = inner.fingerprints.get(&route.name) == Some(&fp);
-            if let (true, Some(s)) = (same, old_state) {
-                if state_fits(route, s) {
-                    states.insert(route.name.clone(), s.clone());
-                    continue;
-                }
-            }
-            let mut s = RouteState::from_file(route);
-            if let Some(old) = old_state {
-                if old.live_source != Source::File
-                    || old.canary_source != Source::File
-                    || old.tripped.is_some()
-                {
-                    tracing::info!(route = %route.name, "route's split changed in the file; runtime overrides dropped (newest intent wins)");
-                }
-                if old.live != s.live && route.target_index(&old.live).is_some() {
-                    s.previous = Some(old.live.clone());
-                    s.bake_until_unix_ms = route
-                        .circuit
-                        .as_ref()
-                        .map(|c| now_ms + c.bake.as_millis() as u64);
-                    self.metrics.flips.with_label_values(&[&route.name]).inc();
-                    if old.previous.as_deref() == Some(s.live.as_str()) {
-                        self.metrics
-                            .rollbacks
-                            .with_label_values(&[&route.name, "file"])
-                            .inc();
-                    }
-                    self.events.push(
-                        "flip",
-                        Some(&route.name),
-                        format!("route file flipped live {} -> {}", old.live, s.live),
-                    );
-                } else if old.live == s.live {
-                    s.previous = old.previous.clone();
-                    s.bake_until_unix_ms = old.bake_until_unix_ms;
-                }
-                if old.canary_bp > 0 && s.canary_bp == 0 && old.live == s.live {
-                    self.metrics
-                        .rollbacks
-                        .with_label_values(&[&route.name, "file"])
-                        .inc();
-                }
-            }
+            let old = inner
+                .states
+                .get(&route.name)
+                .zip(inner.fingerprints.get(&route.name).copied());
+            let s = merge(route, fp, old, now, &self.metrics, &self.events);
             states.insert(route.name.clone(), s);
         }
         for gone in inner.states.keys().filter(|n| new.route(n).is_none()) {
@@ -283,10 +259,10 @@ impl Control {
             error: None,
             at: crate::clock::unix_secs(),
         };
-        let generation = self.publish(&mut inner);
         if let Err(e) = self.persist(&inner) {
             tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
         }
+        let generation = self.publish(&mut inner);
         self.metrics
             .config_reloads
             .with_label_values(&["success"])
@@ -303,7 +279,9 @@ impl Control {
         }
     }
 
-    /// Applies an operator action to a route; returns the new generation.
+    /// Applies an operator action to a route; returns the new generation. The change is persisted
+    /// and published before this returns, so the very next request follows it. A persistence
+    /// failure still applies the change (the route must follow the operator) but is reported.
     pub fn act(&self, route: &str, action: Action) -> Result<u64, ControlError> {
         let mut inner = self.lock();
         let config = inner.config.clone();
@@ -315,27 +293,36 @@ impl Control {
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
-        let (kind, message) = apply(r, &mut s, &action, &self.metrics)?;
-        if let Some(candidate) = candidate_after(&s) {
-            if let Some(t) = self
-                .snapshot
-                .load()
-                .route(route)
-                .and_then(|e| e.targets.iter().find(|t| *t.name == *candidate))
-            {
-                t.window.clear();
-            }
+        let now = unix_ms();
+        // The candidate and whether it is judged as a canary (else: baking as live).
+        let role = |s: &RouteState| current_candidate(s, now).map(|c| (c, s.canary_bp > 0));
+        let before = role(&s);
+        let (kind, message) = apply(r, &mut s, &action, now, &self.metrics)?;
+        let after = role(&s);
+        if after.is_some() && after != before {
+            // A new candidate, or one in a new role (a promoted canary), is judged on its own
+            // outcomes from the operator's action on; raising a canary's percent keeps its window.
+            self.clear_window(route, after.as_ref().map(|(c, _)| c.as_str()));
         }
         inner.states.insert(route.to_string(), s);
+        let persisted = self.persist(&inner);
         let generation = self.publish(&mut inner);
         self.events.push(kind, Some(route), message);
-        self.persist(&inner).map_err(ControlError::Persist)?;
+        persisted.map_err(ControlError::Persist)?;
         Ok(generation)
     }
 
-    /// Rolls a route back on behalf of its circuit, if `candidate` is still its candidate.
-    /// Returns whether it tripped.
-    pub fn trip(&self, route: &str, candidate: &str, trip: Trip) -> bool {
+    /// Rolls a route back on behalf of its circuit. `seen` is the route state the verdict was
+    /// reached on: if anything changed since (an operator acted, a reload), the verdict is stale and
+    /// dropped; the next evaluation judges the new state. Returns whether it tripped.
+    pub fn trip(
+        &self,
+        route: &str,
+        seen: &RouteState,
+        candidate: &str,
+        trip: Trip,
+        now_unix_ms: u64,
+    ) -> bool {
         let mut inner = self.lock();
         let Some(r) = inner.config.route(route).cloned() else {
             return false;
@@ -345,14 +332,17 @@ impl Control {
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(&r));
-        if current_candidate(&s, unix_ms()).as_deref() != Some(candidate) || s.tripped.is_some() {
+        if s != *seen
+            || current_candidate(&s, now_unix_ms).as_deref() != Some(candidate)
+            || s.tripped.is_some()
+        {
             return false;
         }
         if s.canary_bp > 0 && s.canary_target.as_deref() == Some(candidate) {
             s.canary_bp = 0;
             s.canary_source = Source::Circuit;
-        } else if let Some(prev) = s.previous.clone() {
-            s.previous = Some(std::mem::replace(&mut s.live, prev));
+        } else if let Some(prev) = s.previous.take() {
+            s.live = prev;
             s.live_source = Source::Circuit;
             s.bake_until_unix_ms = None;
             self.metrics.flips.with_label_values(&[route]).inc();
@@ -369,12 +359,24 @@ impl Control {
         );
         s.tripped = Some(trip);
         inner.states.insert(route.to_string(), s);
+        // Traffic first: a rollback must not wait for an fsync. (Crashing in between loses only the
+        // record of the trip; the candidate then restarts with an empty window and trips again.)
         self.publish(&mut inner);
-        self.events.push("trip", Some(route), message);
         if let Err(e) = self.persist(&inner) {
             tracing::error!(error = %e, "cannot persist the circuit's rollback; it will not survive a restart");
         }
+        self.events.push("trip", Some(route), message);
         true
+    }
+
+    fn clear_window(&self, route: &str, target: Option<&str>) {
+        let snap = self.snapshot.load();
+        if let Some(t) = snap
+            .route(route)
+            .and_then(|e| e.targets.iter().find(|t| Some(&*t.name) == target))
+        {
+            t.window.clear();
+        }
     }
 
     fn publish(&self, inner: &mut Inner) -> u64 {
@@ -459,10 +461,6 @@ pub fn current_candidate(s: &RouteState, now_unix_ms: u64) -> Option<String> {
     }
 }
 
-fn candidate_after(s: &RouteState) -> Option<String> {
-    current_candidate(s, unix_ms())
-}
-
 /// Checks that a state only names targets of `route`.
 fn state_fits(route: &Route, s: &RouteState) -> bool {
     let ok = |t: &str| route.target_index(t).is_some();
@@ -495,44 +493,101 @@ fn only_other(route: &Route, live: &str) -> Option<String> {
     }
 }
 
+/// The state of `route` after its file section is (re)read: `old` (with the fingerprint it was
+/// made against) is kept while the split section is unchanged; otherwise the file wins, and if that
+/// moved `live`, the replaced target becomes `previous` and the new live target bakes.
+fn merge(
+    route: &Route,
+    fp: u64,
+    old: Option<(&RouteState, u64)>,
+    now_unix_ms: u64,
+    metrics: &Metrics,
+    events: &Events,
+) -> RouteState {
+    let Some((old, old_fp)) = old else {
+        return RouteState::from_file(route);
+    };
+    if old_fp == fp && state_fits(route, old) {
+        return old.clone();
+    }
+    let name = route.name.as_str();
+    let mut s = RouteState::from_file(route);
+    if old.live_source != Source::File || old.canary_source != Source::File || old.tripped.is_some()
+    {
+        tracing::info!(route = %name, live = %old.live, tripped = old.tripped.is_some(), "route's split changed in the file; runtime overrides dropped (newest intent wins)");
+    }
+    if old.live != s.live && route.target_index(&old.live).is_some() {
+        s.previous = Some(old.live.clone());
+        s.bake_until_unix_ms = bake_until(route, now_unix_ms);
+        metrics.flips.with_label_values(&[name]).inc();
+        if old.previous.as_deref() == Some(s.live.as_str()) {
+            metrics.rollbacks.with_label_values(&[name, "file"]).inc();
+        }
+        events.push(
+            "flip",
+            Some(name),
+            format!("route file flipped live {} -> {}", old.live, s.live),
+        );
+    } else if old.live == s.live {
+        s.previous = old
+            .previous
+            .clone()
+            .filter(|p| *p != s.live && route.target_index(p).is_some());
+        s.bake_until_unix_ms = old.bake_until_unix_ms.filter(|_| s.previous.is_some());
+    }
+    if old.canary_bp > 0 && s.canary_bp == 0 && old.live == s.live {
+        metrics.rollbacks.with_label_values(&[name, "file"]).inc();
+    }
+    s
+}
+
+fn bake_until(route: &Route, now_unix_ms: u64) -> Option<u64> {
+    route
+        .circuit
+        .as_ref()
+        .map(|c| now_unix_ms + c.bake.as_millis() as u64)
+}
+
+/// The target an action means when none is named: the canary target, else the only other one.
+fn default_other(route: &Route, s: &RouteState, hint: &str) -> Result<String, ControlError> {
+    s.canary_target
+        .clone()
+        .filter(|c| *c != s.live)
+        .or_else(|| only_other(route, &s.live))
+        .ok_or_else(|| {
+            ControlError::Rejected(format!(
+                "route `{}` has no canary and more than one other target; {hint}",
+                route.name
+            ))
+        })
+}
+
 fn apply(
     route: &Route,
     s: &mut RouteState,
     action: &Action,
+    now_unix_ms: u64,
     metrics: &Metrics,
 ) -> Result<(&'static str, String), ControlError> {
-    let bake_until = || {
-        route
-            .circuit
-            .as_ref()
-            .map(|c| unix_ms() + c.bake.as_millis() as u64)
-    };
     let name = route.name.as_str();
     match action {
         Action::Flip { target } => {
             let to = match target {
                 Some(t) => target_of(route, t)?,
-                None => s
-                    .canary_target
-                    .clone()
-                    .filter(|c| *c != s.live)
-                    .or_else(|| only_other(route, &s.live))
-                    .ok_or_else(|| {
-                        ControlError::Rejected(format!(
-                            "route `{name}` has no canary and more than one other target; name the target to flip to"
-                        ))
-                    })?,
+                None => default_other(route, s, "name the target to flip to")?,
             };
+            let had_canary = s.canary_bp > 0;
             s.tripped = None;
             s.canary_bp = 0;
             s.canary_source = Source::Admin;
             if to == s.live {
-                return Ok(("flip", format!("`{to}` is already live; nothing to flip")));
+                let note = if had_canary { "; canary stopped" } else { "" };
+                return Ok(("flip", format!("`{to}` is already live{note}")));
             }
             let from = std::mem::replace(&mut s.live, to.clone());
             s.previous = Some(from.clone());
             s.live_source = Source::Admin;
-            s.bake_until_unix_ms = bake_until();
+            s.bake_until_unix_ms = bake_until(route, now_unix_ms);
             metrics.flips.with_label_values(&[name]).inc();
             Ok(("flip", format!("flipped live {from} -> {to}")))
         }
@@ -542,16 +597,7 @@ fn apply(
             })?;
             let t = match target {
                 Some(t) => target_of(route, t)?,
-                None => s
-                    .canary_target
-                    .clone()
-                    .filter(|c| *c != s.live)
-                    .or_else(|| only_other(route, &s.live))
-                    .ok_or_else(|| {
-                        ControlError::Rejected(format!(
-                            "route `{name}` has several other targets; name the canary target"
-                        ))
-                    })?,
+                None => default_other(route, s, "name the canary target")?,
             };
             if t == s.live {
                 return Err(ControlError::Rejected(format!(
@@ -568,20 +614,27 @@ fn apply(
             ))
         }
         Action::Promote => {
+            if let Some(trip) = &s.tripped {
+                return Err(ControlError::Rejected(format!(
+                    "route `{name}` is tripped ({}); not promoting `{}`; start a new canary or flip explicitly",
+                    trip.reason, trip.target
+                )));
+            }
             let t = s
                 .canary_target
                 .clone()
-                .filter(|c| *c != s.live)
+                .filter(|c| *c != s.live && s.canary_bp > 0)
                 .ok_or_else(|| {
-                    ControlError::Rejected(format!("route `{name}` has no canary to promote"))
+                    ControlError::Rejected(format!(
+                        "route `{name}` has no running canary to promote"
+                    ))
                 })?;
             let from = std::mem::replace(&mut s.live, t.clone());
             s.previous = Some(from.clone());
             s.live_source = Source::Admin;
             s.canary_bp = 0;
             s.canary_source = Source::Admin;
-            s.tripped = None;
-            s.bake_until_unix_ms = bake_until();
+            s.bake_until_unix_ms = bake_until(route, now_unix_ms);
             metrics.flips.with_label_values(&[name]).inc();
             Ok(("promote", format!("promoted canary: live {from} -> {t}")))
         }
@@ -595,13 +648,22 @@ fn apply(
                     format!("canary rolled back to 0%; all traffic to `{}`", s.live),
                 ));
             }
-            let prev = s.previous.clone().ok_or_else(|| {
+            if let Some(trip) = &s.tripped {
+                // The circuit already rolled back; a deploy script's `|| rollback` must not undo more.
+                return Ok((
+                    "rollback",
+                    format!(
+                        "already rolled back by the circuit ({}); live is `{}`",
+                        trip.reason, s.live
+                    ),
+                ));
+            }
+            let prev = s.previous.take().ok_or_else(|| {
                 ControlError::Rejected(format!(
-                    "route `{name}` has no previous live target to roll back to"
+                    "route `{name}` has nothing to roll back to: no running canary and no previous live target"
                 ))
             })?;
             let from = std::mem::replace(&mut s.live, prev.clone());
-            s.previous = Some(from.clone());
             s.live_source = Source::Admin;
             s.bake_until_unix_ms = None;
             metrics.rollbacks.with_label_values(&[name, "admin"]).inc();
@@ -634,6 +696,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admin.listen != new.admin.listen {
         v.push("admin.listen");
+    }
+    if old.admin.token_env != new.admin.token_env || old.admin.token_file != new.admin.token_file {
+        v.push("admin.token_env/admin.token_file");
     }
     if old.state.dir != new.state.dir {
         v.push("state.dir");

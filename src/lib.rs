@@ -9,10 +9,13 @@
 //! with; the next request sees the new one. Per-target counters, metric handles and upstream pools
 //! outlive snapshots, so reloads and flips lose neither counts nor connections.
 //!
-//! Lifecycle: `Gateway::start` validates the file, restores runtime state, binds every listener
-//! (so a bad address fails fast), then spawns the accept loops, the reload watcher and the circuit
-//! task, all of which stop on one shutdown signal.
+//! Lifecycle: `Gateway::start` validates the file, restores runtime state, loads the TLS
+//! certificates, binds every listener (so a bad address or certificate fails fast), then spawns the
+//! accept loops, the reload watcher, the certificate watcher (`tls`) and the circuit task, all of
+//! which stop on one shutdown signal. Shutdown drains connections, then tunnels, within
+//! `server.drain_timeout` (`server`, `proxy::tunnel`).
 
+pub mod access_log;
 pub mod admin;
 pub mod circuit;
 pub mod cli;
@@ -21,6 +24,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+pub mod fuzzing;
+pub mod health;
 pub mod metrics;
 pub mod pinned;
 pub mod proxy;
@@ -30,6 +35,7 @@ pub mod server;
 pub mod snapshot;
 pub mod split;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -51,6 +57,10 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
+    /// HTTPS listener address, when `[server.tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
+    /// The live certificate set (reload status for tests and operators), when TLS is on.
+    pub tls: Option<Arc<tls::Resolver>>,
     pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -65,6 +75,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error("TLS certificates: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl Gateway {
@@ -88,7 +100,7 @@ impl Gateway {
         let control = Control::new(config, metrics);
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin::new(control.clone(), ready.clone());
-        let admin_listener = admin.bind(admin_listen).await?;
+        let admin_listener = admin.bind(admin_listen, reuse_port).await?;
         let listener = server::bind(listen, reuse_port).map_err(|e| StartError::Bind(listen, e))?;
         let addr = listener
             .local_addr()
@@ -97,13 +109,56 @@ impl Gateway {
             .local_addr()
             .map_err(|e| StartError::Bind(admin_listen, e))?;
 
+        // HTTPS: certificates must load now (a bad pair fails start); later they hot-reload.
+        let tls = match control.config().server.tls.clone() {
+            None => None,
+            Some(t) => {
+                let resolver = tls::Resolver::new(tls::CertSet::load(&t.certs)?);
+                let l = server::bind(t.listen, reuse_port)
+                    .map_err(|e| StartError::Bind(t.listen, e))?;
+                let a = l.local_addr().map_err(|e| StartError::Bind(t.listen, e))?;
+                Some((resolver, l, a))
+            }
+        };
+        let tls_addr = tls.as_ref().map(|t| t.2);
+        let tls_resolver = tls.as_ref().map(|t| t.0.clone());
+
         let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(health::run(
+            control.snapshots(),
+            clients.clone(),
+            rx.clone(),
+        ));
         let proxy = Arc::new(Proxy {
             snapshot: control.snapshots(),
             clients,
+            tunnels: Default::default(),
+            connections: Default::default(),
         });
-        let mut tasks = JoinSet::new();
-        tasks.spawn(server::serve(listener, proxy, settings, rx.clone()));
+        if let Some((resolver, tls_listener, _)) = tls {
+            let config = tls::server_config(resolver.clone());
+            tasks.spawn(server::serve(
+                tls_listener,
+                proxy.clone(),
+                settings.clone(),
+                Some(config),
+                rx.clone(),
+            ));
+            let snapshots = control.snapshots();
+            let current = move || {
+                snapshots
+                    .load()
+                    .config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map(|t| t.certs.clone())
+                    .unwrap_or_default()
+            };
+            tasks.spawn(tls::watch_certs(resolver, current, rx.clone()));
+        }
+        tasks.spawn(server::serve(listener, proxy, settings, None, rx.clone()));
         tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
         tasks.spawn(reload::run(control.clone(), path, rx.clone()));
         tasks.spawn(circuit::run(control.clone(), rx));
@@ -112,6 +167,8 @@ impl Gateway {
         Ok(Gateway {
             addr,
             admin_addr,
+            tls_addr,
+            tls: tls_resolver,
             control,
             shutdown,
             tasks,

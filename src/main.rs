@@ -8,12 +8,7 @@ use flipgate::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     match cli.command {
         Command::Check { file } => match Config::load(&file) {
             Ok(c) => {
@@ -90,4 +85,24 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
     }
     b.enable_all().build()
+}
+
+/// Diagnostics go to stderr, filtered by `RUST_LOG` (default `info`); access-log lines (enabled in
+/// the route file's `[log]`) go to stdout exactly as formatted, whatever `RUST_LOG` says.
+fn init_logging() {
+    use flipgate::access_log;
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::prelude::*;
+    let env =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let not_access = filter_fn(|m| m.target() != access_log::TARGET);
+    let only_access = filter_fn(|m| m.target() == access_log::TARGET);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(env.and(not_access)),
+        )
+        .with(access_log::layer(std::io::stdout).with_filter(only_access))
+        .init();
 }

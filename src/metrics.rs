@@ -63,6 +63,12 @@ impl TargetMetrics {
     }
 }
 
+/// Options of a `flipgate_` metric. The namespace is set per family rather than on the registry,
+/// so the process collector keeps the usual unprefixed `process_*` names dashboards expect.
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("flipgate")
+}
+
 fn must<T>(r: prometheus::Result<T>) -> T {
     r.expect("static metric definitions are valid")
 }
@@ -70,82 +76,82 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     /// Creates and registers every family; also the process collector and build info.
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("flipgate".into()), None).expect("valid prefix");
+        let registry = Registry::new();
         let requests = must(IntCounterVec::new(
-            Opts::new(
+            opts(
                 "requests_total",
                 "Requests served, by route, target and status class.",
             ),
             &["route", "target", "code"],
         ));
         let duration = must(HistogramVec::new(
-            HistogramOpts::new(
+            HistogramOpts::from(opts(
                 "request_duration_seconds",
                 "Time from request received to upstream response headers, by route and target.",
-            )
+            ))
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "target"],
         ));
         let upstream_errors = must(IntCounterVec::new(
-            Opts::new(
+            opts(
                 "upstream_errors_total",
                 "Upstream faults counted against a target.",
             ),
             &["route", "target", "kind"],
         ));
         let split_percent = must(prometheus::GaugeVec::new(
-            Opts::new(
+            opts(
                 "split_percent",
                 "Share of new requests each target gets now, in percent.",
             ),
             &["route", "target"],
         ));
         let live_target = must(IntGaugeVec::new(
-            Opts::new(
+            opts(
                 "live_target",
                 "1 for the live target of each route, 0 for the others.",
             ),
             &["route", "target"],
         ));
         let circuit_tripped = must(IntGaugeVec::new(
-            Opts::new(
+            opts(
                 "circuit_tripped",
                 "1 while a route is rolled back by its circuit.",
             ),
             &["route"],
         ));
         let rollbacks = must(IntCounterVec::new(
-            Opts::new(
+            opts(
                 "rollbacks_total",
                 "Rollbacks, by route and reason (circuit, admin, file).",
             ),
             &["route", "reason"],
         ));
         let flips = must(IntCounterVec::new(
-            Opts::new("flips_total", "Changes of the live target, by route."),
+            opts("flips_total", "Changes of the live target, by route."),
             &["route"],
         ));
         let config_reloads = must(IntCounterVec::new(
-            Opts::new("config_reloads_total", "Route file reloads, by result."),
+            opts("config_reloads_total", "Route file reloads, by result."),
             &["result"],
         ));
-        let config_last_reload_success = must(IntGauge::new(
+        let config_last_reload_success = must(IntGauge::with_opts(opts(
             "config_last_reload_success",
             "1 if the last route file reload succeeded.",
-        ));
-        let config_generation = must(IntGauge::new(
+        )));
+        let config_generation = must(IntGauge::with_opts(opts(
             "config_generation",
             "Generation of the snapshot serving traffic; grows with every published change.",
-        ));
+        )));
         let open_tunnels = must(IntGaugeVec::new(
-            Opts::new(
+            opts(
                 "open_tunnels",
                 "Open upgraded connections (WebSockets), by route and target.",
             ),
             &["route", "target"],
         ));
         let build_info = must(IntGaugeVec::new(
-            Opts::new("build_info", "Build information; always 1."),
+            opts("build_info", "Build information; always 1."),
             &["version"],
         ));
         build_info
@@ -193,8 +199,13 @@ impl Metrics {
         }
     }
 
-    /// Resolves the handles of one (route, target); called when a snapshot is built.
+    /// Resolves the handles of one (route, target); called when a snapshot is built. Also creates
+    /// the route's flip and rollback series at 0, so `increase()` sees their first change.
     pub fn target(&self, route: &str, target: &str) -> TargetMetrics {
+        self.flips.with_label_values(&[route]);
+        for reason in ["circuit", "admin", "file"] {
+            self.rollbacks.with_label_values(&[route, reason]);
+        }
         let req = |code| self.requests.with_label_values(&[route, target, code]);
         let err = |kind| {
             self.upstream_errors

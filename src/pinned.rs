@@ -31,7 +31,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::proxy::error::UpstreamErrorKind;
+use crate::proxy::body::{RequestBody, RequestBodyError};
+use crate::proxy::error::{ProxyError, UpstreamErrorKind};
 
 /// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
 /// first.
@@ -55,20 +56,38 @@ pub enum PinnedError {
 }
 
 impl PinnedError {
-    /// The kind counted against the target.
-    pub fn kind(&self) -> UpstreamErrorKind {
-        match self {
-            PinnedError::Connect(..) => UpstreamErrorKind::Connect,
-            PinnedError::ConnectTimeout(_) => UpstreamErrorKind::Timeout,
-            PinnedError::Http(..) => UpstreamErrorKind::Reset,
+    /// Which side failed: the client's request body (too large, or the client went away) or
+    /// the upstream, as `proxy::error::classify` does for the shared clients.
+    pub fn classify(&self) -> ProxyError {
+        let e = match self {
+            PinnedError::Connect(..) => return ProxyError::Upstream(UpstreamErrorKind::Connect),
+            PinnedError::ConnectTimeout(_) => {
+                return ProxyError::Upstream(UpstreamErrorKind::Timeout)
+            }
+            PinnedError::Http(_, e) => e,
+        };
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(b) = s.downcast_ref::<RequestBodyError>() {
+                return match b {
+                    RequestBodyError::TooLarge => ProxyError::TooLarge,
+                    RequestBodyError::Client(_) => ProxyError::ClientBody,
+                };
+            }
+            src = s.source();
         }
+        ProxyError::Upstream(if e.is_timeout() {
+            UpstreamErrorKind::Timeout
+        } else {
+            UpstreamErrorKind::Reset
+        })
     }
 }
 
 /// The upstream connections of one downstream connection.
 #[derive(Default)]
 struct Conns {
-    entries: Vec<(Authority, http1::SendRequest<Incoming>)>,
+    entries: Vec<(Authority, http1::SendRequest<RequestBody>)>,
 }
 
 /// A downstream connection's pinned upstream connections: a lock-free take/put slot.
@@ -119,8 +138,8 @@ impl Slot {
         &self,
         instance: &Authority,
         connect_timeout: Duration,
-        req: Request<Incoming>,
-    ) -> Result<Result<Response<Incoming>, PinnedError>, Request<Incoming>> {
+        req: Request<RequestBody>,
+    ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
         let mut conns = self.take().unwrap_or_default();
         let result = conns.send(instance, connect_timeout, req).await;
         self.put(conns);
@@ -133,8 +152,8 @@ impl Conns {
         &mut self,
         instance: &Authority,
         connect_timeout: Duration,
-        mut req: Request<Incoming>,
-    ) -> Result<Result<Response<Incoming>, PinnedError>, Request<Incoming>> {
+        mut req: Request<RequestBody>,
+    ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
         let mut retried = false;
         loop {
             let i = match self.entries.iter().position(|(a, _)| a == instance) {
@@ -190,7 +209,7 @@ impl Conns {
 async fn connect(
     instance: &Authority,
     timeout: Duration,
-) -> Result<http1::SendRequest<Incoming>, PinnedError> {
+) -> Result<http1::SendRequest<RequestBody>, PinnedError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(instance.as_str())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(PinnedError::Connect(instance.clone(), e)),

@@ -29,10 +29,9 @@ pub fn reload_if_changed(
     path: &Path,
     last_tried: &mut Option<u64>,
 ) -> Option<ReloadOutcome> {
-    let hash = std::fs::read(path)
-        .ok()
-        .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
-    if hash.is_some() && hash == *last_tried {
+    // An unreadable file counts as content 0, so a deleted file is reported once, not every poll.
+    let hash = Some(std::fs::read(path).map_or(0, |b| xxhash_rust::xxh3::xxh3_64(&b)));
+    if hash == *last_tried {
         return None;
     }
     *last_tried = hash;
@@ -77,9 +76,9 @@ pub async fn run(control: Arc<Control>, path: PathBuf, mut shutdown: watch::Rece
     };
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last_tried = std::fs::read(&path)
-        .ok()
-        .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+    // Seeded from the config actually in force, so an edit made between start and this task's
+    // first run is still applied.
+    let mut last_tried = Some(control.config().content_hash);
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

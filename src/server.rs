@@ -1,12 +1,24 @@
-//! Traffic listeners: accept loops that hand connections to hyper with the proxy as the service.
+//! Traffic listeners: accept loops that hand connections (plain, or TLS-terminated) to hyper with
+//! the proxy as the service.
 //!
 //! Invariants: a listener is bound once, at start, and never rebuilt by a reload. Each connection is
-//! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first, then every
-//! connection is asked to finish (HTTP/1 `Connection: close` after the current response, HTTP/2
-//! GOAWAY) and gets up to the drain timeout. An accept error (e.g. out of file descriptors) is logged
-//! and retried after a short pause; it never ends the loop.
+//! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first (the socket is
+//! closed, so a second process on the same port with `SO_REUSEPORT` gets every new connection),
+//! then every connection is asked to finish (HTTP/1 `Connection: close` after the current
+//! response, HTTP/2 GOAWAY) and gets up to the drain timeout, which upgraded tunnels (WebSockets)
+//! share: they may run until that deadline, then are closed. An accept error (e.g. out of file descriptors) is
+//! logged and retried after a short pause; it never ends the loop. With `max_connections`, a
+//! connection over the limit gets a bare `503` (plain) or is closed (TLS, before the handshake)
+//! and the loop keeps serving the others. The TLS handshake is bounded by `header_read_timeout`.
+//!
+//! Idle connections: hyper's HTTP/1 header read timer also runs while a kept-alive connection waits
+//! for its next request, so an idle HTTP/1 connection is closed after the smaller of
+//! `idle_timeout` and `header_read_timeout` (which is also the slowloris bound). HTTP/2
+//! connections are pinged every `idle_timeout` and closed when a ping goes unanswered within
+//! `header_read_timeout`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +31,17 @@ use tokio::sync::watch;
 
 use crate::proxy::{ConnInfo, Proxy};
 
-/// Connection-level settings taken from `[server]` at start.
-#[derive(Clone, Debug)]
+/// Connection-level settings from `[server]`; re-read from the live snapshot at each accept, so a
+/// reload changes them for new connections (established ones keep theirs).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub drain_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Concurrent downstream connections, all listeners together; 0 = unlimited.
+    pub max_connections: usize,
 }
 
 impl ConnSettings {
@@ -35,6 +51,8 @@ impl ConnSettings {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             drain_timeout: s.drain_timeout,
+            idle_timeout: s.idle_timeout,
+            max_connections: s.max_connections,
         }
     }
 }
@@ -44,14 +62,18 @@ pub fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // hyper's header timer also runs while a kept-alive connection waits for its next
+        // request, so it is the HTTP/1 idle timeout as well.
+        .header_read_timeout(settings.header_read_timeout.min(settings.idle_timeout))
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(settings.max_headers)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(settings.idle_timeout))
+        .keep_alive_timeout(settings.header_read_timeout);
     b
 }
 
@@ -70,47 +92,207 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Serves plain-TCP traffic (HTTP/1.1 and h2c) until `shutdown` flips, then drains.
+/// After steering a reuse-port group away from a stopping listener, how long it keeps accepting
+/// the connections whose handshakes were already under way.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(100);
+
+/// Prepares a zero-downtime handover on shutdown: when other processes listen on the same port
+/// (`SO_REUSEPORT`), attaches a classic BPF program to the port's reuse-port group that sends
+/// every new connection to the group's second socket, the next process, instead of hashing some
+/// onto ours: connections queued on a listener when it closes are reset by the kernel (unless
+/// `net.ipv4.tcp_migrate_req` is on), so none must arrive once we stop. Out of range (we are
+/// alone), the kernel falls back to its hash, i.e. to us. Returns whether a grace period applies.
+#[cfg(target_os = "linux")]
+fn reuse_port_handover(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let sock = socket2::SockRef::from(listener);
+    if !sock.reuse_port().unwrap_or(false) {
+        return false;
+    }
+    let mut code = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points to a valid one-instruction program that outlives the call; the kernel
+    // copies it. The fd is a live listening socket borrowed from `listener`.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot steer the reuse-port group; closing the listener directly");
+        return false;
+    }
+    true
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reuse_port_handover(_listener: &TcpListener) -> bool {
+    false
+}
+
+/// One open downstream connection, counted (across every listener) until dropped.
+struct ConnSlot {
+    proxy: Arc<Proxy>,
+    /// Open connections including this one, when it was taken.
+    count: usize,
+}
+
+impl ConnSlot {
+    fn take(proxy: &Arc<Proxy>) -> ConnSlot {
+        ConnSlot {
+            count: proxy.connections.fetch_add(1, Ordering::AcqRel) + 1,
+            proxy: proxy.clone(),
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.proxy.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answer for a connection over `max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\nflipgate: too many open connections\n";
+
+/// Serves traffic until `shutdown` flips, then drains: HTTP/1.1 and h2c, or with `tls` HTTPS with
+/// ALPN h2/http1.1.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     settings: ConnSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&settings));
+    let mut settings = settings;
+    let mut conn_builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut stopping = false;
+    let mut grace: Option<tokio::time::Instant> = None;
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, peer) = if stopping {
+            // Take what the kernel already queued for us before closing the socket: with
+            // SO_REUSEPORT those connections would otherwise be reset, not moved to the new process.
+            tokio::select! {
+                biased;
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => break,
+                },
+                _ = std::future::ready(()) => break,
+            }
+        } else {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed(), if grace.is_none() => {
+                    // With SO_REUSEPORT, first steer new connections to the other listeners of
+                    // the port, and keep accepting while handshakes already under way land here.
+                    if reuse_port_handover(&listener) {
+                        grace = Some(tokio::time::Instant::now() + HANDOVER_GRACE);
+                    } else {
+                        stopping = true;
+                    }
                     continue;
                 }
-            },
-            _ = shutdown.changed() => break,
+                _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => {
+                    stopping = true;
+                    continue;
+                }
+            }
         };
+        let now = ConnSettings::from_config(&proxy.snapshot.load().config.server);
+        if now != settings {
+            conn_builder = Arc::new(builder(&now));
+            settings = now;
+        }
+        let permit = ConnSlot::take(&proxy);
+        if settings.max_connections > 0 && permit.count > settings.max_connections {
+            tracing::debug!(%peer, "connection limit reached; refusing");
+            if acceptor.is_none() {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = stream.write_all(BUSY).await;
+                    let _ = stream.shutdown().await;
+                    drop(permit);
+                });
+            }
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo::new(peer, false));
+        let info = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let proxy = proxy.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let fut = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let builder = conn_builder.clone();
+        match &acceptor {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-        });
+            Some(acceptor) => {
+                let accept = acceptor.accept(stream);
+                let watcher = graceful.watcher();
+                let handshake_timeout = settings.header_read_timeout;
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(handshake_timeout, accept).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
-    drain(graceful, settings.drain_timeout).await;
+    let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    drain(graceful, drain_timeout).await;
+    proxy.tunnels.drain(deadline).await;
 }
 
 /// Waits for watched connections to finish, at most `timeout`.

@@ -4,7 +4,8 @@
 //! control plane checks before it writes, and restore drops entries whose file fingerprint no
 //! longer matches). The state file is replaced atomically (temp file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new file, never a torn one. A file that cannot be
-//! read or parsed never stops serving: it is copied aside and flipgate starts from the route file.
+//! read or parsed never stops serving: it is copied (or, unreadable, moved) aside and flipgate starts
+//! from the route file.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -104,7 +105,7 @@ impl Store {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read runtime state; starting from the route file");
+                self.quarantine(&path, &format!("unreadable: {e}"));
                 return BTreeMap::new();
             }
         };
@@ -125,12 +126,13 @@ impl Store {
         let bad = self
             .dir
             .join(format!("state.json.bad-{}", crate::clock::unix_secs()));
-        let copied = std::fs::copy(path, &bad).is_ok();
+        // Copy when it can be read; otherwise move it aside so the next save cannot destroy it.
+        let copied = std::fs::copy(path, &bad).is_ok() || std::fs::rename(path, &bad).is_ok();
         tracing::error!(
             path = %path.display(),
             error = why,
             kept_copy = %if copied { bad.display().to_string() } else { "failed".into() },
-            "CORRUPT runtime state file ignored; serving the route file's split"
+            "CORRUPT or unreadable runtime state file ignored; serving the route file's split"
         );
     }
 

@@ -1,22 +1,57 @@
-//! Upstream instances of a target and the shared HTTP clients that reach them.
+//! Upstream instances of a target and the HTTP clients that reach them.
 //!
-//! Invariants: the clients (and so their connection pools) live as long as the process, outside any
-//! snapshot, so reloads and flips never tear down upstream connections. Instance choice is
-//! round-robin over a relaxed atomic counter: no lock, no allocation. The request URI handed to a
-//! client is rebuilt from pre-parsed parts, so no string formatting happens per request.
+//! Invariants: the clients (and so their connection pools) live outside any snapshot: the plain
+//! HTTP/1 and h2c clients for the whole process, a TLS target's client inside its `Upstream`, which
+//! the snapshot builder carries over while the target's table is unchanged, so reloads and flips
+//! never tear down upstream connections. Instance choice is round-robin over a relaxed atomic
+//! counter and the per-instance in-flight count is one atomic add: no lock, no allocation. The
+//! request URI handed to a client is rebuilt from pre-parsed parts, so no string formatting happens
+//! per request.
+//!
+//! TLS to upstreams is a small connector over `tokio-rustls` (ring provider, TLS 1.2/1.3), verified
+//! against the Mozilla roots (`webpki-roots`) or the target's `ca` file; SNI is the target's `sni`
+//! or the instance host. We keep our own ~100-line connector rather than `hyper-rustls` because we
+//! need a per-target SNI override and CA, and it avoids a second copy of the rustls plumbing.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
-use crate::config::Target;
+use crate::config::{HealthCheck, Target};
+use crate::health::InstanceHealth;
+use crate::proxy::body::RequestBody;
 
 /// The client type used for every upstream request.
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<Connector, RequestBody>;
+
+/// Why an upstream TLS client could not be configured (a bad or unreadable `ca` file).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read CA file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("CA file {0} holds no usable PEM certificate")]
+    NoCerts(PathBuf),
+}
+
+/// TLS settings of a target, as given in its table.
+#[derive(Debug, Clone, PartialEq)]
+struct TlsTarget {
+    sni: Option<String>,
+    ca: Option<PathBuf>,
+}
 
 /// The instances of one target.
 #[derive(Debug)]
@@ -24,6 +59,17 @@ pub struct Upstream {
     pub instances: Box<[Authority]>,
     pub scheme: Scheme,
     pub http2: bool,
+    tls: Option<TlsTarget>,
+    /// A TLS target's own client (its SNI and roots differ per target), built on first use.
+    tls_client: OnceLock<HttpClient>,
+    /// Requests in flight per instance (same index as `instances`), for `max_upstream_connections`.
+    inflight: Box<[AtomicUsize]>,
+    /// Health per instance (same index as `instances`): outlier ejection and active checks.
+    pub health: Box<[InstanceHealth]>,
+    /// Active health check settings, if any.
+    pub health_check: Option<HealthCheck>,
+    /// When the next active check round is due (monotonic ms); written by the health task only.
+    pub next_check_ms: AtomicU64,
     next: AtomicUsize,
 }
 
@@ -37,22 +83,89 @@ impl Upstream {
                 Scheme::HTTP
             },
             http2: target.http2,
+            tls: target.tls.then(|| TlsTarget {
+                sni: target.sni.clone(),
+                ca: target.ca.clone(),
+            }),
+            tls_client: OnceLock::new(),
+            inflight: target
+                .instances
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            health: target
+                .instances
+                .iter()
+                .map(|_| InstanceHealth::default())
+                .collect(),
+            health_check: target.health_check.clone(),
+            next_check_ms: AtomicU64::new(0),
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Whether this upstream can be reused unchanged for `target` (keeps the round-robin cursor).
+    /// Whether this upstream can be reused unchanged for `target` (keeps the round-robin cursor
+    /// and, for TLS targets, the connection pool).
     pub fn same_as(&self, target: &Target) -> bool {
         *self.instances == *target.instances
+            && self.health_check == target.health_check
             && self.http2 == target.http2
             && (self.scheme == Scheme::HTTPS) == target.tls
+            && (!target.tls
+                || self
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.sni == target.sni && t.ca == target.ca))
     }
 
-    /// Next instance, round-robin.
+    /// Next available instance, round-robin, skipping ejected instances and those failing active
+    /// checks. Ejection never empties a target: when every instance that passes its checks is
+    /// ejected, one of them is used anyway. `None` only when no instance passes active checks.
     #[inline]
-    pub fn pick(&self) -> &Authority {
-        let i = self.next.fetch_add(1, Relaxed);
-        &self.instances[i % self.instances.len()]
+    pub fn pick(&self, now_ms: u64) -> Option<(usize, &Authority)> {
+        let n = self.instances.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let h = &self.health[i];
+            if !h.checks_pass() {
+                continue;
+            }
+            if !h.ejected(now_ms) {
+                return Some((i, &self.instances[i]));
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback.map(|i| (i, &self.instances[i]))
+    }
+
+    /// Takes an in-flight slot on instance `i` when `limit` is set (0 = unlimited: nothing is
+    /// counted, `Ok(None)`). The slot is released when the returned guard drops (with the response
+    /// body or the tunnel). `Err(Busy)` when the instance already has `limit` in flight.
+    #[inline]
+    pub fn acquire(
+        self: &Arc<Self>,
+        i: usize,
+        limit: usize,
+    ) -> Result<Option<InflightGuard>, Busy> {
+        if limit == 0 {
+            return Ok(None);
+        }
+        let n = self.inflight[i].fetch_add(1, Relaxed);
+        let guard = InflightGuard {
+            upstream: self.clone(),
+            index: i,
+        };
+        if n >= limit {
+            return Err(Busy); // the guard drops here and gives the slot back
+        }
+        Ok(Some(guard))
+    }
+
+    /// Requests in flight to instance `i`.
+    pub fn inflight(&self, i: usize) -> usize {
+        self.inflight[i].load(Relaxed)
     }
 
     /// The absolute URI for a request to `instance`.
@@ -66,42 +179,292 @@ impl Upstream {
     }
 }
 
-/// The process-wide upstream clients, one per protocol.
+/// An instance is at its `max_upstream_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// One in-flight request to an upstream instance; gives its slot back on drop.
+pub struct InflightGuard {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.upstream.inflight[self.index].fetch_sub(1, Relaxed);
+    }
+}
+
+/// The process-wide upstream clients: plain HTTP/1.1 and h2c; TLS clients are built per target.
 #[derive(Clone)]
 pub struct Clients {
     pub http1: HttpClient,
     pub http2: HttpClient,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
 }
 
 impl Clients {
     /// Builds the clients with the server's timeouts.
     pub fn new(connect_timeout: Duration, pool_idle_timeout: Duration) -> Clients {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
-        let build = |h2: bool| {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(pool_idle_timeout)
-                .pool_max_idle_per_host(1024)
-                .http2_only(h2);
-            b.build(connector.clone())
-        };
+        let plain = Connector::new(connect_timeout, None);
         Clients {
-            http1: build(false),
-            http2: build(true),
+            http1: build_client(plain.clone(), false, pool_idle_timeout),
+            http2: build_client(plain, true, pool_idle_timeout),
+            connect_timeout,
+            pool_idle_timeout,
         }
     }
 
-    /// The client for an upstream's protocol.
+    /// The client for an upstream's protocol. A TLS target's client is built once, on first use
+    /// (a lock-free read afterwards); a CA that became unreadable since validation is logged and
+    /// leaves the target without roots, so its requests fail as connect errors (502).
     #[inline]
-    pub fn for_upstream(&self, u: &Upstream) -> &HttpClient {
-        if u.http2 {
-            &self.http2
+    pub fn for_upstream<'a>(&'a self, u: &'a Upstream) -> &'a HttpClient {
+        match &u.tls {
+            None if u.http2 => &self.http2,
+            None => &self.http1,
+            Some(t) => u.tls_client.get_or_init(|| {
+                let config = client_tls_config(t.ca.as_deref(), u.http2).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "upstream TLS disabled for this target");
+                    empty_roots_config()
+                });
+                let connector = Connector::new(
+                    self.connect_timeout,
+                    Some(TlsParts {
+                        connector: TlsConnector::from(Arc::new(config)),
+                        sni: t.sni.clone(),
+                    }),
+                );
+                build_client(connector, u.http2, self.pool_idle_timeout)
+            }),
+        }
+    }
+}
+
+fn build_client(connector: Connector, h2: bool, pool_idle_timeout: Duration) -> HttpClient {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(pool_idle_timeout)
+        .pool_max_idle_per_host(1024)
+        .http2_only(h2);
+    b.build(connector)
+}
+
+/// The rustls provider flipgate uses everywhere (see `tls` for why ring).
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads the PEM certificates of a CA file; errors name the file.
+pub fn read_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsSetupError::Read(path.to_path_buf(), e))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCerts(path.to_path_buf()));
+    }
+    Ok(certs)
+}
+
+/// Client TLS config: TLS 1.2/1.3, the target's CA or the Mozilla roots, ALPN for the protocol.
+pub fn client_tls_config(
+    ca: Option<&std::path::Path>,
+    http2: bool,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let (added, _) = roots.add_parsable_certificates(read_ca(path)?);
+            if added == 0 {
+                return Err(TlsSetupError::NoCerts(path.to_path_buf()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(config)
+}
+
+fn empty_roots_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+#[derive(Clone)]
+struct TlsParts {
+    connector: TlsConnector,
+    /// SNI override; `None` uses the instance host.
+    sni: Option<String>,
+}
+
+/// Connects to an upstream instance: TCP (with the connect timeout), then TLS for `https` URIs.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: Option<TlsParts>,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    fn new(connect_timeout: Duration, tls: Option<TlsParts>) -> Connector {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.enforce_http(false);
+        Connector {
+            http,
+            tls,
+            connect_timeout,
+        }
+    }
+}
+
+/// Why connecting to an upstream failed (wrapped by the client as a connect error).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("tcp connect: {0}")]
+    Tcp(Box<dyn std::error::Error + Send + Sync>),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("invalid TLS server name `{0}`")]
+    ServerName(String),
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = UpstreamStream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        self.http
+            .poll_ready(cx)
+            .map_err(|e| ConnectError::Tcp(Box::new(e)))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = if uri.scheme() == Some(&Scheme::HTTPS) {
+            self.tls.clone()
         } else {
-            &self.http1
+            None
+        };
+        let host = uri.host().unwrap_or_default().to_string();
+        let timeout = self.connect_timeout;
+        let tcp = self.http.call(uri);
+        Box::pin(async move {
+            let tcp = tcp.await.map_err(|e| ConnectError::Tcp(Box::new(e)))?;
+            let Some(tls) = tls else {
+                return Ok(UpstreamStream::Plain(tcp));
+            };
+            let name = tls.sni.unwrap_or(host);
+            let server_name = ServerName::try_from(name.trim_matches(['[', ']']).to_string())
+                .map_err(|_| ConnectError::ServerName(name))?;
+            let stream = tokio::time::timeout(
+                timeout,
+                tls.connector.connect(server_name, tcp.into_inner()),
+            )
+            .await
+            .map_err(|_| ConnectError::TlsTimeout)?
+            .map_err(ConnectError::Tls)?;
+            Ok(UpstreamStream::Tls(Box::new(TokioIo::new(stream))))
+        })
+    }
+}
+
+/// A connection to an upstream, plain or TLS.
+pub enum UpstreamStream {
+    Plain(TokioIo<TcpStream>),
+    /// Boxed: a TLS session is ~1 KiB and plain connections should not pay for it.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamStream::Plain(s) => s.connected(),
+            UpstreamStream::Tls(s) => {
+                let (tcp, session) = s.inner().get_ref();
+                let c = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
         }
     }
 }

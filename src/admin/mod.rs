@@ -3,7 +3,8 @@
 //! Invariants: separate from traffic (its own listener and connections). Mutating calls need
 //! `Authorization: Bearer <token>`, compared in constant time; with no token configured the
 //! listener refuses to bind anything but a loopback address. Every error is JSON `{"error": ...}`
-//! with 400 (bad JSON), 401 (auth), 404 (unknown route or path), 405, or 422 (refused change).
+//! with 400 (bad JSON), 401 (auth; nothing changes), 404 (unknown route or path), 405, 422 (refused
+//! change) or 500 (applied but not persisted).
 //! Control calls run on the blocking pool, because they persist state with fsync.
 
 pub mod view;
@@ -113,24 +114,31 @@ impl Admin {
     }
 
     /// Binds the admin listener, enforcing the loopback rule.
-    pub async fn bind(&self, addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    /// With `reuse_port` (the traffic listener's setting) the admin port is shared too, so a new
+    /// process started on the same route file can bind during a zero-downtime upgrade.
+    pub async fn bind(
+        &self,
+        addr: SocketAddr,
+        reuse_port: bool,
+    ) -> Result<TcpListener, AdminError> {
         if self.token().is_none() && !addr.ip().is_loopback() {
             return Err(AdminError::Unprotected(addr));
         }
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| AdminError::Bind(addr, e))
+        crate::server::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = self.token() else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         let Some(given) = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
         else {
             return false;
         };

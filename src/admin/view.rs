@@ -67,6 +67,10 @@ pub struct Share {
 pub struct TargetView {
     pub name: String,
     pub instances: Vec<String>,
+    /// Per instance (same order): `up`, `ejected` (passive outlier ejection) or `down` (failing
+    /// active health checks).
+    #[serde(default)]
+    pub instance_health: Vec<String>,
     /// Outcomes in the circuit's current window.
     pub window: WindowView,
 }
@@ -123,7 +127,9 @@ impl RouteView {
         let canary = s
             .canary_target
             .as_ref()
-            .filter(|_| s.canary_bp > 0)
+            // A canary stopped at runtime (rollback, circuit) stays visible at 0 % with who
+            // stopped it; a promoted one (now live) does not.
+            .filter(|t| s.canary_bp > 0 || (s.canary_source != Source::File && **t != s.live))
             .map(|t| CanaryView {
                 target: t.clone(),
                 percent: s.canary_bp as f64 / 100.0,
@@ -161,6 +167,21 @@ impl RouteView {
                 TargetView {
                     name: t.name.to_string(),
                     instances: t.upstream.instances.iter().map(|a| a.to_string()).collect(),
+                    instance_health: t
+                        .upstream
+                        .health
+                        .iter()
+                        .map(|h| {
+                            if !h.checks_pass() {
+                                "down"
+                            } else if h.ejected(now_ms) {
+                                "ejected"
+                            } else {
+                                "up"
+                            }
+                            .to_string()
+                        })
+                        .collect(),
                     window: WindowView {
                         seconds: t.window.length().as_secs_f64(),
                         requests: tot.requests,

@@ -2,9 +2,12 @@
 //! task decides.
 //!
 //! Invariants: the decision is a pure function of (route entry, windows, now), so tests drive it
-//! with a paused clock. The task only ever asks the control plane to roll back (never to
-//! re-promote), and the control plane re-checks that the candidate is unchanged before acting, so a
-//! trip that races an operator's action is dropped rather than applied to the wrong target.
+//! with a paused clock (`check_all_at` takes both clocks). The request path never decides and never
+//! wakes anything: it bumps window counters and, on a bad outcome, one process-wide counter that the
+//! task polls, so a trip follows the crossing within `POLL`. The task only ever asks the control
+//! plane to roll back (never to re-promote), with the route state its verdict was reached on; the
+//! control plane drops the verdict if that state changed meanwhile, so a trip that races an
+//! operator's action is never applied to the wrong target.
 
 pub mod window;
 
@@ -16,10 +19,16 @@ use tokio::sync::watch;
 use crate::config::Compare;
 use crate::control::{current_candidate, unix_ms, Control};
 use crate::snapshot::RouteEntry;
-use crate::state::Trip;
+use crate::state::{RouteState, Trip};
 
-/// How often the task evaluates every route.
-pub const TICK: Duration = Duration::from_millis(250);
+/// How often the task evaluates every route regardless of new outcomes (rates also change as
+/// outcomes age out of the window).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// How often the task checks whether any error or slow request was recorded since it last
+/// evaluated; if so it evaluates at once. Bounds error-onset-to-rollback once the threshold is
+/// crossed, without the request path ever waking or locking anything.
+pub const POLL: Duration = Duration::from_millis(5);
 
 /// Share of requests that may exceed `max_p99` before the latency criterion trips (that is p99).
 const SLOW_SHARE: f64 = 0.01;
@@ -38,22 +47,28 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
     }
     let rate = t.error_rate();
     let window = humantime::format_duration(c.window);
+    let role = if route.state.canary_bp > 0 {
+        "canary"
+    } else {
+        "live target during bake"
+    };
+    let absolute = || {
+        format!(
+            "{role} error rate {:.1}% over {} requests in {window} exceeds {:.1}%",
+            rate * 100.0,
+            t.requests,
+            c.max_error_rate * 100.0
+        )
+    };
     let mut reason = None;
     match c.compare {
-        Compare::Absolute if rate > c.max_error_rate => {
-            reason = Some(format!(
-                "error rate {:.1}% over {} requests in {window} exceeds {:.1}%",
-                rate * 100.0,
-                t.requests,
-                c.max_error_rate * 100.0
-            ));
-        }
+        Compare::Absolute if rate > c.max_error_rate => reason = Some(absolute()),
         Compare::Live if candidate != route.state.live => {
             let live = route.targets.get(route.split.live)?.window.totals(now_ms);
             let live_rate = live.error_rate();
             if rate - live_rate > c.max_error_rate {
                 reason = Some(format!(
-                    "error rate {:.1}% exceeds live's {:.1}% by more than {:.1} points ({} requests in {window})",
+                    "{role} error rate {:.1}% exceeds live's {:.1}% by more than {:.1} points ({} requests in {window})",
                     rate * 100.0,
                     live_rate * 100.0,
                     c.max_error_rate * 100.0,
@@ -61,22 +76,15 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
                 ));
             }
         }
-        Compare::Live if rate > c.max_error_rate => {
-            // During bake the live target is the candidate: nothing to compare with, judge absolutely.
-            reason = Some(format!(
-                "error rate {:.1}% over {} requests in {window} exceeds {:.1}% during bake",
-                rate * 100.0,
-                t.requests,
-                c.max_error_rate * 100.0
-            ));
-        }
+        // During bake the live target is the candidate: nothing to compare with, judge absolutely.
+        Compare::Live if rate > c.max_error_rate => reason = Some(absolute()),
         _ => {}
     }
     if reason.is_none() {
         if let Some(p99) = c.max_p99 {
             if t.slow as f64 / t.requests as f64 > SLOW_SHARE {
                 reason = Some(format!(
-                    "p99 latency above {} ({} of {} requests slower)",
+                    "{role} p99 latency above {} ({} of {} requests slower)",
                     humantime::format_duration(p99),
                     t.slow,
                     t.requests
@@ -97,32 +105,87 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
     ))
 }
 
-/// Evaluates every route once; returns how many tripped.
+/// Evaluates every route once at the current time; returns how many tripped.
 pub fn check_all(control: &Control) -> usize {
-    let snap = control.snapshots().load_full();
-    let now_ms = crate::clock::now_ms();
-    let now_unix = unix_ms();
-    let mut tripped = 0;
-    for route in &snap.routes {
-        if let Some((candidate, trip)) = evaluate(route, now_ms, now_unix) {
-            if control.trip(&route.name, &candidate, trip) {
-                tripped += 1;
-            }
-        }
-    }
-    tripped
+    check_all_at(control, crate::clock::now_ms(), unix_ms())
 }
 
-/// The circuit task: evaluates every `TICK` until shutdown.
+/// Evaluates every route once at the given monotonic and wall-clock times (tests pass both).
+/// Blocks on persisting a trip, if any.
+pub fn check_all_at(control: &Control, now_ms: u64, now_unix_ms: u64) -> usize {
+    pending(control, now_ms, now_unix_ms)
+        .into_iter()
+        .filter(|p| p.clone().apply(control, now_unix_ms))
+        .count()
+}
+
+/// A verdict: roll `route` back away from `candidate`, reached on route state `seen`.
+#[derive(Clone)]
+struct Pending {
+    route: String,
+    seen: RouteState,
+    candidate: String,
+    trip: Trip,
+}
+
+impl Pending {
+    fn apply(self, control: &Control, now_unix_ms: u64) -> bool {
+        control.trip(
+            &self.route,
+            &self.seen,
+            &self.candidate,
+            self.trip,
+            now_unix_ms,
+        )
+    }
+}
+
+/// The trips the current snapshot calls for. Cheap and non-blocking.
+fn pending(control: &Control, now_ms: u64, now_unix_ms: u64) -> Vec<Pending> {
+    let snap = control.snapshots().load();
+    snap.routes
+        .iter()
+        .filter_map(|r| {
+            evaluate(r, now_ms, now_unix_ms).map(|(candidate, trip)| Pending {
+                route: r.name.to_string(),
+                seen: r.state.clone(),
+                candidate,
+                trip,
+            })
+        })
+        .collect()
+}
+
+/// The circuit task: evaluates every route every `TICK`, and within `POLL` of any new error or
+/// slow request, until shutdown. Evaluation is a few atomic loads per watched target, done inline;
+/// only an actual trip (which persists state with fsync) goes to the blocking pool.
 pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Evaluate on the first poll, whatever was recorded before the task started.
+    let mut seen = u64::MAX;
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = poll.tick() => {
+                let bad = window::bad_outcomes();
+                if bad == seen && last.elapsed() < TICK {
+                    continue;
+                }
+                seen = bad;
+                last = tokio::time::Instant::now();
+                let now_unix = unix_ms();
+                let trips = pending(&control, crate::clock::now_ms(), now_unix);
+                if trips.is_empty() {
+                    continue;
+                }
                 let c = control.clone();
-                // Tripping persists state (blocking I/O); keep it off the async workers.
-                let _ = tokio::task::spawn_blocking(move || check_all(&c)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    for p in trips {
+                        p.apply(&c, now_unix);
+                    }
+                })
+                .await;
             }
             _ = shutdown.changed() => return,
         }

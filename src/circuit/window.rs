@@ -9,6 +9,16 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// Process-wide count of recorded outcomes that can trip a circuit (errors and slow requests).
+/// The circuit task polls it cheaply and evaluates as soon as it moves, so a rollback does not
+/// wait for the next full tick; the request path pays one relaxed add, only on a bad outcome.
+static BAD_OUTCOMES: AtomicU64 = AtomicU64::new(0);
+
+/// The current value of the bad-outcome counter (see `BAD_OUTCOMES`).
+pub fn bad_outcomes() -> u64 {
+    BAD_OUTCOMES.load(Relaxed)
+}
+
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
 pub const BUCKETS: usize = 10;
 
@@ -80,18 +90,23 @@ impl Window {
             b.slow.store(0, Relaxed);
         }
         b.requests.fetch_add(1, Relaxed);
+        let slow = latency_ms > self.slow_ms;
         if error {
             b.errors.fetch_add(1, Relaxed);
         }
-        if latency_ms > self.slow_ms {
+        if slow {
             b.slow.fetch_add(1, Relaxed);
+        }
+        if error || slow {
+            BAD_OUTCOMES.fetch_add(1, Relaxed);
         }
     }
 
     /// Sums the buckets still inside the window at `now_ms`.
     pub fn totals(&self, now_ms: u64) -> Totals {
         let now_tick = now_ms / self.width_ms + 1;
-        let oldest = now_tick.saturating_sub(BUCKETS as u64 - 1);
+        // Tick 0 means "never used" (or cleared), whatever the time.
+        let oldest = now_tick.saturating_sub(BUCKETS as u64 - 1).max(1);
         let mut t = Totals::default();
         for b in &self.buckets {
             let tick = b.tick.load(Relaxed);
@@ -108,6 +123,9 @@ impl Window {
     pub fn clear(&self) {
         for b in &self.buckets {
             b.tick.store(0, Relaxed);
+            b.requests.store(0, Relaxed);
+            b.errors.store(0, Relaxed);
+            b.slow.store(0, Relaxed);
         }
     }
 }
@@ -132,6 +150,9 @@ mod tests {
         );
         assert_eq!(w.totals(14_000).requests, 5);
         assert_eq!(w.totals(30_000).requests, 0);
+        w.record(31_000, true, 1);
+        w.clear();
+        assert_eq!(w.totals(31_000), Totals::default());
         w.record(30_000, false, 1);
         assert_eq!(
             w.totals(30_000),
@@ -141,5 +162,15 @@ mod tests {
                 slow: 0
             }
         );
+    }
+
+    #[test]
+    fn cleared_early_in_the_process_counts_nothing() {
+        let w = Window::new(Duration::from_secs(60), None);
+        w.record(10, true, 1);
+        w.clear();
+        assert_eq!(w.totals(20), Totals::default());
+        w.record(30, false, 1);
+        assert_eq!(w.totals(30).requests, 1);
     }
 }

@@ -55,6 +55,10 @@ pub struct Server {
     /// After a flip, tunnels (WebSockets) to a target that is no longer live are closed after this.
     pub tunnel_max_lifetime_after_flip: Option<Duration>,
     pub reuse_port: bool,
+    /// Passive outlier ejection: upstream faults in a row that eject an instance (0 = off).
+    pub outlier_failures: u32,
+    /// Base ejection time (doubles for repeat offenders, up to 8x).
+    pub outlier_ejection: Duration,
 }
 
 /// HTTPS termination.
@@ -150,6 +154,18 @@ pub struct Target {
     pub http2: bool,
     pub sni: Option<String>,
     pub ca: Option<PathBuf>,
+    /// Active health checks of every instance, if configured.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health check of a target's instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Path (and query) requested with `GET`; 2xx and 3xx pass.
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    /// Per-check timeout: the interval, capped at 2 s.
+    pub timeout: Duration,
 }
 
 /// Which requests the canary takes.

@@ -45,6 +45,8 @@ pub struct RawServer {
     pub max_upstream_connections: Option<Spanned<i64>>,
     pub tunnel_max_lifetime_after_flip: Option<Spanned<String>>,
     pub reuse_port: Option<bool>,
+    pub outlier_failures: Option<Spanned<i64>>,
+    pub outlier_ejection: Option<Spanned<String>>,
 }
 
 /// `[server.tls]`: HTTPS termination.
@@ -113,6 +115,9 @@ pub struct RawTargetTable {
     pub http2: bool,
     pub sni: Option<String>,
     pub ca: Option<String>,
+    /// Path for active health checks (`GET`), e.g. "/healthz"; none = passive ejection only.
+    pub health_check: Option<String>,
+    pub health_interval: Option<String>,
 }
 
 /// `[routes.canary]`.

@@ -256,6 +256,14 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             )
         }),
         reuse_port: raw.reuse_port.unwrap_or(false),
+        outlier_failures: count(sink, raw.outlier_failures, 5, 0, "server.outlier_failures")
+            .min(u32::MAX as u64) as u32,
+        outlier_ejection: duration(
+            sink,
+            raw.outlier_ejection,
+            Duration::from_secs(10),
+            "server.outlier_ejection",
+        ),
     };
     Some(s)
 }
@@ -264,7 +272,12 @@ fn admin(sink: &mut Sink, base: &Path, raw: RawAdmin) -> Option<Admin> {
     let listen = addr(sink, raw.listen, DEFAULT_ADMIN, "admin.listen")?;
     Some(Admin {
         listen,
-        token_env: raw.token_env.filter(|s| !s.is_empty()),
+        // Defaults to the variable the CLI reads, so one exported token serves both; "" disables.
+        token_env: Some(
+            raw.token_env
+                .unwrap_or_else(|| "FLIPGATE_ADMIN_TOKEN".into()),
+        )
+        .filter(|s| !s.is_empty()),
         token_file: raw.token_file.map(|f| resolve(base, &f)),
     })
 }
@@ -578,6 +591,8 @@ fn target(
                 http2: false,
                 sni: None,
                 ca: None,
+                health_check: None,
+                health_interval: None,
             }
         }
         v @ toml::Value::Table(_) => match RawTargetTable::deserialize(v) {
@@ -613,13 +628,80 @@ fn target(
             }
         }
     }
+    if !table.tls && (table.sni.is_some() || table.ca.is_some()) {
+        sink.push(
+            span,
+            &field,
+            "`sni` and `ca` apply to TLS upstreams only; add `tls = true`",
+        );
+        return None;
+    }
+    if let Some(sni) = &table.sni {
+        if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+            sink.push(
+                span,
+                &field,
+                format!("sni `{sni}` is not a valid DNS name or IP address"),
+            );
+            return None;
+        }
+    }
+    let ca = table.ca.map(|c| resolve(base, &c));
+    if let Some(path) = &ca {
+        if let Err(e) = crate::upstream::read_ca(path) {
+            sink.push(span, &field, format!("ca: {e}"));
+            return None;
+        }
+    }
+    let health_check = match table.health_check {
+        None => None,
+        Some(path) => {
+            let parsed = path
+                .parse::<http::uri::PathAndQuery>()
+                .ok()
+                .filter(|p| p.as_str().starts_with('/'));
+            let interval = match table
+                .health_interval
+                .as_deref()
+                .map(humantime::parse_duration)
+            {
+                None => Ok(Duration::from_secs(5)),
+                Some(Ok(d)) if d >= Duration::from_millis(100) => Ok(d),
+                Some(_) => Err(()),
+            };
+            match (parsed, interval) {
+                (Some(path), Ok(interval)) => Some(HealthCheck {
+                    path,
+                    interval,
+                    timeout: interval.min(Duration::from_secs(2)),
+                }),
+                (None, _) => {
+                    sink.push(
+                        span,
+                        &field,
+                        format!("health_check `{path}` must be a path starting with '/'"),
+                    );
+                    return None;
+                }
+                (_, Err(())) => {
+                    sink.push(
+                        span,
+                        &field,
+                        "health_interval must be a duration of at least 100ms (example: \"5s\")",
+                    );
+                    return None;
+                }
+            }
+        }
+    };
     Some(Target {
         name,
         instances,
         tls: table.tls,
         http2: table.http2,
         sni: table.sni,
-        ca: table.ca.map(|c| resolve(base, &c)),
+        ca,
+        health_check,
     })
 }
 

@@ -1,7 +1,11 @@
-//! The response body type: either the upstream's body streamed through, or a small local one.
+//! Body types: the request body sent upstream (with the size limit) and the response body sent
+//! downstream (the upstream's streamed through, or a small local one).
 //!
-//! Invariants: no boxing and no buffering: upstream frames (data and trailers) pass through as they
-//! come; a local body is one `Bytes` chunk.
+//! Invariants: no boxing and no buffering: frames (data and trailers, so gRPC trailers survive)
+//! pass through as they come; a local body is one `Bytes` chunk. The request limit is checked by
+//! counting frame lengths, so a body without `Content-Length` is cut off at the limit with
+//! `RequestBodyError::TooLarge`, which the proxy answers with 413 without blaming the target. A
+//! response body holds the upstream in-flight slot until it is finished or dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,9 +14,90 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::upstream::InflightGuard;
+
+/// Why the request body could not be relayed: the client's side, never the target's.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// More bytes than `server.max_body_bytes`.
+    #[error("request body exceeds the configured limit")]
+    TooLarge,
+    /// The client's body stream failed (aborted upload, bad chunking).
+    #[error("client body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+/// The body of every request flipgate sends upstream.
+pub struct RequestBody {
+    /// `None` for a retry of a request that had no body.
+    inner: Option<Incoming>,
+    /// Bytes still allowed; `u64::MAX` when unlimited.
+    remaining: u64,
+}
+
+impl RequestBody {
+    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited).
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            remaining: if limit == 0 { u64::MAX } else { limit },
+        }
+    }
+
+    /// No body (used to resend a bodyless request once after an idle-connection race).
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            remaining: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    if n > this.remaining {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
 /// Body of every response flipgate sends.
 pub enum ProxyBody {
-    Upstream(Incoming),
+    /// The upstream's body, holding its in-flight slot (if limits are on) until done.
+    Upstream(Incoming, Option<InflightGuard>),
     Full(Option<Bytes>),
 }
 
@@ -37,21 +122,27 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b, guard) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guard.take();
+                }
+                r
+            }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Upstream(b, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Upstream(b, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

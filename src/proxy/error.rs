@@ -5,6 +5,9 @@
 
 use http::StatusCode;
 
+use super::body::RequestBodyError;
+use crate::upstream::ConnectError;
+
 /// Kinds of upstream fault, as in `upstream_errors_total{kind}`. The discriminant indexes the
 /// pre-resolved metric handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +27,12 @@ pub enum ProxyError {
     BadRequest,
     /// The upstream failed: counts against the target.
     Upstream(UpstreamErrorKind),
-    /// No instance of the target can take the request.
+    /// No instance of the target can take the request (e.g. `max_upstream_connections` reached).
     NoHealthy,
+    /// The request body is over `server.max_body_bytes`: the client's side.
+    TooLarge,
+    /// The client's request body failed mid-stream: the client's side.
+    ClientBody,
 }
 
 impl ProxyError {
@@ -37,6 +44,8 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoHealthy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -51,22 +60,51 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => "flipgate: upstream timed out\n",
             ProxyError::Upstream(_) => "flipgate: upstream closed the connection\n",
             ProxyError::NoHealthy => "flipgate: no healthy upstream instance\n",
+            ProxyError::TooLarge => "flipgate: request body too large\n",
+            ProxyError::ClientBody => "flipgate: request body could not be read\n",
         }
     }
 }
 
-/// Classifies a client error: connect failures vs. everything else (resets, early close).
-pub fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    if e.is_connect() {
-        // The connector reports its own timeout as a connect error; surface it as a timeout.
-        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        while let Some(s) = src {
-            if s.to_string().contains("timed out") {
-                return UpstreamErrorKind::Timeout;
-            }
-            src = s.source();
+/// Classifies a failed upstream exchange by side: a fault of the client's request body (too
+/// large, aborted) is the client's and never counts against the target; everything else is the
+/// upstream's: connect failures, timeouts (TCP or TLS), and resets or early closes.
+pub fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut timed_out = false;
+    while let Some(s) = src {
+        if let Some(b) = s.downcast_ref::<RequestBodyError>() {
+            return match b {
+                RequestBodyError::TooLarge => ProxyError::TooLarge,
+                RequestBodyError::Client(_) => ProxyError::ClientBody,
+            };
         }
-        return UpstreamErrorKind::Connect;
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            timed_out |= matches!(c, ConnectError::TlsTimeout);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        // The HTTP connector reports its own timeout as text only.
+        timed_out |= e.is_connect() && s.to_string().contains("timed out");
+        src = s.source();
     }
-    UpstreamErrorKind::Reset
+    ProxyError::Upstream(match () {
+        _ if timed_out => UpstreamErrorKind::Timeout,
+        _ if e.is_connect() => UpstreamErrorKind::Connect,
+        _ => UpstreamErrorKind::Reset,
+    })
+}
+
+/// Whether the upstream closed a (pooled) connection before answering, the race between its
+/// keep-alive timeout and our reuse: safe to resend once when the request had no body.
+pub fn is_idle_race(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        src = s.source();
+    }
+    false
 }

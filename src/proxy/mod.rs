@@ -9,6 +9,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,13 +18,15 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use std::time::Duration;
 use tokio::time::Instant;
 
+use crate::health::Outlier;
 use crate::snapshot::{Snapshot, TargetEntry};
 use crate::split::{random_bucket, Reason};
 use crate::upstream::Clients;
 pub use body::ProxyBody;
+use body::RequestBody;
 use error::{classify, ProxyError, UpstreamErrorKind};
 
 /// Everything the data path needs, shared by all connections.
@@ -32,6 +35,10 @@ pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream clients, process-wide so pools survive reloads.
     pub clients: Clients,
+    /// Open upgraded tunnels, so shutdown can drain them.
+    pub tunnels: Arc<tunnel::Tunnels>,
+    /// Open downstream connections on every listener, for `max_connections`.
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Facts about the downstream connection, computed once per connection.
@@ -70,11 +77,22 @@ fn local(e: ProxyError) -> Response<ProxyBody> {
     r
 }
 
+/// Per-request limits, copied out of the snapshot's `[server]` in the one snapshot load.
+#[derive(Clone, Copy)]
+struct Limits {
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_body_bytes: u64,
+    max_upstream_connections: usize,
+    tunnel_after_flip: Option<Duration>,
+    outlier: Outlier,
+}
+
 impl Proxy {
     /// Serves one request. Never fails: every problem becomes a response.
     pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (target, reason, timeout, connect_timeout) = {
+        let (target, reason, limits, access) = {
             let snap = self.snapshot.load();
             let host = req.uri().host().or_else(|| {
                 req.headers()
@@ -99,16 +117,31 @@ impl Proxy {
             }
             let (ti, reason) =
                 choice.unwrap_or_else(|| route.split.decide(req.headers(), random_bucket));
+            let s = &snap.config.server;
             (
                 route.targets[ti].clone(),
                 reason,
-                snap.config.server.upstream_timeout,
-                snap.config.server.connect_timeout,
+                Limits {
+                    timeout: s.upstream_timeout,
+                    connect_timeout: s.connect_timeout,
+                    max_body_bytes: s.max_body_bytes,
+                    max_upstream_connections: s.max_upstream_connections,
+                    tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
+                    outlier: Outlier {
+                        consecutive_failures: s.outlier_failures,
+                        ejection: s.outlier_ejection,
+                    },
+                },
+                crate::access_log::sample(&snap.config.log),
             )
         };
-        let _ = reason;
-        let timeouts = (timeout, connect_timeout);
-        self.forward(req, conn, &target, timeouts, start).await
+        let Some(format) = access else {
+            return self.forward(req, conn, &target, limits, start).await;
+        };
+        let log = crate::access_log::Pending::start(format, &mut req, conn.peer.ip());
+        let resp = self.forward(req, conn, &target, limits, start).await;
+        log.finish(&target, reason, resp.status(), start);
+        resp
     }
 
     async fn forward(
@@ -116,12 +149,26 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         target: &Arc<TargetEntry>,
-        (timeout, connect_timeout): (std::time::Duration, std::time::Duration),
+        limits: Limits,
         start: Instant,
     ) -> Response<ProxyBody> {
-        let upgrade = headers::is_upgrade(req.headers());
-        let version = req.version();
+        // A declared length over the limit is refused before any upstream work; an undeclared
+        // one is cut off by `RequestBody` while streaming.
+        if limits.max_body_bytes > 0 {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limits.max_body_bytes) {
+                return local(ProxyError::TooLarge);
+            }
+        }
         let upstream = &target.upstream;
+        // HTTP/2 has no `Upgrade`: to an HTTP/2 upstream the request goes as a plain one (its
+        // upgrade headers stripped) and whatever it answers is relayed.
+        let upgrade = !upstream.http2 && headers::is_upgrade(req.headers());
+        let version = req.version();
         let host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
             None => req
@@ -143,7 +190,19 @@ impl Proxy {
                 }
             }
         }
-        let instance = upstream.pick();
+        let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
+            tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
+            let e = ProxyError::NoHealthy;
+            target.window.record(crate::clock::now_ms(), true, 0);
+            target
+                .metrics
+                .record(e.status().as_u16(), start.elapsed().as_secs_f64());
+            return local(e);
+        };
+        let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
+            tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
+            return local(ProxyError::NoHealthy);
+        };
         let path = req.uri_mut().path_and_query().cloned();
         // HTTP/1 downstream to a plain HTTP/1.1 upstream: this connection's own upstream
         // connection (see `pinned`), which takes an origin-form request target.
@@ -161,40 +220,124 @@ impl Proxy {
             http::Version::HTTP_11
         };
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // A bodyless idempotent request can be resent once if a pooled connection was closed
+        // under it (upstream keep-alive race); keep what is needed to rebuild it. Pinned
+        // connections need no copy: hyper hands back a request it never sent, and `pinned`
+        // resends that one itself.
+        let resend = (!pinned
+            && !upgrade
+            && http_body::Body::is_end_stream(req.body())
+            && is_idempotent(req.method()))
+        .then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+        let mut req = req.map(|b| RequestBody::new(b, limits.max_body_bytes));
 
-        let send = async {
-            let mut req = req;
-            if pinned {
-                match conn.pinned.send(instance, connect_timeout, req).await {
-                    Ok(r) => return r.map_err(|e| (e.kind(), e.to_string())),
-                    // No room for another pinned connection: the shared pool takes it.
-                    Err(back) => req = back,
+        let client = self.clients.for_upstream(upstream);
+        let deadline = start + limits.timeout;
+        if pinned {
+            let send = conn.pinned.send(instance, limits.connect_timeout, req);
+            match tokio::time::timeout_at(deadline, send).await {
+                Ok(Ok(Ok(resp))) => {
+                    return self.relay(resp, target, index, &limits, start, None, slot);
                 }
-                let path = req.uri().path_and_query().cloned();
-                *req.uri_mut() = upstream.uri(instance, path);
+                Ok(Ok(Err(e))) => {
+                    let elapsed = start.elapsed();
+                    let now_ms = crate::clock::now_ms();
+                    return match e.classify() {
+                        ProxyError::Upstream(kind) => {
+                            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                            upstream.health[index].record(true, now_ms, &limits.outlier);
+                            self.fail(target, kind, now_ms, elapsed)
+                        }
+                        client_side => local(client_side),
+                    };
+                }
+                Err(_) => {
+                    let now_ms = crate::clock::now_ms();
+                    upstream.health[index].record(true, now_ms, &limits.outlier);
+                    let elapsed = start.elapsed();
+                    return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+                }
+                // No room for another pinned connection: the shared pool takes it.
+                Ok(Err(back)) => {
+                    req = back;
+                    let path = req.uri().path_and_query().cloned();
+                    *req.uri_mut() = upstream.uri(instance, path);
+                }
             }
-            let client = self.clients.for_upstream(upstream);
-            client
-                .request(req)
-                .await
-                .map_err(|e| (classify(&e), e.to_string()))
-        };
-        let result = tokio::time::timeout(timeout, send).await;
+        }
+        let mut result = tokio::time::timeout_at(deadline, client.request(req)).await;
+        if let (Ok(Err(e)), Some((method, uri, headers))) = (&result, resend) {
+            if error::is_idle_race(e) {
+                tracing::debug!(route = %target.route, target = %target.name, %instance, "pooled connection closed under a request; resending once");
+                let mut again = Request::new(RequestBody::empty());
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                *again.version_mut() = if upstream.http2 {
+                    http::Version::HTTP_2
+                } else {
+                    http::Version::HTTP_11
+                };
+                result = tokio::time::timeout_at(deadline, client.request(again)).await;
+            }
+        }
         let elapsed = start.elapsed();
         let now_ms = crate::clock::now_ms();
-        let mut resp = match result {
+        let resp = match result {
             Ok(Ok(r)) => r,
-            Ok(Err((kind, e))) => {
-                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
-                return self.fail(target, kind, now_ms, elapsed);
+            Ok(Err(e)) => {
+                return match classify(&e) {
+                    ProxyError::Upstream(kind) => {
+                        tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                        upstream.health[index].record(true, now_ms, &limits.outlier);
+                        self.fail(target, kind, now_ms, elapsed)
+                    }
+                    client_side => local(client_side),
+                };
             }
-            Err(_) => return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed),
+            Err(_) => {
+                upstream.health[index].record(true, now_ms, &limits.outlier);
+                return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+            }
         };
+        self.relay(
+            resp,
+            target,
+            index,
+            &limits,
+            start,
+            downstream_upgrade,
+            slot,
+        )
+    }
+
+    /// Records the upstream's answer and turns it into the downstream response (or a tunnel).
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &self,
+        mut resp: Response<Incoming>,
+        target: &Arc<TargetEntry>,
+        index: usize,
+        limits: &Limits,
+        start: Instant,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        slot: Option<crate::upstream::InflightGuard>,
+    ) -> Response<ProxyBody> {
+        let upstream = &target.upstream;
+        let elapsed = start.elapsed();
+        let now_ms = crate::clock::now_ms();
         let status = resp.status();
         let is_5xx = status.is_server_error();
         if is_5xx {
             target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
         }
+        upstream.health[index].record(is_5xx, now_ms, &limits.outlier);
         target
             .window
             .record(now_ms, is_5xx, elapsed.as_millis() as u64);
@@ -205,19 +348,17 @@ impl Proxy {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(down) = downstream_upgrade {
                 let up = hyper::upgrade::on(&mut resp);
-                let gauge = target.metrics.tunnels.clone();
-                tokio::spawn(async move {
-                    let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
-                        return;
-                    };
-                    gauge.inc();
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(down),
-                        &mut TokioIo::new(up),
-                    )
-                    .await;
-                    gauge.dec();
-                });
+                let close_after_flip = limits
+                    .tunnel_after_flip
+                    .map(|d| (self.snapshot.clone(), target.clone(), d));
+                tokio::spawn(tunnel::relay(
+                    down,
+                    up,
+                    target.metrics.tunnels.clone(),
+                    slot,
+                    self.tunnels.clone(),
+                    close_after_flip,
+                ));
                 let (parts, _) = resp.into_parts();
                 return Response::from_parts(parts, ProxyBody::empty());
             }
@@ -226,7 +367,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, false, false);
         headers::add_via(&mut parts.headers, parts.version);
         parts.version = http::Version::HTTP_11;
-        Response::from_parts(parts, ProxyBody::Upstream(body))
+        Response::from_parts(parts, ProxyBody::Upstream(body, slot))
     }
 
     fn fail(
@@ -246,4 +387,11 @@ impl Proxy {
             .record(e.status().as_u16(), elapsed.as_secs_f64());
         local(e)
     }
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::DELETE
+    )
 }

@@ -289,3 +289,8 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Adds lines to the `[server]` table of a route file made by `config`.
+pub fn with_server(config: &str, lines: &str) -> String {
+    config.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+}

@@ -1,0 +1,382 @@
+//! Limits and timeouts from `[server]`: each one triggers its own status code, is never counted
+//! against the target unless the upstream is at fault, and the gateway keeps serving others.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sum of a metric family's samples whose labels contain `filter`.
+async fn metric(gw: &Gw, family: &str, filter: &str) -> f64 {
+    let text = get(&client(), &gw.admin_url("/metrics"), &[]).await.text();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn still_serving(gw: &Gw) {
+    assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
+}
+
+#[tokio::test]
+async fn request_body_over_the_limit_is_413_declared_or_streamed() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "max_body_bytes = 1024",
+    ))
+    .await;
+    let c = client();
+    // Declared length: refused before the upstream sees anything.
+    let r = send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(blue.hits(), 0);
+    // Within the limit: intact.
+    let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let r = send(&c, "POST", &gw.url("/echo"), &[], body.clone()).await;
+    assert_eq!((r.status, r.body.to_vec()), (200, body));
+    // Chunked, no declared length: cut off while streaming.
+    let chunk = "x".repeat(800);
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "target=\"blue\"").await,
+        0.0
+    );
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_are_431() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "max_headers = 20\nmax_header_bytes = 8192",
+    ))
+    .await;
+    let many: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let resp = raw(
+        gw.addr,
+        format!("GET / HTTP/1.1\r\nhost: a\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    let big = "v".repeat(10_000);
+    let resp = raw(
+        gw.addr,
+        format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(blue.hits(), 0);
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_while_others_are_served() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "header_read_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-drip: ")
+        .await
+        .unwrap();
+    still_serving(&gw).await;
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_end(&mut out))
+        .await
+        .expect("slowloris connection closed by the gateway")
+        .ok();
+    assert!(out.is_empty() || String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"));
+    assert_eq!(blue.hits(), 1, "only the good request reached the upstream");
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_and_counted_as_timeout() {
+    let blue = spawn_upstream("blue").await;
+    let cfg = config("blue", &[("blue", blue.addr)], "")
+        .replace("upstream_timeout = \"5s\"", "upstream_timeout = \"300ms\"");
+    let gw = Gw::start(&cfg).await;
+    let r = get(&client(), &gw.url("/hold"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "kind=\"timeout\"").await,
+        1.0
+    );
+    still_serving(&gw).await;
+    blue.release();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let gw = Gw::start(&config("blue", &[("blue", addr)], "")).await;
+    let r = get(&client(), &gw.url("/"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "kind=\"connect\"").await,
+        1.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_global_limit_get_503() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "max_connections = 2",
+    ))
+    .await;
+    // Two kept-alive connections, each proven accepted by a full exchange.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let resp = raw(gw.addr, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    drop(held.pop());
+    wait_until("a slot frees up", DEADLINE, || async {
+        raw(
+            gw.addr,
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_per_upstream_limit_get_503() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "max_upstream_connections = 1",
+    ))
+    .await;
+    let url = gw.url("/hold");
+    let first = tokio::spawn(async move { get(&client(), &url, &[]).await.status });
+    wait_until("first request held upstream", DEADLINE, || async {
+        blue.holding.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let r = get(&client(), &gw.url("/"), &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "target=\"blue\"").await,
+        0.0
+    );
+    blue.release();
+    assert_eq!(first.await.unwrap(), 200);
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+/// An upstream that answers the first request of each connection and then, like a server whose
+/// keep-alive timer just fired, closes the connection after reading the next request.
+async fn spawn_racy_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut served = 0;
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if served == 1 {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            return; // close under the reused connection
+                        }
+                        served += 1;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test]
+async fn idle_connection_race_is_resent_once_for_bodyless_requests() {
+    let (up, closed) = spawn_racy_upstream().await;
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    let c = client();
+    for _ in 0..4 {
+        let r = get(&c, &gw.url("/"), &[]).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert!(closed.load(Ordering::SeqCst) >= 1, "the race happened");
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "target=\"blue\"").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&gw, "flipgate_requests_total", "code=\"2xx\"").await,
+        4.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn limits_follow_a_reload_for_new_requests_and_connections() {
+    let blue = spawn_upstream("blue").await;
+    let base = config("blue", &[("blue", blue.addr)], "");
+    let gw = Gw::start(&with_server(
+        &base,
+        "max_body_bytes = 1024\nmax_connections = 1",
+    ))
+    .await;
+    let c = client();
+    assert_eq!(
+        send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000])
+            .await
+            .status,
+        413
+    );
+    let held = TcpStream::connect(gw.addr).await.unwrap();
+    wait_until("second connection refused", DEADLINE, || async {
+        raw(
+            gw.addr,
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 503")
+    })
+    .await;
+
+    let generation = gw.generation();
+    gw.rewrite(&with_server(
+        &base,
+        "max_body_bytes = 4096\nmax_connections = 4",
+    ));
+    wait_until("reloaded", DEADLINE, || async {
+        gw.generation() > generation
+    })
+    .await;
+    let r = send(&c, "POST", &gw.url("/echo"), &[], vec![b'x'; 2000]).await;
+    assert_eq!((r.status, r.body.len()), (200, 2000));
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "idle_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // Reads the response, then EOF once the connection has been idle for the timeout.
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("idle connection closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("blue"),
+        "{text}"
+    );
+    gw.stop().await;
+}
+
+/// Accepts TCP connections and never says a word (a TLS upstream that hangs in the handshake).
+async fn spawn_silent_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_handshake_is_bounded_by_the_connect_timeout() {
+    let silent = spawn_silent_upstream().await;
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nconnect_timeout = \"300ms\"\nupstream_timeout = \"30s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"state\"\n\
+         [[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = {{ instances = [\"{silent}\"], tls = true, sni = \"up.test\" }}\n"
+    );
+    let gw = Gw::start(&cfg).await;
+    let r = get(&client(), &gw.url("/"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        metric(&gw, "flipgate_upstream_errors_total", "kind=\"timeout\"").await,
+        1.0
+    );
+    gw.stop().await;
+}
