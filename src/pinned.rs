@@ -56,6 +56,12 @@ pub enum PinnedError {
 }
 
 impl PinnedError {
+    /// Whether the upstream closed the connection before answering (its keep-alive timeout
+    /// racing our reuse): a bodyless idempotent request may be resent once.
+    pub fn is_idle_race(&self) -> bool {
+        matches!(self, PinnedError::Http(_, e) if e.is_incomplete_message() || e.is_canceled())
+    }
+
     /// Which side failed: the client's request body (too large, or the client went away) or
     /// the upstream, as `proxy::error::classify` does for the shared clients.
     pub fn classify(&self) -> ProxyError {

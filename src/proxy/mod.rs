@@ -221,53 +221,66 @@ impl Proxy {
         };
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A bodyless idempotent request can be resent once if a pooled connection was closed
-        // under it (upstream keep-alive race); keep what is needed to rebuild it. Pinned
-        // connections need no copy: hyper hands back a request it never sent, and `pinned`
-        // resends that one itself.
-        let resend = (!pinned
-            && !upgrade
-            && http_body::Body::is_end_stream(req.body())
-            && is_idempotent(req.method()))
-        .then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().clone(),
-            )
-        });
+        // under it (upstream keep-alive race); keep what is needed to rebuild it. (A request
+        // hyper never wrote is handed back and resent by `pinned` without this copy.)
+        let mut resend =
+            (!upgrade && http_body::Body::is_end_stream(req.body()) && is_idempotent(req.method()))
+                .then(|| {
+                    (
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.headers().clone(),
+                    )
+                });
         let mut req = req.map(|b| RequestBody::new(b, limits.max_body_bytes));
 
         let client = self.clients.for_upstream(upstream);
         let deadline = start + limits.timeout;
         if pinned {
-            let send = conn.pinned.send(instance, limits.connect_timeout, req);
-            match tokio::time::timeout_at(deadline, send).await {
-                Ok(Ok(Ok(resp))) => {
-                    return self.relay(resp, target, index, &limits, start, None, slot);
-                }
-                Ok(Ok(Err(e))) => {
-                    let elapsed = start.elapsed();
-                    let now_ms = crate::clock::now_ms();
-                    return match e.classify() {
-                        ProxyError::Upstream(kind) => {
-                            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
-                            upstream.health[index].record(true, now_ms, &limits.outlier);
-                            self.fail(target, kind, now_ms, elapsed)
+            loop {
+                let send = conn.pinned.send(instance, limits.connect_timeout, req);
+                match tokio::time::timeout_at(deadline, send).await {
+                    Ok(Ok(Ok(resp))) => {
+                        return self.relay(resp, target, index, &limits, start, None, slot);
+                    }
+                    Ok(Ok(Err(e))) => {
+                        if let (true, Some((method, uri, headers))) =
+                            (e.is_idle_race(), resend.take())
+                        {
+                            tracing::debug!(route = %target.route, target = %target.name, %instance, "pinned connection closed under a request; resending once");
+                            req = Request::new(RequestBody::empty());
+                            *req.method_mut() = method;
+                            *req.uri_mut() = uri;
+                            *req.headers_mut() = headers;
+                            continue;
                         }
-                        client_side => local(client_side),
-                    };
-                }
-                Err(_) => {
-                    let now_ms = crate::clock::now_ms();
-                    upstream.health[index].record(true, now_ms, &limits.outlier);
-                    let elapsed = start.elapsed();
-                    return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
-                }
-                // No room for another pinned connection: the shared pool takes it.
-                Ok(Err(back)) => {
-                    req = back;
-                    let path = req.uri().path_and_query().cloned();
-                    *req.uri_mut() = upstream.uri(instance, path);
+                        let elapsed = start.elapsed();
+                        let now_ms = crate::clock::now_ms();
+                        return match e.classify() {
+                            ProxyError::Upstream(kind) => {
+                                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                                upstream.health[index].record(true, now_ms, &limits.outlier);
+                                self.fail(target, kind, now_ms, elapsed)
+                            }
+                            client_side => local(client_side),
+                        };
+                    }
+                    Err(_) => {
+                        let now_ms = crate::clock::now_ms();
+                        upstream.health[index].record(true, now_ms, &limits.outlier);
+                        let elapsed = start.elapsed();
+                        return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+                    }
+                    // No room for another pinned connection: the shared pool takes it.
+                    Ok(Err(back)) => {
+                        req = back;
+                        let path = req.uri().path_and_query().cloned();
+                        *req.uri_mut() = upstream.uri(instance, path);
+                        if let Some((_, uri, _)) = &mut resend {
+                            *uri = req.uri().clone();
+                        }
+                        break;
+                    }
                 }
             }
         }
