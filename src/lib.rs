@@ -27,6 +27,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod health;
 pub mod metrics;
+pub mod pinned;
 pub mod proxy;
 pub mod reload;
 pub mod router;

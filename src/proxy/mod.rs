@@ -42,12 +42,13 @@ pub struct Proxy {
 }
 
 /// Facts about the downstream connection, computed once per connection.
-#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The peer IP formatted as a header value, for `X-Forwarded-For`.
     pub peer_header: HeaderValue,
     pub https: bool,
+    /// This connection's own upstream connections (HTTP/1 requests to plain HTTP/1.1 upstreams).
+    pub pinned: crate::pinned::Slot,
 }
 
 impl ConnInfo {
@@ -61,6 +62,7 @@ impl ConnInfo {
             peer_header: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP is a valid header value"),
             https,
+            pinned: crate::pinned::Slot::default(),
         }
     }
 }
@@ -79,6 +81,7 @@ fn local(e: ProxyError) -> Response<ProxyBody> {
 #[derive(Clone, Copy)]
 struct Limits {
     timeout: Duration,
+    connect_timeout: Duration,
     max_body_bytes: u64,
     max_upstream_connections: usize,
     tunnel_after_flip: Option<Duration>,
@@ -120,6 +123,7 @@ impl Proxy {
                 reason,
                 Limits {
                     timeout: s.upstream_timeout,
+                    connect_timeout: s.connect_timeout,
                     max_body_bytes: s.max_body_bytes,
                     max_upstream_connections: s.max_upstream_connections,
                     tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
@@ -200,7 +204,16 @@ impl Proxy {
             return local(ProxyError::NoHealthy);
         };
         let path = req.uri_mut().path_and_query().cloned();
-        *req.uri_mut() = upstream.uri(instance, path);
+        // HTTP/1 downstream to a plain HTTP/1.1 upstream: this connection's own upstream
+        // connection (see `pinned`), which takes an origin-form request target.
+        let pinned = !upgrade
+            && !upstream.http2
+            && upstream.scheme == http::uri::Scheme::HTTP
+            && version <= http::Version::HTTP_11;
+        *req.uri_mut() = match path {
+            Some(p) if pinned => p.into(),
+            path => upstream.uri(instance, path),
+        };
         *req.version_mut() = if upstream.http2 {
             http::Version::HTTP_2
         } else {
@@ -208,8 +221,9 @@ impl Proxy {
         };
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A bodyless idempotent request can be resent once if a pooled connection was closed
-        // under it (upstream keep-alive race); keep what is needed to rebuild it.
-        let resend =
+        // under it (upstream keep-alive race); keep what is needed to rebuild it. (A request
+        // hyper never wrote is handed back and resent by `pinned` without this copy.)
+        let mut resend =
             (!upgrade && http_body::Body::is_end_stream(req.body()) && is_idempotent(req.method()))
                 .then(|| {
                     (
@@ -218,10 +232,58 @@ impl Proxy {
                         req.headers().clone(),
                     )
                 });
-        let req = req.map(|b| RequestBody::new(b, limits.max_body_bytes));
+        let mut req = req.map(|b| RequestBody::new(b, limits.max_body_bytes));
 
         let client = self.clients.for_upstream(upstream);
         let deadline = start + limits.timeout;
+        if pinned {
+            loop {
+                let send = conn.pinned.send(instance, limits.connect_timeout, req);
+                match tokio::time::timeout_at(deadline, send).await {
+                    Ok(Ok(Ok(resp))) => {
+                        return self.relay(resp, target, index, &limits, start, None, slot);
+                    }
+                    Ok(Ok(Err(e))) => {
+                        if let (true, Some((method, uri, headers))) =
+                            (e.is_idle_race(), resend.take())
+                        {
+                            tracing::debug!(route = %target.route, target = %target.name, %instance, "pinned connection closed under a request; resending once");
+                            req = Request::new(RequestBody::empty());
+                            *req.method_mut() = method;
+                            *req.uri_mut() = uri;
+                            *req.headers_mut() = headers;
+                            continue;
+                        }
+                        let elapsed = start.elapsed();
+                        let now_ms = crate::clock::now_ms();
+                        return match e.classify() {
+                            ProxyError::Upstream(kind) => {
+                                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                                upstream.health[index].record(true, now_ms, &limits.outlier);
+                                self.fail(target, kind, now_ms, elapsed)
+                            }
+                            client_side => local(client_side),
+                        };
+                    }
+                    Err(_) => {
+                        let now_ms = crate::clock::now_ms();
+                        upstream.health[index].record(true, now_ms, &limits.outlier);
+                        let elapsed = start.elapsed();
+                        return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+                    }
+                    // No room for another pinned connection: the shared pool takes it.
+                    Ok(Err(back)) => {
+                        req = back;
+                        let path = req.uri().path_and_query().cloned();
+                        *req.uri_mut() = upstream.uri(instance, path);
+                        if let Some((_, uri, _)) = &mut resend {
+                            *uri = req.uri().clone();
+                        }
+                        break;
+                    }
+                }
+            }
+        }
         let mut result = tokio::time::timeout_at(deadline, client.request(req)).await;
         if let (Ok(Err(e)), Some((method, uri, headers))) = (&result, resend) {
             if error::is_idle_race(e) {
@@ -240,7 +302,7 @@ impl Proxy {
         }
         let elapsed = start.elapsed();
         let now_ms = crate::clock::now_ms();
-        let mut resp = match result {
+        let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 return match classify(&e) {
@@ -257,6 +319,32 @@ impl Proxy {
                 return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
             }
         };
+        self.relay(
+            resp,
+            target,
+            index,
+            &limits,
+            start,
+            downstream_upgrade,
+            slot,
+        )
+    }
+
+    /// Records the upstream's answer and turns it into the downstream response (or a tunnel).
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &self,
+        mut resp: Response<Incoming>,
+        target: &Arc<TargetEntry>,
+        index: usize,
+        limits: &Limits,
+        start: Instant,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        slot: Option<crate::upstream::InflightGuard>,
+    ) -> Response<ProxyBody> {
+        let upstream = &target.upstream;
+        let elapsed = start.elapsed();
+        let now_ms = crate::clock::now_ms();
         let status = resp.status();
         let is_5xx = status.is_server_error();
         if is_5xx {

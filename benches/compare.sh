@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: direct, an L4 byte pipe (the limit), nginx, HAProxy and flipgate,
+# measured in turns (A B C D E, A B C D E, ...) on loopback, with the proxy under test alone on
+# one CPU and the load generator + upstream on another.
+#
+#   bash benches/compare.sh            # default run, 3 rounds, well under 10 minutes
+#   bash benches/compare.sh --quick    # 1 round, short runs, HTTP/1.1 12 B only: a sanity check
+#   options: --rounds N  --secs S  --out FILE (the results table, also printed)
+#            --no-build (use the binaries already built; FLIPGATE_BIN, LOADGEN_BIN, PIPE_BIN
+#            override their paths, e.g. to compare two builds of flipgate)
+#
+# What it measures, per proxy (medians over rounds; warm-up runs are discarded):
+#   - closed loop (wrk -t1): rps and p99 at 32 and 256 connections;
+#   - open loop (examples/loadgen.rs, latency from the intended send time) at 25/50/75 % of nginx's
+#     32-connection ceiling: p50/p99/p99.9, and the proxy's own CPU time per request (utime+stime
+#     of its processes from /proc);
+#   - HTTP/1.1 with 12 B and 64 KiB bodies, TLS (12 B), HTTP/2 cleartext (h2load, 12 B);
+#   - peak RSS, and RSS per idle keep-alive client connection (10,000 of them);
+#   - flipgate under change: 10 file reloads + 10 flips per second during a closed-loop run.
+# The sticky canary (5 %, header:x-user-id), metrics and the circuit are on in flipgate's config.
+# Any request error or non-2xx aborts the run. Loopback only; every process it starts is stopped
+# on exit. Needs root (or the tools already installed) and a Debian-like system.
+set -euo pipefail
+
+ROUNDS=3
+SECS=2
+QUICK=0
+OUT=""
+BUILD=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1; ROUNDS=1; SECS=1 ;;
+    --rounds) ROUNDS="$2"; shift ;;
+    --secs) SECS="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "compare.sh: installing ${need[*]}" >&2
+  if [ "$(id -u)" != 0 ]; then echo "compare.sh: need root to apt-get install ${need[*]}" >&2; exit 1; fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+# nginx-light's package starts a system nginx on port 80; it is not used here.
+
+if [ "$BUILD" = 1 ]; then
+  echo "compare.sh: building flipgate and the bench tools (release)" >&2
+  cargo build --release --quiet --bin flipgate --example loadgen --example pipe
+fi
+FLIPGATE="${FLIPGATE_BIN:-$ROOT/target/release/flipgate}"
+LOADGEN="${LOADGEN_BIN:-$ROOT/target/release/examples/loadgen}"
+PIPE="${PIPE_BIN:-$ROOT/target/release/examples/pipe}"
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Idle keep-alive connections for the memory figure: 10,000, or fewer where the descriptor limit
+# (which a container may not let even root raise) would not fit them in HAProxy (2 per connection).
+FD_LIMIT=$(ulimit -n)
+IDLE=$(( (FD_LIMIT - 1000) / 2 < 10000 ? (FD_LIMIT - 1000) / 2 : 10000 ))
+HAPROXY_MAXCONN=$((IDLE + 200))
+
+NCPU=$(nproc)
+if [ "$NCPU" -ge 2 ]; then
+  LOAD_CPU=0; PROXY_CPU=1
+else
+  LOAD_CPU=0; PROXY_CPU=0
+  echo "compare.sh: only one CPU: load and proxy share it; figures are not comparable" >&2
+fi
+# Both exec, so a backgrounded call's $! is the pid of the program itself.
+load() { exec taskset -c "$LOAD_CPU" "$@"; }
+proxied() { exec taskset -c "$PROXY_CPU" "$@"; }
+
+W="$(mktemp -d /tmp/flipgate-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT INT TERM
+
+# ---------------------------------------------------------------- ports and files
+UP=18080; UP_TLS=18443; UP_H2=18082
+declare -A H1=([pipe]=19001 [nginx]=19002 [haproxy]=19003 [flipgate]=19004)
+declare -A TLS=([pipe]=19401 [nginx]=19402 [haproxy]=19403 [flipgate]=19404)
+declare -A H2=([pipe]=19201 [nginx]=19202 [haproxy]=19203 [flipgate]=19004)
+ADMIN=19904
+PROXIES=(direct pipe nginx haproxy flipgate)
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$W/key.pem" -out "$W/cert.pem" >/dev/null 2>&1
+cat "$W/cert.pem" "$W/key.pem" >"$W/combined.pem"
+head -c 65536 /dev/zero | tr '\0' 'x' >"$W/64k"
+
+# The upstream, the same for everyone: nginx, one worker, on the load CPU.
+mkdir -p "$W/up" "$W/ngx"
+cat >"$W/up/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; pid $W/up/pid; error_log $W/up/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 65536; }
+http {
+  access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+  client_body_temp_path $W/up; proxy_temp_path $W/up; fastcgi_temp_path $W/up;
+  uwsgi_temp_path $W/up; scgi_temp_path $W/up;
+  server {
+    listen 127.0.0.1:$UP reuseport backlog=4096; listen 127.0.0.1:$UP_H2 http2;
+    listen 127.0.0.1:$UP_TLS ssl;
+    ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
+    location = /12 { default_type text/plain; return 200 "hello world\n"; }
+    location = /64k { default_type application/octet-stream; alias $W/64k; }
+  }
+}
+EOF
+load nginx -c "$W/up/nginx.conf" -p "$W/up" -e "$W/up/error.log" &
+PIDS+=($!)
+
+# nginx as the proxy: 1 worker, upstream keepalive, the same forwarding headers flipgate sets.
+cat >"$W/ngx/nginx.conf" <<EOF
+daemon off; worker_processes 1; pid $W/ngx/pid; error_log $W/ngx/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 65536; }
+http {
+  access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+  client_body_temp_path $W/ngx; proxy_temp_path $W/ngx; fastcgi_temp_path $W/ngx;
+  uwsgi_temp_path $W/ngx; scgi_temp_path $W/ngx;
+  upstream bot { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:${H1[nginx]} backlog=4096; listen 127.0.0.1:${H2[nginx]} http2;
+    listen 127.0.0.1:${TLS[nginx]} ssl http2;
+    ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
+    location / {
+      proxy_pass http://bot; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Request-Id \$request_id;
+      proxy_buffering on;
+    }
+  }
+}
+EOF
+proxied nginx -c "$W/ngx/nginx.conf" -p "$W/ngx" -e "$W/ngx/error.log" &
+PIDS+=($!)
+NGINX_MASTER=$!
+
+cat >"$W/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn $HAPROXY_MAXCONN
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:${H1[haproxy]}
+  bind 127.0.0.1:${H2[haproxy]} proto h2
+  bind 127.0.0.1:${TLS[haproxy]} ssl crt $W/combined.pem alpn h2,http/1.1
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+  default_backend bot
+backend bot
+  server up 127.0.0.1:$UP
+EOF
+proxied haproxy -f "$W/haproxy.cfg" -db &
+PIDS+=($!)
+HAPROXY_PID=$!
+
+proxied "$PIPE" "127.0.0.1:${H1[pipe]}" "127.0.0.1:$UP" &
+PIDS+=($!); PIPE_PID=$!
+proxied "$PIPE" "127.0.0.1:${TLS[pipe]}" "127.0.0.1:$UP_TLS" &
+PIDS+=($!); PIPE_TLS_PID=$!
+proxied "$PIPE" "127.0.0.1:${H2[pipe]}" "127.0.0.1:$UP_H2" &
+PIDS+=($!); PIPE_H2_PID=$!
+
+flipgate_config() { # $1 = the dummy route's prefix (alternated by the reload test)
+  cat <<EOF
+[server]
+listen = "127.0.0.1:${H1[flipgate]}"
+workers = 1
+[server.tls]
+listen = "127.0.0.1:${TLS[flipgate]}"
+certs = [{ cert = "$W/cert.pem", key = "$W/key.pem" }]
+
+[admin]
+listen = "127.0.0.1:$ADMIN"
+
+[state]
+dir = "$W/fg-state"
+
+[[routes]]
+name = "bot"
+path_prefix = "/"
+live = "blue"
+[routes.targets]
+blue = ["127.0.0.1:$UP"]
+green = ["127.0.0.1:$UP"]
+[routes.canary]
+target = "green"
+percent = 5.0
+sticky = "header:x-user-id"
+[routes.circuit]
+window = "30s"
+min_requests = 20
+max_error_rate = 0.05
+bake = "5m"
+
+[[routes]]
+name = "other"
+path_prefix = "$1"
+live = "a"
+[routes.targets]
+a = ["127.0.0.1:9"]
+EOF
+}
+mkdir -p "$W/fg"
+flipgate_config /dummy-a/ >"$W/fg/flipgate.toml"
+RUST_LOG=warn proxied "$FLIPGATE" run -c "$W/fg/flipgate.toml" 2>"$W/fg/log" &
+PIDS+=($!)
+FLIPGATE_PID=$!
+
+# ---------------------------------------------------------------- helpers
+wait_port() {
+  for _ in $(seq 200); do
+    if curl -s -o /dev/null "http://127.0.0.1:$1/12" 2>/dev/null || curl -sk -o /dev/null "https://127.0.0.1:$1/12" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "compare.sh: nothing answers on port $1" >&2; return 1
+}
+for p in $UP ${H1[pipe]} ${H1[nginx]} ${H1[haproxy]} ${H1[flipgate]}; do wait_port "$p"; done
+FLIPGATE_TLS=1
+if ! curl -sfk -o /dev/null "https://127.0.0.1:${TLS[flipgate]}/12" 2>/dev/null; then
+  FLIPGATE_TLS=0
+  echo "compare.sh: flipgate serves no TLS in this build; its TLS rows are n/a" >&2
+fi
+
+pids_of() { # the processes whose CPU and memory count for a proxy
+  case "$1" in
+    nginx) echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')" ;;
+    haproxy) echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')" ;;
+    flipgate) echo "$FLIPGATE_PID" ;;
+    pipe) echo "$PIPE_PID $PIPE_TLS_PID $PIPE_H2_PID" ;;
+    direct) echo "" ;;
+  esac
+}
+cpu_ticks() { # utime + stime, in clock ticks, summed over the processes
+  local t=0 p
+  for p in $(pids_of "$1"); do
+    [ -r "/proc/$p/stat" ] || abort "$1 (pid $p) is gone"
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+mem_kib() { # $1 proxy, $2 VmRSS | VmHWM
+  local t=0 p
+  for p in $(pids_of "$1"); do
+    t=$((t + $(awk -v k="$2:" '$1 == k {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+port_of() { # $1 proxy, $2 proto
+  case "$1:$2" in
+    direct:h1) echo $UP ;; direct:tls) echo $UP_TLS ;; direct:h2) echo $UP_H2 ;;
+    *:h1) echo "${H1[$1]}" ;; *:tls) echo "${TLS[$1]}" ;; *:h2) echo "${H2[$1]}" ;;
+  esac
+}
+url_of() { # $1 proxy, $2 proto, $3 path
+  if [ "$2" = tls ]; then echo "https://localhost:$(port_of "$1" tls)$3"; else echo "http://127.0.0.1:$(port_of "$1" "$2")$3"; fi
+}
+skip() { [ "$1" = flipgate ] && [ "$2" = tls ] && [ "$FLIPGATE_TLS" = 0 ]; }
+
+for p in nginx haproxy flipgate pipe; do echo "compare.sh: $p pids: $(pids_of $p)" >&2; done
+RES="$W/results.tsv"
+: >"$RES"
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$RES"; } # proxy case metric round value
+abort() { echo "compare.sh: ABORT: $*" >&2; exit 1; }
+
+# wrk closed loop: sets RPS P99_US
+wrk_run() { # proxy proto path conns secs
+  local out
+  out=$(load wrk -t1 -c"$4" -d"${5}s" --latency -H "x-user-id: user-8841" "$(url_of "$1" "$2" "$3")" 2>&1) || abort "wrk failed for $1: $out"
+  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then abort "$1 $2 $3 c$4: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"; fi
+  RPS=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
+  P99_US=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); print v } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } }' <<<"$out")
+  [ -n "$RPS" ] || abort "cannot parse wrk output: $out"
+}
+# h2load closed loop over h2c: sets RPS
+h2_run() { # proxy conns secs
+  local out
+  out=$(load h2load -t1 -c"$2" -m4 -D"$3" "$(url_of "$1" h2 /12)" 2>&1) || abort "h2load failed for $1: $out"
+  local failed
+  failed=$(awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^(failed|errored),?$/) s += $i; print s + 0}' <<<"$out")
+  local non2xx
+  non2xx=$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")
+  if [ "$failed" != 0 ] || [ "$non2xx" != 0 ]; then abort "h2load $1: failed=$failed non2xx=$non2xx"; fi
+  RPS=$(awk '/^finished in/ {for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) {printf "%d", $(i-1); exit}}' <<<"$out")
+  [ -n "$RPS" ] || abort "cannot parse h2load output: $out"
+}
+# loadgen open loop: sets P50 P99 P999 CPU_US (proxy CPU per request, µs)
+open_run() { # proxy proto path rate secs
+  local extra=() out t0 t1
+  [ "$2" = tls ] && extra=(--ca "$W/cert.pem")
+  t0=$(cpu_ticks "$1")
+  out=$(load "$LOADGEN" --url "$(url_of "$1" "$2" "$3")" --conns 64 --rate "$4" --warmup 0.5 \
+    --duration "$5" --sticky-header x-user-id "${extra[@]}" 2>&1) || abort "loadgen $1 $2 $3 @$4: $out"
+  t1=$(cpu_ticks "$1")
+  eval "$(tr ' ' '\n' <<<"$out" | grep -E '^(requests|p50_us|p99_us|p999_us)=' | sed 's/^/LG_/')"
+  P50=$LG_p50_us; P99=$LG_p99_us; P999=$LG_p999_us
+  # Ticks cover warm-up + measured phase: divide by every request sent in both.
+  local total
+  total=$(python3 -c "print(int($4 * ($5 + 0.5)))")
+  CPU_US=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $total, 2) if '$1' != 'direct' else '')")
+}
+
+# ---------------------------------------------------------------- runs
+echo "compare.sh: warm-up (discarded)" >&2
+for p in "${PROXIES[@]}"; do
+  wrk_run "$p" h1 /12 32 1
+  wrk_run "$p" h1 /64k 32 1
+  skip "$p" tls || wrk_run "$p" tls /12 32 1
+  h2_run "$p" 32 1
+done
+
+CASES=("h1 /12" "h1 /64k" "tls /12")
+for r in $(seq "$ROUNDS"); do
+  echo "compare.sh: closed loop, round $r/$ROUNDS" >&2
+  for p in "${PROXIES[@]}"; do
+    for c in 32 256; do
+      wrk_run "$p" h1 /12 "$c" "$SECS"
+      record "$p" "h1-12B" "rps_c$c" "$r" "$RPS"; record "$p" "h1-12B" "p99_c${c}_us" "$r" "$P99_US"
+    done
+    [ "$QUICK" = 1 ] && continue
+    wrk_run "$p" h1 /64k 32 "$SECS"
+    record "$p" "h1-64KiB" "rps_c32" "$r" "$RPS"; record "$p" "h1-64KiB" "p99_c32_us" "$r" "$P99_US"
+    if ! skip "$p" tls; then
+      wrk_run "$p" tls /12 32 "$SECS"
+      record "$p" "tls-12B" "rps_c32" "$r" "$RPS"; record "$p" "tls-12B" "p99_c32_us" "$r" "$P99_US"
+    fi
+    h2_run "$p" 32 "$SECS"
+    record "$p" "h2c-12B" "rps_c32" "$r" "$RPS"
+  done
+done
+
+median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(int(statistics.median(v)))" "$@"; }
+ceiling() { # proxy case: median closed-loop c32 rps
+  median $(awk -F'\t' -v p="$1" -v c="$2" '$1 == p && $2 == c && $3 == "rps_c32" {print $5}' "$RES")
+}
+NGX_H1=$(ceiling nginx h1-12B)
+echo "compare.sh: nginx ceiling (h1 12 B, 32 conns) = $NGX_H1 rps" >&2
+
+LOADS="25 50 75"
+[ "$QUICK" = 1 ] && LOADS="50"
+for r in $(seq "$ROUNDS"); do
+  echo "compare.sh: open loop, round $r/$ROUNDS" >&2
+  for pct in $LOADS; do
+    for p in "${PROXIES[@]}"; do
+      rate=$((NGX_H1 * pct / 100))
+      open_run "$p" h1 /12 "$rate" "$SECS"
+      for m in P50 P99 P999 CPU_US; do record "$p" "h1-12B" "${m,,}_at$pct" "$r" "${!m}"; done
+    done
+  done
+  [ "$QUICK" = 1 ] && continue
+  ngx64=$(ceiling nginx h1-64KiB)
+  for p in "${PROXIES[@]}"; do
+    open_run "$p" h1 /64k $((ngx64 / 2)) "$SECS"
+    for m in P50 P99 P999 CPU_US; do record "$p" "h1-64KiB" "${m,,}_at50" "$r" "${!m}"; done
+    if ! skip "$p" tls; then
+      open_run "$p" tls /12 $(($(ceiling nginx tls-12B) / 2)) "$SECS"
+      for m in P50 P99 P999 CPU_US; do record "$p" "tls-12B" "${m,,}_at50" "$r" "${!m}"; done
+    fi
+  done
+done
+
+echo "compare.sh: memory" >&2
+[ "$QUICK" = 1 ] && IDLE=2000
+record all mem idle_connections 1 "$IDLE"
+for p in pipe nginx haproxy flipgate; do
+  record "$p" "mem" "peak_rss_kib" 1 "$(mem_kib "$p" VmHWM)"
+  before=$(mem_kib "$p" VmRSS)
+  fifo="$W/idle.$p"; mkfifo "$fifo"
+  load "$LOADGEN" --url "$(url_of "$p" h1 /12)" --idle "$IDLE" <"$fifo" >"$W/idle.$p.out" 2>&1 &
+  lg=$!
+  exec 9>"$fifo"
+  for _ in $(seq 600); do grep -q ready "$W/idle.$p.out" 2>/dev/null && break; kill -0 $lg 2>/dev/null || break; sleep 0.05; done
+  grep -q ready "$W/idle.$p.out" || abort "idle connections to $p: $(cat "$W/idle.$p.out")"
+  after=$(mem_kib "$p" VmRSS)
+  exec 9>&-
+  wait $lg || true
+  record "$p" "mem" "idle_conn_kib" 1 "$(python3 -c "print(round(($after - $before) / $IDLE, 2))")"
+done
+
+if [ "$QUICK" = 0 ]; then
+  echo "compare.sh: flipgate under change (10 reloads + 10 flips per second)" >&2
+  for r in $(seq "$ROUNDS"); do
+    wrk_run flipgate h1 /12 32 "$SECS"; record flipgate "change" "steady_rps" "$r" "$RPS"
+    (
+      end=$((SECONDS + SECS + 1)); i=0
+      while [ $SECONDS -lt $end ]; do
+        i=$((i + 1))
+        flipgate_config "/dummy-$((i % 2))/" >"$W/fg/flipgate.toml.tmp" && mv "$W/fg/flipgate.toml.tmp" "$W/fg/flipgate.toml"
+        tgt=blue; [ $((i % 2)) = 1 ] && tgt=green
+        curl -s -o /dev/null -X POST -d "{\"target\":\"$tgt\"}" "http://127.0.0.1:$ADMIN/api/v1/routes/bot/flip"
+        sleep 0.1
+      done
+      echo "$i" >"$W/changes"
+    ) &
+    ch=$!
+    wrk_run flipgate h1 /12 32 "$SECS"; record flipgate "change" "changing_rps" "$r" "$RPS"
+    wait $ch
+    record flipgate "change" "changes" "$r" "$(cat "$W/changes")"
+    # Restore the 5 % sticky canary that the flips reset.
+    curl -s -o /dev/null -X POST -d '{"percent":5,"target":"green"}' "http://127.0.0.1:$ADMIN/api/v1/routes/bot/canary"
+  done
+  gen=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^flipgate_config_generation/ {print $2}')
+  echo "compare.sh: flipgate config generation after the change runs: $gen" >&2
+fi
+
+# ---------------------------------------------------------------- table
+python3 - "$RES" "$QUICK" "$ROUNDS" <<'PY' | tee "${OUT:-/dev/null}"
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    p, case, metric, _, v = line.rstrip("\n").split("\t")
+    if v != "":
+        rows[(p, case, metric)].append(float(v))
+med = {k: statistics.median(v) for k, v in rows.items()}
+proxies = ["direct", "pipe", "nginx", "haproxy", "flipgate"]
+def fmt(v):
+    return "-" if v is None else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
+def ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+print(f"rounds: {sys.argv[3]}; medians over rounds; ratios are to nginx / to the L4 pipe (limit)")
+idle = med.get(("all", "mem", "idle_connections"))
+if idle:
+    print(f"idle keep-alive client connections for idle_conn_kib: {idle:.0f}")
+print(f"{'case':10} {'metric':16} " + " ".join(f"{p:>24}" for p in proxies))
+keys = sorted({(c, m) for (p, c, m) in med if p != "all"}, key=lambda k: (k[0], k[1]))
+lat_added = lambda m: m.startswith(("p50_at", "p99_at", "p999_at"))
+for case, metric in keys:
+    cells = []
+    ngx = med.get(("nginx", case, metric))
+    lim = med.get(("pipe", case, metric))
+    for p in proxies:
+        v = med.get((p, case, metric))
+        if v is None:
+            cells.append(f"{'n/a':>24}")
+            continue
+        if lat_added(metric):
+            d = med.get(("direct", case, metric))
+            add = None if d is None else v - d
+            show = f"+{fmt(add)}" if p != "direct" and add is not None else fmt(v)
+            r = "" if p in ("direct",) else f" {ratio(add, None if ngx is None or d is None else ngx - d)}"
+            cells.append(f"{show + r:>24}")
+        else:
+            cells.append(f"{fmt(v) + ' ' + ratio(v, ngx) + '/' + ratio(v, lim):>24}")
+    print(f"{case:10} {metric:16} " + " ".join(cells))
+print("latency rows (p50/p99/p999 at N % of nginx's ceiling, µs): direct's absolute value, others as added over direct (ratio to nginx's added)")
+print("cpu_us rows: proxy CPU µs per request; mem rows: KiB")
+PY
+echo "compare.sh: done; raw results in the table above (work dir removed)" >&2

@@ -1,0 +1,341 @@
+//! Load generator for `benches/compare.sh`: HTTP/1.1 (optionally over TLS) on keep-alive
+//! connections, open loop at a fixed rate or closed loop, with an HdrHistogram of latencies.
+//!
+//! Open loop measures each request from its *intended* send time (no coordinated omission): a
+//! pacer thread releases request k at `start + k / rate` with a precise sleep and hands it to
+//! connection `k % conns`; a request that has to wait for its connection counts that wait. The
+//! async side runs on one thread, so `taskset` can pin the whole generator to one core.
+//!
+//! Output: one line of `key=value` pairs (requests, rps, p50/p99/p999/max in µs, errors, non2xx)
+//! that the script parses. Any error or non-2xx makes the exit status 1.
+//!
+//! `--idle N` instead opens N keep-alive connections, sends one request on each, prints `ready`,
+//! and holds them until stdin closes: the script measures the proxy's memory per idle connection.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+struct Args {
+    url: http::Uri,
+    conns: usize,
+    rate: u64,
+    duration: Duration,
+    warmup: Duration,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    sticky: Option<http::HeaderName>,
+    ca: Option<String>,
+    idle: usize,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: loadgen --url URL [--conns N] [--rate RPS (0 = closed loop)] [--duration SECS] \
+         [--warmup SECS] [--header 'name: value']... [--sticky-header NAME] [--ca PEM] [--idle N]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        url: http::Uri::from_static("http://127.0.0.1:8080/"),
+        conns: 32,
+        rate: 0,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        headers: Vec::new(),
+        sticky: None,
+        ca: None,
+        idle: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().unwrap_or_else(|| usage());
+        let secs = |v: &str| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage()));
+        match flag.as_str() {
+            "--url" => a.url = v.parse().unwrap_or_else(|_| usage()),
+            "--conns" => a.conns = v.parse().unwrap_or_else(|_| usage()),
+            "--rate" => a.rate = v.parse().unwrap_or_else(|_| usage()),
+            "--duration" => a.duration = secs(&v),
+            "--warmup" => a.warmup = secs(&v),
+            "--sticky-header" => a.sticky = Some(v.parse().unwrap_or_else(|_| usage())),
+            "--ca" => a.ca = Some(v),
+            "--idle" => a.idle = v.parse().unwrap_or_else(|_| usage()),
+            "--header" => {
+                let (n, val) = v.split_once(':').unwrap_or_else(|| usage());
+                a.headers.push((
+                    n.trim().parse().unwrap_or_else(|_| usage()),
+                    val.trim().parse().unwrap_or_else(|_| usage()),
+                ));
+            }
+            _ => usage(),
+        }
+    }
+    if a.conns == 0 {
+        usage()
+    }
+    a
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Target {
+    addr: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+fn target(args: &Args) -> Target {
+    let auth = args.url.authority().expect("URL has host:port").clone();
+    let https = args.url.scheme_str() == Some("https");
+    let port = auth.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addr = format!("{}:{port}", auth.host());
+    let tls = https.then(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem =
+            std::fs::read(args.ca.as_deref().expect("https needs --ca PEM")).expect("read --ca");
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(cert.expect("PEM certificate"))
+                .expect("usable CA");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from(auth.host().to_string()).expect("SNI");
+        (tokio_rustls::TlsConnector::from(Arc::new(config)), name)
+    });
+    Target { addr, tls }
+}
+
+async fn connect(t: &Target) -> std::io::Result<Box<dyn Io>> {
+    let s = TcpStream::connect(&t.addr).await?;
+    s.set_nodelay(true)?;
+    Ok(match &t.tls {
+        None => Box::new(s),
+        Some((c, name)) => Box::new(c.connect(name.clone(), s).await?),
+    })
+}
+
+type Sender = http1::SendRequest<Empty<Bytes>>;
+
+async fn handshake(t: &Target) -> Result<Sender, String> {
+    let io = connect(t).await.map_err(|e| format!("connect: {e}"))?;
+    let (tx, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(tx)
+}
+
+fn request(args: &Args, conn: usize) -> http::Request<Empty<Bytes>> {
+    let mut b = http::Request::get(args.url.path_and_query().map_or("/", |p| p.as_str())).header(
+        http::header::HOST,
+        args.url.authority().expect("host").as_str(),
+    );
+    for (n, v) in &args.headers {
+        b = b.header(n, v);
+    }
+    if let Some(s) = &args.sticky {
+        b = b.header(s, format!("user-{conn}"));
+    }
+    b.body(Empty::new()).expect("valid request")
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    non2xx: AtomicU64,
+}
+
+/// Sends one request; returns whether it was a complete 2xx.
+async fn one(tx: &mut Sender, req: http::Request<Empty<Bytes>>, counts: &Counts) -> bool {
+    let res = async {
+        tx.ready().await?;
+        let resp = tx.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        Ok::<_, hyper::Error>(status)
+    }
+    .await;
+    match res {
+        Ok(s) if s.is_success() => {
+            counts.ok.fetch_add(1, Relaxed);
+            true
+        }
+        Ok(s) => {
+            counts.non2xx.fetch_add(1, Relaxed);
+            eprintln!("loadgen: status {s}");
+            false
+        }
+        Err(e) => {
+            counts.errors.fetch_add(1, Relaxed);
+            eprintln!("loadgen: request failed: {e}");
+            false
+        }
+    }
+}
+
+fn main() {
+    let args = Arc::new(parse_args());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = rt.block_on(async move {
+        let t = Arc::new(target(&args));
+        if args.idle > 0 {
+            return idle(&args, &t).await;
+        }
+        run(args, t).await
+    });
+    std::process::exit(code);
+}
+
+async fn idle(args: &Args, t: &Target) -> i32 {
+    let counts = Counts::default();
+    let mut held = Vec::with_capacity(args.idle);
+    for i in 0..args.idle {
+        let mut tx = match handshake(t).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                eprintln!("loadgen: idle connection {i}: {e}");
+                return 1;
+            }
+        };
+        if !one(&mut tx, request(args, i), &counts).await {
+            return 1;
+        }
+        held.push(tx);
+    }
+    println!("ready {}", held.len());
+    // Hold until the script closes stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await;
+    0
+}
+
+async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
+    let counts = Arc::new(Counts::default());
+    let start = Instant::now() + Duration::from_millis(200);
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let mut tasks = Vec::new();
+    let mut pacer_tx = Vec::new();
+    for c in 0..args.conns {
+        let mut tx = match handshake(&t).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                eprintln!("loadgen: connection {c}: {e}");
+                return 1;
+            }
+        };
+        let (args, counts) = (args.clone(), counts.clone());
+        let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        if args.rate > 0 {
+            pacer_tx.push(ptx);
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            tokio::time::sleep_until(start.into()).await;
+            loop {
+                let intended = if args.rate > 0 {
+                    match prx.recv().await {
+                        Some(t) => t,
+                        None => break,
+                    }
+                } else {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    now
+                };
+                if !one(&mut tx, request(&args, c), &counts).await {
+                    break;
+                }
+                if intended >= measure_from {
+                    let us = intended.elapsed().as_micros() as u64;
+                    let _ = h.record(us.max(1));
+                }
+            }
+            h
+        }));
+    }
+    if args.rate > 0 {
+        let rate = args.rate;
+        std::thread::spawn(move || pace(pacer_tx, rate, start, end));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    for t in tasks {
+        if let Ok(h) = t.await {
+            total.add(h).expect("same bounds");
+        }
+    }
+    let errors = counts.errors.load(Relaxed);
+    let non2xx = counts.non2xx.load(Relaxed);
+    let n = total.len();
+    println!(
+        "requests={n} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={errors} non2xx={non2xx}",
+        n as f64 / args.duration.as_secs_f64(),
+        total.value_at_quantile(0.5),
+        total.value_at_quantile(0.99),
+        total.value_at_quantile(0.999),
+        total.max(),
+    );
+    i32::from(errors > 0 || non2xx > 0)
+}
+
+/// Releases request k at `start + k / rate`, round-robin over the connections.
+fn pace(
+    conns: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
+    rate: u64,
+    start: Instant,
+    end: Instant,
+) {
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut k: u64 = 0;
+    loop {
+        let intended = start + period * k as u32;
+        if intended >= end {
+            break;
+        }
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        // Release everything that is due now, then sleep again.
+        let now = Instant::now();
+        loop {
+            let due = start + period * k as u32;
+            if due > now || due >= end {
+                break;
+            }
+            let _ = conns[(k % conns.len() as u64) as usize].send(due);
+            k += 1;
+        }
+    }
+    // Dropping the senders ends every connection's loop.
+}

@@ -1,0 +1,237 @@
+//! Connection-pinned upstream connections: a downstream HTTP/1 connection keeps its own plain
+//! HTTP/1.1 connection to each upstream instance it used, and sends its next requests there.
+//!
+//! Why: the process-wide pooled client costs, on every request, a pool lock, a key hash and clone,
+//! and a spawned task that waits for the connection to be idle again before it goes back to the
+//! pool. A downstream HTTP/1 connection has at most one request in flight, so a connection it owns
+//! needs none of that: the request is handed straight to hyper's connection. This is what nginx
+//! and HAProxy achieve with their own pools, and on one core it is the difference between ~0.85x
+//! and ~1.0x of nginx's throughput (see docs/BENCHMARKS.md).
+//!
+//! Invariants: used only for HTTP/1.x downstream requests without upgrade to plain-HTTP/1.1
+//! upstreams (h2, TLS and upgrades stay on the shared clients). The slot is lock-free: one atomic
+//! swap takes the connections out, one puts them back; nothing is allocated per request (the box
+//! is allocated once per downstream connection, an entry once per upstream connection). A request
+//! that finds the slot empty opens a connection. A connection the upstream closed is replaced; a
+//! request that hyper reports as never sent is retried once on a fresh connection, so an upstream
+//! closing an idle keep-alive connection never becomes a client error. At most `MAX_INSTANCES`
+//! connections are kept per downstream connection; they close when it closes. At most `MAX_PINNED`
+//! exist process-wide (a relaxed counter touched only on connect and close), so thousands of idle
+//! clients do not pin thousands of upstream connections and file descriptors: past the cap a
+//! request is handed back and goes through the shared pool.
+
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::proxy::body::{RequestBody, RequestBodyError};
+use crate::proxy::error::{ProxyError, UpstreamErrorKind};
+
+/// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
+/// first.
+const MAX_INSTANCES: usize = 4;
+
+/// Pinned upstream connections in the process; past this, requests use the shared pool.
+pub const MAX_PINNED: usize = 1024;
+
+/// Open pinned upstream connections.
+static PINNED: AtomicUsize = AtomicUsize::new(0);
+
+/// Why a pinned request failed, with the side's classification for metrics and the circuit.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("connect to {0}: {1}")]
+    Connect(Authority, std::io::Error),
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(Authority),
+    #[error("upstream {0}: {1}")]
+    Http(Authority, hyper::Error),
+}
+
+impl PinnedError {
+    /// Whether the upstream closed the connection before answering (its keep-alive timeout
+    /// racing our reuse): a bodyless idempotent request may be resent once.
+    pub fn is_idle_race(&self) -> bool {
+        matches!(self, PinnedError::Http(_, e) if e.is_incomplete_message() || e.is_canceled())
+    }
+
+    /// Which side failed: the client's request body (too large, or the client went away) or
+    /// the upstream, as `proxy::error::classify` does for the shared clients.
+    pub fn classify(&self) -> ProxyError {
+        let e = match self {
+            PinnedError::Connect(..) => return ProxyError::Upstream(UpstreamErrorKind::Connect),
+            PinnedError::ConnectTimeout(_) => {
+                return ProxyError::Upstream(UpstreamErrorKind::Timeout)
+            }
+            PinnedError::Http(_, e) => e,
+        };
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(b) = s.downcast_ref::<RequestBodyError>() {
+                return match b {
+                    RequestBodyError::TooLarge => ProxyError::TooLarge,
+                    RequestBodyError::Client(_) => ProxyError::ClientBody,
+                };
+            }
+            src = s.source();
+        }
+        ProxyError::Upstream(if e.is_timeout() {
+            UpstreamErrorKind::Timeout
+        } else {
+            UpstreamErrorKind::Reset
+        })
+    }
+}
+
+/// The upstream connections of one downstream connection.
+#[derive(Default)]
+struct Conns {
+    entries: Vec<(Authority, http1::SendRequest<RequestBody>)>,
+}
+
+/// A downstream connection's pinned upstream connections: a lock-free take/put slot.
+pub struct Slot {
+    /// Owns a `Box<Conns>` when non-null.
+    ptr: AtomicPtr<Conns>,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            ptr: AtomicPtr::new(null_mut()),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+// SAFETY: the raw pointer is only an owned `Box<Conns>` moved in and out with atomic swaps, and
+// `Conns` is `Send`; no reference into it is ever shared.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    fn take(&self) -> Option<Box<Conns>> {
+        let p = self.ptr.swap(null_mut(), AcqRel);
+        // SAFETY: a non-null pointer in the slot came from `Box::into_raw` in `put`, and the swap
+        // made this call its only owner.
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    fn put(&self, conns: Box<Conns>) {
+        let old = self.ptr.swap(Box::into_raw(conns), AcqRel);
+        if !old.is_null() {
+            // SAFETY: as in `take`: we own what we swapped out.
+            drop(unsafe { Box::from_raw(old) });
+        }
+    }
+
+    /// Sends `req` to `instance` on this downstream connection's own upstream connection, opening
+    /// one if needed. Returns once the response head has arrived; the body streams afterwards and
+    /// the connection takes the next request when it is done. `Err(req)`: no connection to
+    /// `instance` and no room for another pinned one (`MAX_PINNED`); use the shared pool.
+    pub async fn send(
+        &self,
+        instance: &Authority,
+        connect_timeout: Duration,
+        req: Request<RequestBody>,
+    ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
+        let mut conns = self.take().unwrap_or_default();
+        let result = conns.send(instance, connect_timeout, req).await;
+        self.put(conns);
+        result
+    }
+}
+
+impl Conns {
+    async fn send(
+        &mut self,
+        instance: &Authority,
+        connect_timeout: Duration,
+        mut req: Request<RequestBody>,
+    ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
+        let mut retried = false;
+        loop {
+            let i = match self.entries.iter().position(|(a, _)| a == instance) {
+                Some(i) if !self.entries[i].1.is_closed() => i,
+                found => {
+                    if let Some(i) = found {
+                        self.entries.remove(i);
+                    }
+                    if self.entries.len() >= MAX_INSTANCES {
+                        self.entries.remove(0);
+                    }
+                    if PINNED.load(Relaxed) >= MAX_PINNED {
+                        return Err(req);
+                    }
+                    let sender = match connect(instance, connect_timeout).await {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    self.entries.push((instance.clone(), sender));
+                    self.entries.len() - 1
+                }
+            };
+            let sender = &mut self.entries[i].1;
+            if let Err(e) = sender.ready().await {
+                // Closed while idle: nothing was sent, so a fresh connection is safe.
+                self.entries.remove(i);
+                if retried {
+                    return Ok(Err(PinnedError::Http(instance.clone(), e)));
+                }
+                retried = true;
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(Ok(resp)),
+                Err(mut e) => {
+                    self.entries.remove(i);
+                    match e.take_message() {
+                        Some(back) if !retried => {
+                            retried = true;
+                            req = back;
+                        }
+                        _ => {
+                            let e = PinnedError::Http(instance.clone(), e.into_error());
+                            return Ok(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn connect(
+    instance: &Authority,
+    timeout: Duration,
+) -> Result<http1::SendRequest<RequestBody>, PinnedError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(instance.as_str())).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(PinnedError::Connect(instance.clone(), e)),
+        Err(_) => return Err(PinnedError::ConnectTimeout(instance.clone())),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| PinnedError::Http(instance.clone(), e))?;
+    PINNED.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "pinned upstream connection ended with an error");
+        }
+        PINNED.fetch_sub(1, Relaxed);
+    });
+    Ok(sender)
+}

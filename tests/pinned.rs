@@ -1,0 +1,125 @@
+//! Connection-pinned upstream connections (`src/pinned.rs`): each downstream HTTP/1 connection
+//! reuses its own upstream connection, and an upstream that closes connections never turns into
+//! a client error. The upstream here is a raw TCP server so the test sees every connection.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::*;
+
+/// Answers every request with `ok`; with `close`, says `Connection: close` and closes after each.
+async fn raw_upstream(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let head = if close { "connection: close\r\n" } else { "" };
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{head}\r\nok");
+                    if s.write_all(resp.as_bytes()).await.is_err() || close {
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends `n` GETs one after another on one raw keep-alive connection; returns the statuses.
+async fn on_one_connection(gw: SocketAddr, n: usize) -> Vec<u16> {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    let mut statuses = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for _ in 0..n {
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: bot\r\n\r\n")
+            .await
+            .unwrap();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    statuses.push(head[9..12].parse().unwrap());
+                    buf.drain(..end + 4 + len);
+                    break;
+                }
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "gateway closed the client connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn each_client_connection_keeps_its_own_upstream_connection() {
+    let (up, accepted) = raw_upstream(false).await;
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    assert_eq!(on_one_connection(gw.addr, 20).await, vec![200; 20]);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "20 requests, one upstream connection"
+    );
+    let (a, b) = tokio::join!(
+        on_one_connection(gw.addr, 10),
+        on_one_connection(gw.addr, 10)
+    );
+    assert_eq!((a, b), (vec![200; 10], vec![200; 10]));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one more per client connection"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_closing_its_connection_is_not_a_client_error() {
+    let (up, accepted) = raw_upstream(true).await;
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    assert_eq!(on_one_connection(gw.addr, 10).await, vec![200; 10]);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        10,
+        "a fresh connection after each close"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refused_upstream_is_a_502_on_the_pinned_path() {
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = gone.local_addr().unwrap();
+    drop(gone);
+    let gw = Gw::start(&config("blue", &[("blue", addr)], "")).await;
+    assert_eq!(on_one_connection(gw.addr, 2).await, vec![502, 502]);
+    gw.stop().await;
+}
