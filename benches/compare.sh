@@ -419,6 +419,8 @@ if [ "$QUICK" = 0 ]; then
   for r in $(seq "$ROUNDS"); do
     wrk_run flipgate h1 /12 32 "$SECS"; record flipgate "change" "steady_rps" "$r" "$RPS"
     (
+      # The changes run on the load CPU, never on the proxy's.
+      taskset -pc "$LOAD_CPU" $BASHPID >/dev/null
       end=$((SECONDS + SECS + 1)); i=0
       while [ $SECONDS -lt $end ]; do
         i=$((i + 1))
