@@ -104,9 +104,14 @@ declare -A H2=([pipe]=19201 [nginx]=19202 [haproxy]=19203 [flipgate]=19004)
 ADMIN=19904
 PROXIES=(direct pipe nginx haproxy flipgate)
 
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$W/key.pem" -out "$W/cert.pem" >/dev/null 2>&1
+# A throw-away CA and a server certificate for localhost (rustls refuses a CA as end entity).
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=flipgate bench CA" \
+  -keyout "$W/ca.key" -out "$W/ca.pem" >/dev/null 2>&1
+openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$W/key.pem" \
+  -out "$W/leaf.csr" >/dev/null 2>&1
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$W/leaf.ext"
+openssl x509 -req -in "$W/leaf.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 2 \
+  -extfile "$W/leaf.ext" -out "$W/cert.pem" >/dev/null 2>&1
 cat "$W/cert.pem" "$W/key.pem" >"$W/combined.pem"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$W/64k"
 
@@ -290,7 +295,7 @@ url_of() { # $1 proxy, $2 proto, $3 path
 skip() { [ "$1" = flipgate ] && [ "$2" = tls ] && [ "$FLIPGATE_TLS" = 0 ]; }
 
 for p in nginx haproxy flipgate pipe; do echo "compare.sh: $p pids: $(pids_of $p)" >&2; done
-RES="$W/results.tsv"
+RES="${OUT:+$OUT.raw.tsv}"; RES="${RES:-$W/results.tsv}"
 : >"$RES"
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$RES"; } # proxy case metric round value
 abort() { echo "compare.sh: ABORT: $*" >&2; exit 1; }
@@ -319,7 +324,7 @@ h2_run() { # proxy conns secs
 # loadgen open loop: sets P50 P99 P999 CPU_US (proxy CPU per request, µs)
 open_run() { # proxy proto path rate secs
   local extra=() out t0 t1
-  [ "$2" = tls ] && extra=(--ca "$W/cert.pem")
+  [ "$2" = tls ] && extra=(--ca "$W/ca.pem")
   t0=$(cpu_ticks "$1")
   out=$(load "$LOADGEN" --url "$(url_of "$1" "$2" "$3")" --conns 64 --rate "$4" --warmup 0.5 \
     --duration "$5" --sticky-header x-user-id "${extra[@]}" 2>&1) || abort "loadgen $1 $2 $3 @$4: $out"
@@ -414,6 +419,8 @@ if [ "$QUICK" = 0 ]; then
   for r in $(seq "$ROUNDS"); do
     wrk_run flipgate h1 /12 32 "$SECS"; record flipgate "change" "steady_rps" "$r" "$RPS"
     (
+      # The changes run on the load CPU, never on the proxy's.
+      taskset -pc "$LOAD_CPU" $BASHPID >/dev/null
       end=$((SECONDS + SECS + 1)); i=0
       while [ $SECONDS -lt $end ]; do
         i=$((i + 1))

@@ -136,13 +136,18 @@ fn mutex_read(s: &Mutex<Arc<Snapshot>>) -> u64 {
     snap.generation
 }
 
-/// Mean CPU time of one `read` over `n` calls on this thread.
-fn per_load<S>(s: &S, read: fn(&S) -> u64, n: u32) -> Duration {
+/// CPU time of `n` calls of `read` on this thread.
+fn loads<S>(s: &S, read: fn(&S) -> u64, n: u64) -> Duration {
     let t = thread_cpu();
     for _ in 0..n {
         black_box(read(black_box(s)));
     }
-    (thread_cpu() - t) / n
+    thread_cpu() - t
+}
+
+/// Mean CPU time of one `read` over `n` calls on this thread.
+fn per_load<S>(s: &S, read: fn(&S) -> u64, n: u32) -> Duration {
+    loads(s, read, n as u64) / n
 }
 
 fn bench(c: &mut Criterion) {
@@ -192,21 +197,21 @@ fn bench(c: &mut Criterion) {
     // Contended: measured on the bench thread's CPU clock via iter_custom.
     let bg = Contention::start(swap.clone(), arc_swap_read, arc_swap_write);
     g.bench_function("arc_swap/8_readers_1_writer", |b| {
-        b.iter_custom(|n| per_load(&*swap, arc_swap_read, n as u32) * n as u32)
+        b.iter_custom(|n| loads(&*swap, arc_swap_read, n))
     });
     bg.stop();
     let bg = Contention::start(rw.clone(), rwlock_read, |s, g| {
         *s.write().expect("not poisoned") = SPARE.get().expect("set")[(g % 2) as usize].clone();
     });
     g.bench_function("naive_rwlock_clone/8_readers_1_writer", |b| {
-        b.iter_custom(|n| per_load(&*rw, rwlock_read, n as u32) * n as u32)
+        b.iter_custom(|n| loads(&*rw, rwlock_read, n))
     });
     bg.stop();
     let bg = Contention::start(mx.clone(), mutex_read, |s, g| {
         *s.lock().expect("not poisoned") = SPARE.get().expect("set")[(g % 2) as usize].clone();
     });
     g.bench_function("naive_mutex_clone/8_readers_1_writer", |b| {
-        b.iter_custom(|n| per_load(&*mx, mutex_read, n as u32) * n as u32)
+        b.iter_custom(|n| loads(&*mx, mutex_read, n))
     });
     bg.stop();
     g.finish();
@@ -214,7 +219,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    config = Criterion::default().without_plots().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     targets = bench
 }
 criterion_main!(benches);

@@ -79,11 +79,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// One worker runs on tokio's current-thread scheduler: no work-stealing queues or cross-thread
+/// wake-ups to pay for when there is nobody to steal from (see docs/BENCHMARKS.md).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            b.worker_threads(workers);
+        }
+        b
+    };
     b.enable_all().build()
 }
 

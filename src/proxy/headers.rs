@@ -44,23 +44,37 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// `te: trailers` is kept when `keep_te_trailers` (HTTP/2 upstreams need it for gRPC).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
     if headers.contains_key(header::CONNECTION) {
-        // Names listed in Connection are hop-by-hop too. Collect first: we cannot borrow while removing.
-        let mut listed: [Option<HeaderName>; 8] = Default::default();
-        let mut n = 0;
+        // Names listed in Connection are hop-by-hop too. Collect them into a stack buffer first
+        // (we cannot borrow while removing) and remove by `&str`, which looks the name up without
+        // allocating; a `HeaderName` for a non-standard token like `keep-alive` would allocate.
+        // Tokens of the fixed list are removed below anyway. At most 8 tokens / 256 bytes.
+        let mut buf = [0u8; 256];
+        let mut listed = [(0usize, 0usize); 8];
+        let (mut n, mut used) = (0, 0);
         for v in headers.get_all(header::CONNECTION) {
             for t in v.as_bytes().split(|&b| b == b',') {
                 let t = t.trim_ascii();
-                if t.is_empty() || n == listed.len() {
+                if t.is_empty()
+                    || n == listed.len()
+                    || used + t.len() > buf.len()
+                    || t.eq_ignore_ascii_case(b"close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+                {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(t) {
-                    listed[n] = Some(name);
-                    n += 1;
-                }
+                buf[used..used + t.len()].copy_from_slice(t);
+                listed[n] = (used, t.len());
+                used += t.len();
+                n += 1;
             }
         }
-        for name in listed.iter().flatten() {
-            if !(upgrade && name == header::UPGRADE) {
+        for &(at, len) in &listed[..n] {
+            let Ok(name) = std::str::from_utf8(&buf[at..at + len]) else {
+                continue;
+            };
+            if !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
                 headers.remove(name);
             }
         }
@@ -152,7 +166,7 @@ mod tests {
     #[test]
     fn strips_listed_and_fixed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("connection", "keep-alive, X-Secret, close".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
