@@ -251,6 +251,9 @@ impl Control {
                 }
             }
         }
+        // An edit that leaves every route's split alone (a new route prefix, a timeout) needs no
+        // fsync: the persisted state would be byte-for-byte the same.
+        let unchanged = states == inner.states && fingerprints == inner.fingerprints;
         inner.config = Arc::new(new);
         inner.states = states;
         inner.fingerprints = fingerprints;
@@ -259,8 +262,10 @@ impl Control {
             error: None,
             at: crate::clock::unix_secs(),
         };
-        if let Err(e) = self.persist(&inner) {
-            tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
+        if !unchanged {
+            if let Err(e) = self.persist(&inner) {
+                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
+            }
         }
         let generation = self.publish(&mut inner);
         self.metrics
