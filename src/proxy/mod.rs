@@ -214,11 +214,12 @@ impl Proxy {
             Some(p) if pinned => p.into(),
             path => upstream.uri(instance, path),
         };
-        *req.version_mut() = if upstream.http2 {
+        let upstream_version = if upstream.http2 {
             http::Version::HTTP_2
         } else {
             http::Version::HTTP_11
         };
+        *req.version_mut() = upstream_version;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A bodyless idempotent request can be resent once if a pooled connection was closed
         // under it (upstream keep-alive race); keep what is needed to rebuild it. (A request
@@ -248,28 +249,15 @@ impl Proxy {
                             (e.is_idle_race(), resend.take())
                         {
                             tracing::debug!(route = %target.route, target = %target.name, %instance, "pinned connection closed under a request; resending once");
-                            req = Request::new(RequestBody::empty());
-                            *req.method_mut() = method;
-                            *req.uri_mut() = uri;
-                            *req.headers_mut() = headers;
+                            req = rebuild(method, uri, headers, http::Version::HTTP_11);
                             continue;
                         }
-                        let elapsed = start.elapsed();
-                        let now_ms = crate::clock::now_ms();
-                        return match e.classify() {
-                            ProxyError::Upstream(kind) => {
-                                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
-                                upstream.health[index].record(true, now_ms, &limits.outlier);
-                                self.fail(target, kind, now_ms, elapsed)
-                            }
-                            client_side => local(client_side),
-                        };
+                        tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                        return self.fail(target, index, &limits, e.classify(), start);
                     }
                     Err(_) => {
-                        let now_ms = crate::clock::now_ms();
-                        upstream.health[index].record(true, now_ms, &limits.outlier);
-                        let elapsed = start.elapsed();
-                        return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+                        let timeout = ProxyError::Upstream(UpstreamErrorKind::Timeout);
+                        return self.fail(target, index, &limits, timeout, start);
                     }
                     // No room for another pinned connection: the shared pool takes it.
                     Ok(Err(back)) => {
@@ -288,35 +276,19 @@ impl Proxy {
         if let (Ok(Err(e)), Some((method, uri, headers))) = (&result, resend) {
             if error::is_idle_race(e) {
                 tracing::debug!(route = %target.route, target = %target.name, %instance, "pooled connection closed under a request; resending once");
-                let mut again = Request::new(RequestBody::empty());
-                *again.method_mut() = method;
-                *again.uri_mut() = uri;
-                *again.headers_mut() = headers;
-                *again.version_mut() = if upstream.http2 {
-                    http::Version::HTTP_2
-                } else {
-                    http::Version::HTTP_11
-                };
+                let again = rebuild(method, uri, headers, upstream_version);
                 result = tokio::time::timeout_at(deadline, client.request(again)).await;
             }
         }
-        let elapsed = start.elapsed();
-        let now_ms = crate::clock::now_ms();
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return match classify(&e) {
-                    ProxyError::Upstream(kind) => {
-                        tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
-                        upstream.health[index].record(true, now_ms, &limits.outlier);
-                        self.fail(target, kind, now_ms, elapsed)
-                    }
-                    client_side => local(client_side),
-                };
+                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                return self.fail(target, index, &limits, classify(&e), start);
             }
             Err(_) => {
-                upstream.health[index].record(true, now_ms, &limits.outlier);
-                return self.fail(target, UpstreamErrorKind::Timeout, now_ms, elapsed);
+                let timeout = ProxyError::Upstream(UpstreamErrorKind::Timeout);
+                return self.fail(target, index, &limits, timeout, start);
             }
         };
         self.relay(
@@ -383,14 +355,22 @@ impl Proxy {
         Response::from_parts(parts, ProxyBody::Upstream(body, slot))
     }
 
+    /// Answers a failed upstream exchange. Only upstream faults count against the target (its
+    /// metrics, circuit window and the instance's health); client-side errors are answered as such.
     fn fail(
         &self,
         target: &TargetEntry,
-        kind: UpstreamErrorKind,
-        now_ms: u64,
-        elapsed: std::time::Duration,
+        index: usize,
+        limits: &Limits,
+        e: ProxyError,
+        start: Instant,
     ) -> Response<ProxyBody> {
-        let e = ProxyError::Upstream(kind);
+        let ProxyError::Upstream(kind) = e else {
+            return local(e);
+        };
+        let elapsed = start.elapsed();
+        let now_ms = crate::clock::now_ms();
+        target.upstream.health[index].record(true, now_ms, &limits.outlier);
         target.metrics.upstream_error(kind);
         target
             .window
@@ -400,6 +380,21 @@ impl Proxy {
             .record(e.status().as_u16(), elapsed.as_secs_f64());
         local(e)
     }
+}
+
+/// A bodyless request rebuilt from what was kept for a resend.
+fn rebuild(
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    version: http::Version,
+) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    *req.version_mut() = version;
+    req
 }
 
 fn is_idempotent(m: &http::Method) -> bool {
