@@ -51,14 +51,7 @@ async fn status(c: &TestClient, gw: &Gw) -> serde_json::Value {
 }
 
 async fn post(c: &TestClient, gw: &Gw, verb: &str, body: &str) -> Resp {
-    send(
-        c,
-        "POST",
-        &gw.admin_url(&format!("/api/v1/routes/bot/{verb}")),
-        &[],
-        body.to_string(),
-    )
-    .await
+    gw.act(c, verb, body).await
 }
 
 #[tokio::test]

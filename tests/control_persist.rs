@@ -326,14 +326,7 @@ async fn restart_restores_the_overlay_unless_the_split_changed_meanwhile() {
     let cfg = config("blue", &[("blue", blue.addr), ("green", green.addr)], "");
     let gw = Gw::start(&cfg).await;
     let c = client();
-    let r = send(
-        &c,
-        "POST",
-        &gw.admin_url("/api/v1/routes/bot/flip"),
-        &[],
-        "",
-    )
-    .await;
+    let r = gw.act(&c, "flip", "").await;
     assert_eq!(r.status, 200);
 
     // Graceful restart with the same file: restored.

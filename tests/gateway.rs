@@ -365,14 +365,7 @@ async fn in_flight_requests_finish_on_their_target_across_reload_and_flip() {
         green.holding.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
-    let r = send(
-        &c,
-        "POST",
-        &gw.admin_url("/api/v1/routes/bot/flip"),
-        &[],
-        "",
-    )
-    .await;
+    let r = gw.act(&c, "flip", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         get(&c, &gw.url("/"), &[]).await.text(),

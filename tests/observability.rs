@@ -182,14 +182,7 @@ async fn metrics_count_each_target_exactly_and_follow_a_flip() {
         "process collector metrics are exposed under their usual names"
     );
 
-    let r = send(
-        &c,
-        "POST",
-        &gw.admin_url("/api/v1/routes/bot/flip"),
-        &[],
-        "",
-    )
-    .await;
+    let r = gw.act(&c, "flip", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     for _ in 0..3 {
         assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
@@ -208,26 +201,14 @@ async fn metrics_count_each_target_exactly_and_follow_a_flip() {
     );
 
     // A canary splits the gauges; a rollback counts with its reason.
-    let r = send(
-        &c,
-        "POST",
-        &gw.admin_url("/api/v1/routes/bot/canary"),
-        &[],
-        r#"{"percent": 12.5, "target": "blue"}"#,
-    )
-    .await;
+    let r = gw
+        .act(&c, "canary", r#"{"percent": 12.5, "target": "blue"}"#)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let (_, m) = scrape(&c, &gw).await;
     assert_eq!(value(&m, "flipgate_split_percent", &bot("blue")), 12.5);
     assert_eq!(value(&m, "flipgate_split_percent", &bot("green")), 87.5);
-    let r = send(
-        &c,
-        "POST",
-        &gw.admin_url("/api/v1/routes/bot/rollback"),
-        &[],
-        "",
-    )
-    .await;
+    let r = gw.act(&c, "rollback", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let (text, m) = scrape(&c, &gw).await;
     assert_eq!(value(&m, "flipgate_split_percent", &bot("blue")), 0.0);

@@ -64,14 +64,7 @@ async fn tunnels(gw: &Gw, target: &str) -> i64 {
 }
 
 async fn flip(gw: &Gw) {
-    let r = send(
-        &client(),
-        "POST",
-        &gw.admin_url("/api/v1/routes/bot/flip"),
-        &[],
-        "",
-    )
-    .await;
+    let r = gw.act(&client(), "flip", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 

@@ -175,6 +175,12 @@ impl Gw {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// POSTs an operator action (`flip`, `canary`, …) for route `bot`, without a token.
+    pub async fn act(&self, c: &TestClient, verb: &str, body: &str) -> Resp {
+        let url = self.admin_url(&format!("/api/v1/routes/bot/{verb}"));
+        send(c, "POST", &url, &[], body.to_string()).await
+    }
+
     pub fn generation(&self) -> u64 {
         self.gateway
             .as_ref()
