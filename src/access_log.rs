@@ -68,6 +68,25 @@ impl Pending {
         }
     }
 
+    /// `start`, for callers that parsed the request themselves: `request_id` is the one sent to
+    /// the upstream, `path` excludes the query.
+    pub fn new(
+        format: AccessLogFormat,
+        method: Method,
+        path: String,
+        request_id: HeaderValue,
+        client: std::net::IpAddr,
+    ) -> Pending {
+        Pending {
+            format,
+            method,
+            path,
+            request_id,
+            client,
+            sent: Instant::now(),
+        }
+    }
+
     /// Emits the line once the response headers are known; `arrived` is when the request came in.
     pub fn finish(
         self,

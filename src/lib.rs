@@ -25,6 +25,7 @@ pub mod control;
 pub mod demo;
 pub mod events;
 pub mod fuzzing;
+pub mod h1;
 pub mod health;
 pub mod metrics;
 pub mod pinned;
@@ -135,6 +136,7 @@ impl Gateway {
             clients,
             tunnels: Default::default(),
             connections: Default::default(),
+            closed: Default::default(),
         });
         if let Some((resolver, tls_listener, _)) = tls {
             let config = tls::server_config(resolver.clone());

@@ -160,7 +160,59 @@ impl ConnSlot {
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.proxy.connections.fetch_sub(1, Ordering::AcqRel);
+        if self.proxy.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.proxy.closed.notify_waiters();
+        }
+    }
+}
+
+/// The hyper service for one downstream connection.
+fn service(
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::proxy::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<http::Response<crate::proxy::ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
+    })
+}
+
+/// Serves a connection with hyper (HTTP/1.1 with upgrades, or h2c) until it closes; on shutdown
+/// it is asked to finish (HTTP/1 `Connection: close` after the current response, HTTP/2 GOAWAY).
+/// Used for connections the HTTP/1.1 engine hands over (`h1`).
+pub async fn serve_with_hyper<I>(
+    io: I,
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service(proxy, info));
+    let mut conn = std::pin::pin!(conn);
+    if !*stop.borrow_and_update() {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -241,13 +293,21 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
-        let proxy = proxy.clone();
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
-        });
         let builder = conn_builder.clone();
+        if acceptor.is_none() && crate::h1::enabled() {
+            let settings = crate::h1::Settings {
+                header_timeout: settings.header_read_timeout.min(settings.idle_timeout),
+                max_head_bytes: settings.max_header_bytes.max(8192),
+                max_headers: settings.max_headers,
+            };
+            let (proxy, stop) = (proxy.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                crate::h1::serve(stream, proxy, info, settings, stop, builder).await;
+                drop(permit);
+            });
+            continue;
+        }
+        let svc = service(proxy.clone(), info);
         match &acceptor {
             None => {
                 let conn = builder
@@ -291,20 +351,31 @@ pub async fn serve(
     drop(listener);
     let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
     let deadline = tokio::time::Instant::now() + drain_timeout;
-    drain(graceful, drain_timeout).await;
+    drain(graceful, &proxy, drain_timeout).await;
     proxy.tunnels.drain(deadline).await;
 }
 
-/// Waits for watched connections to finish, at most `timeout`.
-pub async fn drain(graceful: GracefulShutdown, timeout: Duration) {
-    let open = graceful.count();
+/// Waits for open connections to finish, at most `timeout`: those hyper serves (`graceful`) and
+/// those the HTTP/1.1 engine serves (counted in `proxy.connections`; they close themselves once
+/// idle after the shutdown signal).
+pub async fn drain(graceful: GracefulShutdown, proxy: &Proxy, timeout: Duration) {
+    let open = proxy.connections.load(Ordering::Acquire);
     if open > 0 {
         tracing::info!(connections = open, "draining connections");
     }
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let all_closed = async {
+        graceful.shutdown().await;
+        loop {
+            let closed = proxy.closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            closed.as_mut().enable();
+            if proxy.connections.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    };
+    if tokio::time::timeout(timeout, all_closed).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }

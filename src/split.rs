@@ -70,13 +70,24 @@ impl Split {
     /// must return a value in `0..BUCKETS`.
     #[inline]
     pub fn decide(&self, headers: &HeaderMap, draw: impl FnOnce() -> u16) -> (usize, Reason) {
+        self.decide_by(|sticky| sticky_key(sticky, headers), draw)
+    }
+
+    /// `decide`, with the sticky key found by `key` (called only when the split needs one), for
+    /// callers that hold the request headers in another form than a `HeaderMap`.
+    #[inline]
+    pub fn decide_by<'a>(
+        &self,
+        key: impl FnOnce(&Sticky) -> Option<&'a [u8]>,
+        draw: impl FnOnce() -> u16,
+    ) -> (usize, Reason) {
         if self.basis_points == 0 {
             return (self.live, Reason::Live);
         }
         if self.basis_points >= BUCKETS {
             return (self.canary, Reason::Canary);
         }
-        if let Some(key) = sticky_key(&self.sticky, headers) {
+        if let Some(key) = key(&self.sticky) {
             let target = if bucket(self.seed, key) < self.basis_points {
                 self.canary
             } else {
@@ -115,7 +126,7 @@ pub fn sticky_key<'a>(sticky: &Sticky, headers: &'a HeaderMap) -> Option<&'a [u8
 }
 
 /// Finds `name=value` in one `Cookie` header value (`a=1; b=2`).
-fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;

@@ -144,19 +144,30 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
 /// Keeps a valid incoming `x-request-id`, or generates one (32 hex digits). Returns it.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 {
+        if request_id_ok(v.as_bytes()) {
             return v.clone();
         }
     }
+    let v = HeaderValue::from_bytes(&new_request_id()).expect("hex is a valid header value");
+    headers.insert(X_REQUEST_ID.clone(), v.clone());
+    v
+}
+
+/// Whether an incoming `x-request-id` value is kept (else a new one replaces it).
+#[inline]
+pub fn request_id_ok(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 200
+}
+
+/// A new request id: 32 random hex digits.
+pub fn new_request_id() -> [u8; 32] {
     let id: u128 = rand::random();
     let mut buf = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
-    let v = HeaderValue::from_bytes(&buf).expect("hex is a valid header value");
-    headers.insert(X_REQUEST_ID.clone(), v.clone());
-    v
+    buf
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub tunnels: Arc<tunnel::Tunnels>,
     /// Open downstream connections on every listener, for `max_connections`.
     pub connections: std::sync::atomic::AtomicUsize,
+    /// Notified when the last open downstream connection closes (drain waits on it).
+    pub closed: tokio::sync::Notify,
 }
 
 /// Facts about the downstream connection, computed once per connection.
@@ -79,13 +81,80 @@ fn local(e: ProxyError) -> Response<ProxyBody> {
 
 /// Per-request limits, copied out of the snapshot's `[server]` in the one snapshot load.
 #[derive(Clone, Copy)]
-struct Limits {
-    timeout: Duration,
-    connect_timeout: Duration,
-    max_body_bytes: u64,
-    max_upstream_connections: usize,
-    tunnel_after_flip: Option<Duration>,
-    outlier: Outlier,
+pub struct Limits {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_upstream_connections: usize,
+    pub tunnel_after_flip: Option<Duration>,
+    pub outlier: Outlier,
+}
+
+impl Limits {
+    pub fn of(s: &crate::config::Server) -> Limits {
+        Limits {
+            timeout: s.upstream_timeout,
+            connect_timeout: s.connect_timeout,
+            max_body_bytes: s.max_body_bytes,
+            max_upstream_connections: s.max_upstream_connections,
+            tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
+            outlier: Outlier {
+                consecutive_failures: s.outlier_failures,
+                ejection: s.outlier_ejection,
+            },
+        }
+    }
+}
+
+/// Records an upstream's answer (any status) against its target: instance health, the circuit
+/// window and the metrics.
+pub(crate) fn record_answer(
+    target: &TargetEntry,
+    index: usize,
+    limits: &Limits,
+    status: u16,
+    start: Instant,
+) {
+    let elapsed = start.elapsed();
+    let now_ms = crate::clock::now_ms();
+    let is_5xx = (500..600).contains(&status);
+    if is_5xx {
+        target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
+    }
+    target.upstream.health[index].record(is_5xx, now_ms, &limits.outlier);
+    target
+        .window
+        .record(now_ms, is_5xx, elapsed.as_millis() as u64);
+    target.metrics.record(status, elapsed.as_secs_f64());
+}
+
+/// Records an upstream fault (no answer) against its target: instance health, the circuit window
+/// and the metrics, under the status the client gets.
+pub(crate) fn record_fault(
+    target: &TargetEntry,
+    index: usize,
+    limits: &Limits,
+    kind: UpstreamErrorKind,
+    start: Instant,
+) {
+    let elapsed = start.elapsed();
+    let now_ms = crate::clock::now_ms();
+    target.upstream.health[index].record(true, now_ms, &limits.outlier);
+    target.metrics.upstream_error(kind);
+    target
+        .window
+        .record(now_ms, true, elapsed.as_millis() as u64);
+    let status = ProxyError::Upstream(kind).status().as_u16();
+    target.metrics.record(status, elapsed.as_secs_f64());
+}
+
+/// Records that no instance of a target could take a request (all fail their active checks).
+pub(crate) fn record_no_healthy(target: &TargetEntry, start: Instant) {
+    target.window.record(crate::clock::now_ms(), true, 0);
+    target.metrics.record(
+        ProxyError::NoHealthy.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
 }
 
 impl Proxy {
@@ -117,21 +186,10 @@ impl Proxy {
             }
             let (ti, reason) =
                 choice.unwrap_or_else(|| route.split.decide(req.headers(), random_bucket));
-            let s = &snap.config.server;
             (
                 route.targets[ti].clone(),
                 reason,
-                Limits {
-                    timeout: s.upstream_timeout,
-                    connect_timeout: s.connect_timeout,
-                    max_body_bytes: s.max_body_bytes,
-                    max_upstream_connections: s.max_upstream_connections,
-                    tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
-                    outlier: Outlier {
-                        consecutive_failures: s.outlier_failures,
-                        ejection: s.outlier_ejection,
-                    },
-                },
+                Limits::of(&snap.config.server),
                 crate::access_log::sample(&snap.config.log),
             )
         };
@@ -192,12 +250,8 @@ impl Proxy {
         }
         let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
             tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
-            let e = ProxyError::NoHealthy;
-            target.window.record(crate::clock::now_ms(), true, 0);
-            target
-                .metrics
-                .record(e.status().as_u16(), start.elapsed().as_secs_f64());
-            return local(e);
+            record_no_healthy(target, start);
+            return local(ProxyError::NoHealthy);
         };
         let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
             tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
@@ -314,21 +368,8 @@ impl Proxy {
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
         slot: Option<crate::upstream::InflightGuard>,
     ) -> Response<ProxyBody> {
-        let upstream = &target.upstream;
-        let elapsed = start.elapsed();
-        let now_ms = crate::clock::now_ms();
         let status = resp.status();
-        let is_5xx = status.is_server_error();
-        if is_5xx {
-            target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
-        }
-        upstream.health[index].record(is_5xx, now_ms, &limits.outlier);
-        target
-            .window
-            .record(now_ms, is_5xx, elapsed.as_millis() as u64);
-        target
-            .metrics
-            .record(status.as_u16(), elapsed.as_secs_f64());
+        record_answer(target, index, limits, status.as_u16(), start);
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(down) = downstream_upgrade {
@@ -365,19 +406,9 @@ impl Proxy {
         e: ProxyError,
         start: Instant,
     ) -> Response<ProxyBody> {
-        let ProxyError::Upstream(kind) = e else {
-            return local(e);
-        };
-        let elapsed = start.elapsed();
-        let now_ms = crate::clock::now_ms();
-        target.upstream.health[index].record(true, now_ms, &limits.outlier);
-        target.metrics.upstream_error(kind);
-        target
-            .window
-            .record(now_ms, true, elapsed.as_millis() as u64);
-        target
-            .metrics
-            .record(e.status().as_u16(), elapsed.as_secs_f64());
+        if let ProxyError::Upstream(kind) = e {
+            record_fault(target, index, limits, kind, start);
+        }
         local(e)
     }
 }
@@ -397,7 +428,7 @@ fn rebuild(
     req
 }
 
-fn is_idempotent(m: &http::Method) -> bool {
+pub(crate) fn is_idempotent(m: &http::Method) -> bool {
     matches!(
         *m,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::DELETE

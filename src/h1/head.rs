@@ -1,0 +1,574 @@
+//! Message heads for the HTTP/1.1 engine: parses a request head, decides where it goes (the one
+//! snapshot load of the request) and writes the upstream's request head; parses the upstream's
+//! response head and writes the client's.
+//!
+//! Invariants: heads are parsed by `httparse` (strict: no obs-fold, token and value characters
+//! checked) into a stack array, and written byte for byte as received except for what a proxy
+//! must change (RFC 9110 §7.6): hop-by-hop fields (the fixed list and every name listed in
+//! `Connection`) are dropped, `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
+//! `proxy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
+//! request body that is chunked or over `MAX_BODY`, `Expect`, upgrades, CONNECT, non-origin-form
+//! targets, repeated `Host` or `Content-Length`, an unparsable head, an upstream over TLS or
+//! HTTP/2) is `Plan::Fallback`: nothing is consumed and hyper serves the connection from here on,
+//! so its answers (400, 431, 505, …) stay what they were. Nothing here allocates in the common
+//! case; the snapshot guard never leaves `request`.
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use http::uri::Authority;
+use tokio::time::Instant;
+
+use crate::access_log::Pending;
+use crate::config::Sticky;
+use crate::proxy::headers::{new_request_id, request_id_ok};
+use crate::proxy::{record_no_healthy, ConnInfo, Limits, Proxy};
+use crate::snapshot::TargetEntry;
+use crate::split::{cookie_value, random_bucket, Reason};
+use crate::upstream::InflightGuard;
+
+/// Header fields parsed on the stack; a head with more goes to hyper when the configured
+/// `max_headers` allows more (hyper then applies the limit).
+pub const MAX_HEADERS: usize = 128;
+
+/// Request bodies up to this size (declared by `Content-Length`) are relayed here: they fit the
+/// socket buffers, so sending the body before reading the response cannot deadlock with an
+/// upstream that answers early. Larger ones go to hyper, which does both at once.
+pub const MAX_BODY: u64 = 64 * 1024;
+
+/// What to do with a complete request head.
+pub enum Plan {
+    /// Hand the connection, with every byte still buffered, to hyper.
+    Fallback,
+    /// Answer locally, consuming `head_len` bytes; `close` when the connection cannot be kept.
+    Local {
+        error: crate::proxy::error::ProxyError,
+        head_len: usize,
+        close: bool,
+    },
+    /// Forward to the chosen instance; the upstream request head is in `out`.
+    Forward(Box<Forward>),
+}
+
+/// A request on its way to an upstream.
+pub struct Forward {
+    pub head_len: usize,
+    /// `Content-Length` of the request body (0 when none).
+    pub body_len: u64,
+    pub target: Arc<TargetEntry>,
+    pub index: usize,
+    pub instance: Authority,
+    pub limits: Limits,
+    /// The client sent `Connection: close`.
+    pub close: bool,
+    /// A HEAD request: the response has no body whatever its headers say.
+    pub head_method: bool,
+    /// Bodyless and idempotent: may be resent once if a kept-alive upstream connection was
+    /// closed under it.
+    pub resendable: bool,
+    pub reason: Reason,
+    pub access: Option<Pending>,
+    /// The in-flight slot (`max_upstream_connections`), released when the exchange ends.
+    pub slot: Option<InflightGuard>,
+}
+
+/// The outcome of looking at the buffered bytes of a connection.
+pub enum Head {
+    /// The head is not complete yet.
+    Partial,
+    Plan(Plan),
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+/// Fields that never cross a proxy (RFC 9110 §7.6.1, plus the proxy-auth pair as
+/// `proxy::headers` drops them).
+fn hop_by_hop(name: &str) -> bool {
+    match name.len() {
+        2 => is(name, "te"),
+        7 => is(name, "trailer") || is(name, "upgrade"),
+        10 => is(name, "connection") || is(name, "keep-alive"),
+        16 => is(name, "proxy-connection"),
+        17 => is(name, "transfer-encoding"),
+        18 => is(name, "proxy-authenticate"),
+        19 => is(name, "proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// Whether `name` is listed in one of the `Connection` values (indices into `headers`).
+fn listed(headers: &[httparse::Header<'_>], conn: &[usize], name: &str) -> bool {
+    conn.iter().any(|&i| {
+        headers[i]
+            .value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn parse_len(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Looks at a connection's buffered bytes: a complete head becomes a plan (and, to forward, the
+/// upstream request head written to `out`).
+pub fn request(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    max_head_bytes: usize,
+    max_headers: usize,
+    start: Instant,
+) -> Head {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len =
+        match req.parse_with_uninit_headers(buf, &mut storage[..max_headers.min(MAX_HEADERS)]) {
+            Ok(httparse::Status::Complete(n)) if n <= max_head_bytes => n,
+            Ok(httparse::Status::Partial) if buf.len() <= max_head_bytes => return Head::Partial,
+            // Malformed or over the limits: hyper gives its answer (400, 431, 505).
+            _ => return Head::Plan(Plan::Fallback),
+        };
+    Head::Plan(plan(proxy, conn, &req, head_len, out, start))
+}
+
+fn plan(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    out: &mut Vec<u8>,
+    start: Instant,
+) -> Plan {
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Plan::Fallback;
+    };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Plan::Fallback;
+    }
+    let headers = &*req.headers;
+    let mut host: Option<&[u8]> = None;
+    let mut body_len: Option<u64> = None;
+    let mut conn_fields = [0usize; 4];
+    let mut n_conn = 0;
+    let mut close = false;
+    for (i, h) in headers.iter().enumerate() {
+        let name = h.name;
+        match name.len() {
+            4 if is(name, "host") => {
+                if host.is_some() {
+                    return Plan::Fallback;
+                }
+                host = Some(h.value);
+            }
+            14 if is(name, "content-length") => {
+                let (None, Some(n)) = (body_len, parse_len(h.value)) else {
+                    return Plan::Fallback;
+                };
+                body_len = Some(n);
+            }
+            17 if is(name, "transfer-encoding") => return Plan::Fallback,
+            6 if is(name, "expect") => return Plan::Fallback,
+            7 if is(name, "upgrade") => return Plan::Fallback,
+            10 if is(name, "connection") => {
+                if n_conn == conn_fields.len() {
+                    return Plan::Fallback;
+                }
+                conn_fields[n_conn] = i;
+                n_conn += 1;
+                close |= has_token(h.value, b"close");
+            }
+            _ => {}
+        }
+    }
+    let conn_fields = &conn_fields[..n_conn];
+    let body_len = body_len.unwrap_or(0);
+    let host_str = host.and_then(|h| std::str::from_utf8(h).ok());
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+
+    let snap = proxy.snapshot.load();
+    let Some(ri) = snap.router.lookup(host_str, path) else {
+        return local(
+            crate::proxy::error::ProxyError::NoRoute,
+            head_len,
+            close,
+            body_len,
+        );
+    };
+    let route = &snap.routes[ri];
+    let mut choice = None;
+    let mut preview_name: Option<&str> = None;
+    if let Some(p) = &route.preview {
+        preview_name = Some(p.header.as_str());
+        if let Some(v) = headers.iter().find(|h| is(h.name, p.header.as_str())) {
+            if p.allow_from.iter().any(|n| n.contains(&conn.peer.ip())) {
+                choice = route
+                    .targets
+                    .iter()
+                    .position(|t| t.name.as_bytes() == v.value)
+                    .map(|i| (i, Reason::Preview));
+            }
+        }
+    }
+    let (ti, reason) = choice.unwrap_or_else(|| {
+        route.split.decide_by(
+            |sticky| match sticky {
+                Sticky::None => None,
+                Sticky::Header(n) => headers
+                    .iter()
+                    .find(|h| is(h.name, n.as_str()))
+                    .map(|h| h.value)
+                    .filter(|v| !v.is_empty()),
+                Sticky::Cookie(n) => headers
+                    .iter()
+                    .filter(|h| is(h.name, "cookie"))
+                    .find_map(|h| cookie_value(h.value, n.as_bytes())),
+            },
+            random_bucket,
+        )
+    });
+    let target_entry = &route.targets[ti];
+    let upstream = &target_entry.upstream;
+    if upstream.http2 || upstream.scheme != http::uri::Scheme::HTTP || body_len > MAX_BODY {
+        return Plan::Fallback;
+    }
+    let limits = Limits::of(&snap.config.server);
+    let access = crate::access_log::sample(&snap.config.log);
+    let target_entry = target_entry.clone();
+    let upstream = &target_entry.upstream;
+
+    if limits.max_body_bytes > 0 && body_len > limits.max_body_bytes {
+        return local(
+            crate::proxy::error::ProxyError::TooLarge,
+            head_len,
+            close,
+            body_len,
+        );
+    }
+    let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
+        tracing::debug!(route = %target_entry.route, target = %target_entry.name, "no instance passes its health checks");
+        record_no_healthy(&target_entry, start);
+        return local(
+            crate::proxy::error::ProxyError::NoHealthy,
+            head_len,
+            close,
+            body_len,
+        );
+    };
+    let instance = instance.clone();
+    let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
+        tracing::debug!(route = %target_entry.route, target = %target_entry.name, %instance, "upstream connection limit reached");
+        return local(
+            crate::proxy::error::ProxyError::NoHealthy,
+            head_len,
+            close,
+            body_len,
+        );
+    };
+
+    // The upstream's request head.
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut xff = false;
+    let mut request_id: Option<&[u8]> = None;
+    for h in headers {
+        let name = h.name;
+        if hop_by_hop(name)
+            || is(name, "x-forwarded-proto")
+            || is(name, "x-forwarded-host")
+            || preview_name.is_some_and(|p| is(name, p))
+            || (!conn_fields.is_empty() && listed(headers, conn_fields, name))
+        {
+            continue;
+        }
+        if is(name, "x-forwarded-for") {
+            xff |= !h.value.is_empty();
+            continue;
+        }
+        if is(name, "x-request-id") {
+            if request_id.is_some() || !request_id_ok(h.value) {
+                continue;
+            }
+            request_id = Some(h.value);
+        }
+        put_header(out, name.as_bytes(), h.value);
+    }
+    // Every incoming X-Forwarded-For value, then the client: one combined field.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff {
+        for h in headers.iter().filter(|h| is(h.name, "x-forwarded-for")) {
+            if !h.value.is_empty() {
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(conn.peer_header.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    put_header(
+        out,
+        b"x-forwarded-proto",
+        if conn.https { b"https" } else { b"http" },
+    );
+    if let Some(h) = host {
+        put_header(out, b"x-forwarded-host", h);
+    }
+    put_header(out, b"via", b"1.1 flipgate");
+    let generated;
+    let request_id = match request_id {
+        Some(id) => id,
+        None => {
+            generated = new_request_id();
+            put_header(out, b"x-request-id", &generated);
+            &generated[..]
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+
+    let access = access.map(|format| {
+        Pending::new(
+            format,
+            http::Method::from_bytes(method.as_bytes()).unwrap_or(http::Method::GET),
+            path.to_string(),
+            http::HeaderValue::from_bytes(request_id)
+                .unwrap_or(http::HeaderValue::from_static("-")),
+            conn.peer.ip(),
+        )
+    });
+    let head_method = method == "HEAD";
+    let resendable = body_len == 0 && matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE");
+    Plan::Forward(Box::new(Forward {
+        head_len,
+        body_len,
+        target: target_entry,
+        index,
+        instance,
+        limits,
+        close,
+        head_method,
+        resendable,
+        reason,
+        access,
+        slot,
+    }))
+}
+
+fn local(
+    error: crate::proxy::error::ProxyError,
+    head_len: usize,
+    close: bool,
+    body_len: u64,
+) -> Plan {
+    // The body of a refused request is not read: the connection cannot be reused after it.
+    Plan::Local {
+        error,
+        head_len,
+        close: close || body_len > 0,
+    }
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: the client connection closes after it too.
+    Close,
+}
+
+/// A parsed upstream response head.
+pub struct Response {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The upstream connection may carry another request after this response.
+    pub reusable: bool,
+}
+
+/// The outcome of looking at an upstream's buffered bytes.
+pub enum UpstreamHead {
+    Partial,
+    /// An interim (1xx) response of this many bytes: skipped.
+    Interim(usize),
+    /// Not a usable HTTP/1.x response head.
+    Invalid,
+    Ready(Response),
+}
+
+/// Parses the upstream's response head and writes the client's into `out` (cleared first).
+/// `close` adds `connection: close` (the client connection ends after this response).
+pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -> UpstreamHead {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return UpstreamHead::Partial,
+        Err(_) => return UpstreamHead::Invalid,
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return UpstreamHead::Invalid;
+    };
+    if status == 101 {
+        return UpstreamHead::Invalid; // never asked for: upgrades go through hyper
+    }
+    if (100..200).contains(&status) {
+        return UpstreamHead::Interim(head_len);
+    }
+    let headers = &*resp.headers;
+    let mut conn_fields = [0usize; 4];
+    let mut n_conn = 0;
+    let mut reusable = version == 1;
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let mut date = false;
+    for (i, h) in headers.iter().enumerate() {
+        let name = h.name;
+        match name.len() {
+            10 if is(name, "connection") => {
+                if n_conn < conn_fields.len() {
+                    conn_fields[n_conn] = i;
+                    n_conn += 1;
+                }
+                reusable &= !has_token(h.value, b"close");
+            }
+            14 if is(name, "content-length") => match (length, parse_len(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                (Some(a), Some(b)) if a == b => {}
+                _ => return UpstreamHead::Invalid,
+            },
+            17 if is(name, "transfer-encoding") => {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            4 if is(name, "date") => date = true,
+            _ => {}
+        }
+    }
+    let conn_fields = &conn_fields[..n_conn];
+    let framing = if head_method || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    if framing == Framing::Close {
+        reusable = false;
+    }
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        let name = h.name;
+        let keep = if is(name, "transfer-encoding") {
+            chunked.is_some() && framing != Framing::Empty
+        } else if is(name, "content-length") {
+            chunked.is_none()
+        } else {
+            !hop_by_hop(name) && (conn_fields.is_empty() || !listed(headers, conn_fields, name))
+        };
+        if keep {
+            put_header(out, name.as_bytes(), h.value);
+        }
+    }
+    put_header(
+        out,
+        b"via",
+        if version == 1 {
+            b"1.1 flipgate"
+        } else {
+            b"1.0 flipgate"
+        },
+    );
+    if !date {
+        put_date(out);
+    }
+    if close || framing == Framing::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    UpstreamHead::Ready(Response {
+        head_len,
+        status,
+        framing,
+        reusable,
+    })
+}
+
+/// Writes flipgate's own answer (an error) into `out`.
+pub fn local_response(out: &mut Vec<u8>, status: http::StatusCode, body: &str, close: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    put_date(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+thread_local! {
+    /// The `Date` value, formatted at most once a second.
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+}
+
+/// Adds a `Date` field (RFC 9110 §6.6.1: a proxy adds one when the upstream sent none).
+fn put_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            }
+        }
+        if d.0 == secs {
+            put_header(out, b"date", &d.1);
+        }
+    });
+}

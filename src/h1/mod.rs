@@ -1,0 +1,582 @@
+//! The HTTP/1.1 engine: serves a plain downstream connection's common requests itself, relaying
+//! heads (rewritten in one buffer, `head`) and bodies (verbatim) between the client and this
+//! connection's own upstream connections, in the connection's one task.
+//!
+//! Why: hyper's server and client each parse into a `HeaderMap`, re-encode, and talk through a
+//! channel and a second task per upstream connection; on one core that was ~25 % more CPU per
+//! request than nginx (docs/BENCHMARKS.md). Here a request costs two reads and two writes, one
+//! snapshot load and no allocation in the common case.
+//!
+//! Invariants:
+//! - Only what `head::request` plans as `Forward` or `Local` is served here; on `Fallback` the
+//!   connection, with every unconsumed byte put back in front (`rewind`), is served by hyper
+//!   (`server::service`) until it closes. So HTTP/2 prior knowledge, upgrades, chunked or large
+//!   request bodies, `Expect`, HTTP/1.0, malformed heads and TLS/HTTP/2 upstreams behave exactly
+//!   as they do on hyper's path.
+//! - One request at a time: the request (head, then a `Content-Length` body of at most
+//!   `head::MAX_BODY`) is sent, then the response is relayed; pipelined requests wait in the
+//!   buffer. The upstream response's framing (`Content-Length`, chunked via `chunked::Scanner`,
+//!   or until close) decides where it ends; an upstream connection is reused only when its
+//!   response ended cleanly with nothing after it, and is checked for a close before reuse.
+//! - A bodyless idempotent request is resent once on a fresh connection when a reused one was
+//!   closed under it before any response byte (the upstream's keep-alive timeout racing us).
+//! - Timeouts: the head must arrive within the idle/header timeout (also the idle bound); the
+//!   exchange up to the response head within `upstream_timeout`, as on hyper's path. One timer
+//!   per connection, reset per phase.
+//! - Shutdown: an idle connection that has served a request closes at once; a new one (perhaps
+//!   accepted during a reuse-port handover) gets its first request answered; a busy one finishes
+//!   its response, sent with `connection: close`, then closes.
+//! - Buffers come from a per-thread pool and go back whenever empty, so an idle kept-alive
+//!   connection holds no buffer.
+//! - Upstream connections per downstream connection: at most `MAX_INSTANCES`; process-wide they
+//!   share `pinned`'s cap, past which a connection is used for one request and closed.
+
+pub mod chunked;
+pub mod head;
+pub mod rewind;
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::uri::Authority;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::proxy::error::{ProxyError, UpstreamErrorKind};
+use crate::proxy::{record_answer, record_fault, ConnInfo, Proxy};
+use head::{Framing, Head, Plan, UpstreamHead};
+
+/// Upstream instances one downstream connection keeps a connection to.
+const MAX_INSTANCES: usize = 4;
+
+/// An upstream response head larger than this is refused (502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What the engine needs from `[server]`, fixed for the connection's life.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Bound on waiting for a request head, idle time included.
+    pub header_timeout: Duration,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// Whether the engine serves plain HTTP/1.1 connections (`FLIPGATE_HTTP1=hyper` turns it off, so
+/// every connection is hyper's: an escape hatch and the A/B baseline).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FLIPGATE_HTTP1").map_or(true, |v| v != "hyper"))
+}
+
+/// Serves one plain downstream connection until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    settings: Settings,
+    stop: watch::Receiver<bool>,
+    hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+) {
+    let stopped = *stop.borrow();
+    let mut conn = Conn {
+        stream,
+        rbuf: BytesMut::new(),
+        out: Vec::new(),
+        ups: Vec::new(),
+        proxy,
+        info,
+        settings,
+        stop: Stop { rx: stop, stopped },
+        served: false,
+    };
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    if let Next::Fallback = conn.run(timer.as_mut()).await {
+        let Conn {
+            stream,
+            rbuf,
+            proxy,
+            info,
+            stop,
+            ..
+        } = conn;
+        let io = rewind::Rewind::new(rbuf.freeze(), stream);
+        crate::server::serve_with_hyper(io, proxy, info, &hyper, stop.rx).await;
+    }
+}
+
+/// Tracks the shutdown signal without taking its lock per request.
+struct Stop {
+    rx: watch::Receiver<bool>,
+    stopped: bool,
+}
+
+impl Stop {
+    fn now(&mut self) -> bool {
+        if !self.stopped {
+            self.stopped = self.rx.has_changed().unwrap_or(true);
+        }
+        self.stopped
+    }
+}
+
+enum Next {
+    Close,
+    Fallback,
+}
+
+/// One upstream connection of this downstream connection.
+struct Up {
+    authority: Authority,
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Over the process-wide cap: used for one exchange, then closed.
+    one_shot: bool,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if !self.one_shot {
+            crate::pinned::release();
+        }
+        pool::give(&mut self.buf);
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    out: Vec<u8>,
+    ups: Vec<Up>,
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    settings: Settings,
+    stop: Stop,
+    /// At least one request was answered. A shutdown closes an idle connection only then: a
+    /// new one (perhaps accepted during the shutdown) gets its first request answered.
+    served: bool,
+}
+
+/// Why an exchange ended without a response from the upstream.
+enum Failed {
+    /// The upstream failed before its response head: answer with an error.
+    Upstream(UpstreamErrorKind),
+    /// The client went away or broke its side: nothing to answer.
+    Client,
+}
+
+impl Conn {
+    async fn run(&mut self, mut timer: Pin<&mut Sleep>) -> Next {
+        loop {
+            let Some((plan, start)) = self.next_head(timer.as_mut()).await else {
+                return Next::Close;
+            };
+            let keep = match plan {
+                Plan::Fallback => return Next::Fallback,
+                Plan::Local {
+                    error,
+                    head_len,
+                    close,
+                } => {
+                    self.rbuf.advance(head_len);
+                    let close = close || self.stop.now();
+                    head::local_response(&mut self.out, error.status(), error.body(), close);
+                    self.stream.write_all(&self.out).await.is_ok() && !close
+                }
+                Plan::Forward(f) => {
+                    self.rbuf.advance(f.head_len);
+                    self.exchange(*f, start, timer.as_mut()).await
+                }
+            };
+            self.served = true;
+            if !keep {
+                let _ = self.stream.shutdown().await;
+                return Next::Close;
+            }
+            if self.rbuf.is_empty() {
+                pool::give(&mut self.rbuf);
+                self.out = Vec::new();
+            }
+        }
+    }
+
+    /// Waits for the next complete request head and plans it; `None` when the connection should
+    /// close (client closed, timeout, shutdown while idle).
+    async fn next_head(&mut self, mut timer: Pin<&mut Sleep>) -> Option<(Plan, Instant)> {
+        timer
+            .as_mut()
+            .reset(Instant::now() + self.settings.header_timeout);
+        loop {
+            if !self.rbuf.is_empty() {
+                let start = Instant::now();
+                match head::request(
+                    &self.proxy,
+                    &self.info,
+                    &self.rbuf,
+                    &mut self.out,
+                    self.settings.max_head_bytes,
+                    self.settings.max_headers,
+                    start,
+                ) {
+                    Head::Plan(p) => return Some((p, start)),
+                    Head::Partial => {}
+                }
+            } else if self.served && self.stop.now() {
+                return None;
+            }
+            pool::fill(&mut self.rbuf);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return None,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+            if self.rbuf.is_empty() {
+                pool::give(&mut self.rbuf);
+            }
+            let idle = self.served && self.rbuf.is_empty();
+            tokio::select! {
+                biased;
+                r = self.stream.readable() => r.ok()?,
+                _ = self.stop.rx.changed(), if idle => return None,
+                _ = timer.as_mut() => return None,
+            }
+        }
+    }
+
+    /// Relays one request and its response. Returns whether the client connection stays open.
+    async fn exchange(
+        &mut self,
+        f: head::Forward,
+        start: Instant,
+        mut timer: Pin<&mut Sleep>,
+    ) -> bool {
+        timer.as_mut().reset(start + f.limits.timeout);
+        let sent = self.send(&f, timer.as_mut()).await;
+        let head::Forward {
+            body_len,
+            target,
+            index,
+            instance,
+            limits,
+            close,
+            reason,
+            access,
+            slot,
+            ..
+        } = f;
+        let close = close || self.stop.now();
+        let (ui, resp) = match sent {
+            Ok(x) => x,
+            Err(Failed::Client) => return false,
+            Err(Failed::Upstream(kind)) => {
+                tracing::debug!(route = %target.route, target = %target.name, %instance, ?kind, "upstream request failed");
+                record_fault(&target, index, &limits, kind, start);
+                let e = ProxyError::Upstream(kind);
+                if let Some(a) = access {
+                    a.finish(&target, reason, e.status(), start);
+                }
+                // A request whose body was not all read cannot be followed by another.
+                let close = close || !self.rbuf.is_empty() && body_len > 0;
+                head::local_response(&mut self.out, e.status(), e.body(), close);
+                return self.stream.write_all(&self.out).await.is_ok() && !close;
+            }
+        };
+        record_answer(&target, index, &limits, resp.status, start);
+        if let Some(a) = access {
+            let status = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::OK);
+            a.finish(&target, reason, status, start);
+        }
+        let done = self.relay_body(ui, resp.framing).await;
+        drop(slot);
+        let up = &self.ups[ui];
+        if !(done && resp.reusable && up.buf.is_empty() && !up.one_shot) {
+            self.ups.remove(ui);
+        } else {
+            pool::give(&mut self.ups[ui].buf);
+        }
+        done && !close && resp.framing != Framing::Close
+    }
+
+    /// Sends the request (head in `out`, then its body) and reads the response head into `out`.
+    async fn send(
+        &mut self,
+        f: &head::Forward,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Result<(usize, head::Response), Failed> {
+        let instance = &f.instance;
+        let (head_method, close, resendable) = (f.head_method, f.close, f.resendable);
+        let mut body_left = f.body_len;
+        let take = body_left.min(self.rbuf.len() as u64) as usize;
+        self.out.extend_from_slice(&self.rbuf[..take]);
+        self.rbuf.advance(take);
+        body_left -= take as u64;
+        let mut retried = false;
+        loop {
+            let (ui, fresh) = self
+                .upstream(instance, f.limits.connect_timeout, timer.as_mut())
+                .await?;
+            let may_resend = !fresh && resendable && !retried;
+            let up = &mut self.ups[ui];
+            let wrote = tokio::select! {
+                biased;
+                r = up.stream.write_all(&self.out) => r.is_ok(),
+                _ = timer.as_mut() => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+            };
+            if !wrote {
+                self.ups.remove(ui);
+                if may_resend {
+                    retried = true;
+                    continue;
+                }
+                return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+            }
+            // The rest of the body, as the client sends it.
+            while body_left > 0 {
+                pool::fill(&mut self.rbuf);
+                let n = tokio::select! {
+                    biased;
+                    r = read_some(&self.stream, &mut self.rbuf) => match r {
+                        Ok(0) | Err(_) => return Err(Failed::Client),
+                        Ok(n) => n,
+                    },
+                    _ = timer.as_mut() => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+                };
+                let take = (n as u64).min(body_left) as usize;
+                let up = &mut self.ups[ui];
+                let wrote = tokio::select! {
+                    biased;
+                    r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
+                    _ = timer.as_mut() => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+                };
+                if !wrote {
+                    return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+                }
+                self.rbuf.advance(take);
+                body_left -= take as u64;
+            }
+            // The response head.
+            loop {
+                // Decided when the head is written: a shutdown meanwhile closes after it.
+                let close = close || self.stop.now();
+                let up = &mut self.ups[ui];
+                if !up.buf.is_empty() {
+                    match head::response(&up.buf, &mut self.out, head_method, close) {
+                        UpstreamHead::Ready(r) => {
+                            up.buf.advance(r.head_len);
+                            return Ok((ui, r));
+                        }
+                        UpstreamHead::Interim(n) => {
+                            up.buf.advance(n);
+                            continue;
+                        }
+                        UpstreamHead::Invalid => {
+                            self.ups.remove(ui);
+                            return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+                        }
+                        UpstreamHead::Partial if up.buf.len() > MAX_RESPONSE_HEAD => {
+                            self.ups.remove(ui);
+                            return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+                        }
+                        UpstreamHead::Partial => {}
+                    }
+                }
+                pool::fill(&mut up.buf);
+                let r = tokio::select! {
+                    biased;
+                    r = read_some(&up.stream, &mut up.buf) => r,
+                    _ = timer.as_mut() => {
+                        self.ups.remove(ui);
+                        return Err(Failed::Upstream(UpstreamErrorKind::Timeout));
+                    }
+                };
+                match r {
+                    Ok(n) if n > 0 => {}
+                    _ => {
+                        let nothing = up.buf.is_empty();
+                        self.ups.remove(ui);
+                        if nothing && may_resend {
+                            tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
+                            retried = true;
+                            break;
+                        }
+                        return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+                    }
+                }
+            }
+        }
+    }
+
+    /// This connection's upstream connection to `instance`, opened if needed. `true` with a fresh
+    /// one (a request failing on it is not resent).
+    async fn upstream(
+        &mut self,
+        instance: &Authority,
+        connect_timeout: Duration,
+        timer: Pin<&mut Sleep>,
+    ) -> Result<(usize, bool), Failed> {
+        if let Some(i) = self.ups.iter().position(|u| u.authority == *instance) {
+            if !closed(&self.ups[i].stream) {
+                return Ok((i, false));
+            }
+            self.ups.remove(i);
+        }
+        if self.ups.len() >= MAX_INSTANCES {
+            self.ups.remove(0);
+        }
+        let connect = TcpStream::connect(instance.as_str());
+        let stream = tokio::select! {
+            biased;
+            r = tokio::time::timeout(connect_timeout, connect) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%instance, error = %e, "upstream connect failed");
+                    return Err(Failed::Upstream(UpstreamErrorKind::Connect));
+                }
+                Err(_) => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+            },
+            _ = timer => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+        };
+        let _ = stream.set_nodelay(true);
+        self.ups.push(Up {
+            authority: instance.clone(),
+            stream,
+            buf: BytesMut::new(),
+            one_shot: !crate::pinned::reserve(),
+        });
+        Ok((self.ups.len() - 1, true))
+    }
+
+    /// Relays the response body (the head is in `out`) from upstream `ui` to the client. Returns
+    /// whether the whole body was relayed.
+    async fn relay_body(&mut self, ui: usize, framing: Framing) -> bool {
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut scanner = chunked::Scanner::default();
+        // Whatever part of the body came with the head goes out in the same write.
+        let up = &mut self.ups[ui];
+        let Ok((n, mut complete)) = body_part(&up.buf, framing, &mut left, &mut scanner) else {
+            return false;
+        };
+        self.out.extend_from_slice(&up.buf[..n]);
+        up.buf.advance(n);
+        if self.stream.write_all(&self.out).await.is_err() {
+            return false;
+        }
+        self.out.clear();
+        while !complete {
+            let up = &mut self.ups[ui];
+            pool::fill(&mut up.buf);
+            match read_some(&up.stream, &mut up.buf).await {
+                Ok(n) if n > 0 => {}
+                // Until-close framing ends here; any other is cut short.
+                _ => return framing == Framing::Close,
+            }
+            let Ok((n, c)) = body_part(&up.buf, framing, &mut left, &mut scanner) else {
+                return false;
+            };
+            if self.stream.write_all(&up.buf[..n]).await.is_err() {
+                return false;
+            }
+            up.buf.advance(n);
+            complete = c;
+        }
+        true
+    }
+}
+
+/// How many of the buffered bytes belong to the response body, and whether it ends within them.
+fn body_part(
+    buf: &[u8],
+    framing: Framing,
+    left: &mut u64,
+    scanner: &mut chunked::Scanner,
+) -> Result<(usize, bool), chunked::ChunkError> {
+    Ok(match framing {
+        Framing::Empty => (0, true),
+        Framing::Length(_) => {
+            let n = (*left).min(buf.len() as u64);
+            *left -= n;
+            (n as usize, *left == 0)
+        }
+        Framing::Chunked => {
+            let n = scanner.scan(buf)?;
+            (n, scanner.done())
+        }
+        Framing::Close => (buf.len(), false),
+    })
+}
+
+/// Reads what is available (waiting for readiness first), into `buf`'s spare capacity.
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.readable().await?,
+            r => return r,
+        }
+    }
+}
+
+/// Whether an idle upstream connection was closed by its peer (or reset), as far as the reactor
+/// has already seen: a check that costs no system call.
+fn closed(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut ready = pin!(stream.ready(Interest::READABLE));
+    match ready.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(r)) => r.is_read_closed() || r.is_error(),
+        Poll::Ready(Err(_)) => true,
+        Poll::Pending => false,
+    }
+}
+
+/// Per-thread pool of I/O buffers, so requests allocate none and idle connections hold none.
+mod pool {
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    /// Size of a pooled buffer; reads never ask for less spare room than `MIN_SPARE`.
+    const SIZE: usize = 16 * 1024;
+    const MIN_SPARE: usize = 2048;
+    /// Buffers kept per thread.
+    const KEEP: usize = 128;
+
+    thread_local! {
+        static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Makes sure `buf` has room to read into, taking a pooled buffer when it has none.
+    pub fn fill(buf: &mut BytesMut) {
+        if buf.capacity() == 0 {
+            *buf = POOL
+                .with(|p| p.borrow_mut().pop())
+                .unwrap_or_else(|| BytesMut::with_capacity(SIZE));
+        } else if buf.capacity() - buf.len() < MIN_SPARE {
+            buf.reserve(SIZE);
+        }
+    }
+
+    /// Returns an empty buffer to the pool (a non-empty one is left alone).
+    pub fn give(buf: &mut BytesMut) {
+        if buf.capacity() == 0 || !buf.is_empty() {
+            return;
+        }
+        let mut b = std::mem::take(buf);
+        // An emptied buffer reclaims the room its consumed bytes took (no allocation).
+        b.reserve(SIZE);
+        if b.capacity() <= 2 * SIZE {
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < KEEP {
+                    p.push(b);
+                }
+            });
+        }
+    }
+}
