@@ -37,6 +37,7 @@ pub const MAX_HEADERS: usize = 128;
 pub const MAX_BODY: u64 = 64 * 1024;
 
 /// What to do with a complete request head.
+#[allow(clippy::large_enum_variant)] // moved once per request; a box would be an allocation
 pub enum Plan {
     /// Hand the connection, with every byte still buffered, to hyper.
     Fallback,
@@ -46,8 +47,9 @@ pub enum Plan {
         head_len: usize,
         close: bool,
     },
-    /// Forward to the chosen instance; the upstream request head is in `out`.
-    Forward(Box<Forward>),
+    /// Forward to the chosen instance; the upstream request head is in `out`. (Not boxed: it is
+    /// moved once, and a box would be an allocation per request.)
+    Forward(Forward),
 }
 
 /// A request on its way to an upstream.
@@ -73,6 +75,7 @@ pub struct Forward {
 }
 
 /// The outcome of looking at the buffered bytes of a connection.
+#[allow(clippy::large_enum_variant)] // returned by value, never stored
 pub enum Head {
     /// The head is not complete yet.
     Partial,
@@ -105,6 +108,14 @@ fn listed(headers: &[httparse::Header<'_>], conn: &[usize], name: &str) -> bool 
             .value
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+/// Whether a `Connection` value names any field (a token other than `close` / `keep-alive`).
+fn names_fields(v: &[u8]) -> bool {
+    v.split(|&b| b == b',').any(|t| {
+        let t = t.trim_ascii();
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
     })
 }
 
@@ -190,11 +201,13 @@ fn plan(
             6 if is(name, "expect") => return Plan::Fallback,
             7 if is(name, "upgrade") => return Plan::Fallback,
             10 if is(name, "connection") => {
-                if n_conn == conn_fields.len() {
-                    return Plan::Fallback;
+                if names_fields(h.value) {
+                    if n_conn == conn_fields.len() {
+                        return Plan::Fallback;
+                    }
+                    conn_fields[n_conn] = i;
+                    n_conn += 1;
                 }
-                conn_fields[n_conn] = i;
-                n_conn += 1;
                 close |= has_token(h.value, b"close");
             }
             _ => {}
@@ -287,6 +300,7 @@ fn plan(
 
     // The upstream's request head.
     out.clear();
+    out.reserve(1024);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -359,7 +373,7 @@ fn plan(
     });
     let head_method = method == "HEAD";
     let resendable = body_len == 0 && matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE");
-    Plan::Forward(Box::new(Forward {
+    Plan::Forward(Forward {
         head_len,
         body_len,
         target: target_entry,
@@ -372,7 +386,7 @@ fn plan(
         reason,
         access,
         slot,
-    }))
+    })
 }
 
 fn local(
@@ -453,7 +467,10 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
         let name = h.name;
         match name.len() {
             10 if is(name, "connection") => {
-                if n_conn < conn_fields.len() {
+                if names_fields(h.value) {
+                    if n_conn == conn_fields.len() {
+                        return UpstreamHead::Invalid;
+                    }
                     conn_fields[n_conn] = i;
                     n_conn += 1;
                 }
