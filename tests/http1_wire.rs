@@ -239,6 +239,8 @@ fn reply(bytes: impl Into<Vec<u8>>) -> Reply {
 struct RawUpstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections the upstream has closed.
+    closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RawUpstream {
@@ -256,12 +258,14 @@ where
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let answer = Arc::new(answer);
     let log = seen.clone();
+    let closed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let closes = closed.clone();
     tokio::spawn(async move {
         for conn in 0.. {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
-            let (log, answer) = (log.clone(), answer.clone());
+            let (log, answer, closes) = (log.clone(), answer.clone(), closes.clone());
             tokio::spawn(async move {
                 let mut w = Wire { s, buf: Vec::new() };
                 while let Some((start, headers)) = w.head().await {
@@ -288,10 +292,12 @@ where
                         break;
                     }
                 }
+                drop(w);
+                closes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    RawUpstream { addr, seen }
+    RawUpstream { addr, seen, closed }
 }
 
 /// A gateway with the one route `bot` over a single target at `addr`.
@@ -921,5 +927,96 @@ async fn missing_host() {
     assert_eq!(r.status, 200, "{r:?}");
     let r = c.call("GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
     assert_eq!(r.status, 200);
+    gw.stop().await;
+}
+
+/// An upstream that closes a kept-alive connection while it is idle (its keep-alive timeout):
+/// the next request, even a POST that cannot be resent, goes out on a fresh connection.
+#[tokio::test]
+async fn upstream_idle_close_is_noticed_before_reuse() {
+    let up = spawn_raw(|s| Reply {
+        close: path(&s.start) == "/first",
+        ..ok(&format!("conn {}", s.conn))
+    })
+    .await;
+    let gw = gateway(up.addr).await;
+    let mut c = Wire::connect(gw.addr).await;
+    let r = c.call("GET /first HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_eq!((r.status, r.text()), (200, "conn 0".into()));
+    let closed = up.closed.clone();
+    wait_until("the upstream closed its idle connection", DEADLINE, || {
+        let closed = closed.clone();
+        async move { closed.load(std::sync::atomic::Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let r = c
+        .call("POST /second HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!((r.status, r.text()), (200, "conn 1".into()), "{r:?}");
+    assert_eq!(up.seen().last().unwrap().body, b"hello");
+    gw.stop().await;
+}
+
+/// An upstream that closes a reused connection under a request, without answering (the
+/// keep-alive race): a GET is resent once on a fresh connection; a POST is not (it may have been
+/// processed) and gets 502.
+#[tokio::test]
+async fn closed_under_a_request_resends_only_idempotent_ones() {
+    let up = spawn_raw(|s| {
+        if path(&s.start).starts_with("/drop") && s.conn % 2 == 0 {
+            Reply {
+                bytes: Vec::new(),
+                close: true,
+            }
+        } else {
+            ok(&format!("conn {}", s.conn))
+        }
+    })
+    .await;
+    let gw = gateway(up.addr).await;
+    let mut c = Wire::connect(gw.addr).await;
+    assert_eq!(
+        c.call("GET /a HTTP/1.1\r\nhost: a\r\n\r\n").await.text(),
+        "conn 0"
+    );
+    let r = c.call("GET /drop-get HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "conn 1".into()),
+        "resent: {r:?}"
+    );
+
+    let mut c = Wire::connect(gw.addr).await;
+    assert_eq!(
+        c.call("GET /a HTTP/1.1\r\nhost: a\r\n\r\n").await.text(),
+        "conn 2"
+    );
+    let r = c
+        .call("POST /drop-post HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let posts = up
+        .seen()
+        .iter()
+        .filter(|s| s.start.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "a POST is never sent twice");
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+/// Interim responses (103 Early Hints) from the upstream are skipped; the final one is relayed.
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let up = spawn_raw(|_| {
+        reply("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await;
+    let gw = gateway(up.addr).await;
+    let mut c = Wire::connect(gw.addr).await;
+    for _ in 0..2 {
+        let r = c.call("GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        assert_eq!((r.status, r.text()), (200, "ok".into()), "{r:?}");
+    }
     gw.stop().await;
 }
