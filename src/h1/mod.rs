@@ -166,6 +166,13 @@ struct Conn {
     served: bool,
 }
 
+/// How one try of an exchange on an upstream connection went wrong.
+enum Attempt {
+    /// The kept-alive connection was closed under a request that may be resent: try once more.
+    Resend,
+    Failed(Failed),
+}
+
 /// Why an exchange ended without a response from the upstream.
 enum Failed {
     /// The upstream failed before its response head: answer with an error.
@@ -287,8 +294,8 @@ impl Conn {
                 if let Some(a) = access {
                     a.finish(&target, reason, e.status(), start);
                 }
-                // A request whose body was not all read cannot be followed by another.
-                let close = close || !self.rbuf.is_empty() && body_len > 0;
+                // The request body may not all have been read: the connection cannot be reused.
+                let close = close || body_len > 0;
                 head::local_response(&mut self.out, e.status(), e.body(), close);
                 return self.stream.write_all(&self.out).await.is_ok() && !close;
             }
@@ -328,92 +335,109 @@ impl Conn {
                 .upstream(instance, f.limits.connect_timeout, timer.as_mut())
                 .await?;
             let may_resend = !fresh && resendable && !retried;
+            match self
+                .attempt(
+                    ui,
+                    &mut body_left,
+                    head_method,
+                    close,
+                    may_resend,
+                    timer.as_mut(),
+                )
+                .await
+            {
+                Ok(r) => return Ok((ui, r)),
+                // The connection is in an unknown state: never reused.
+                Err(e) => {
+                    self.ups.remove(ui);
+                    match e {
+                        Attempt::Resend => {
+                            tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
+                            retried = true;
+                        }
+                        Attempt::Failed(f) => return Err(f),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try of `send` on upstream connection `ui`.
+    async fn attempt(
+        &mut self,
+        ui: usize,
+        body_left: &mut u64,
+        head_method: bool,
+        close: bool,
+        may_resend: bool,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Result<head::Response, Attempt> {
+        const TIMEOUT: Attempt = Attempt::Failed(Failed::Upstream(UpstreamErrorKind::Timeout));
+        const RESET: Attempt = Attempt::Failed(Failed::Upstream(UpstreamErrorKind::Reset));
+        let up = &mut self.ups[ui];
+        let wrote = tokio::select! {
+            biased;
+            r = up.stream.write_all(&self.out) => r.is_ok(),
+            _ = timer.as_mut() => return Err(TIMEOUT),
+        };
+        if !wrote {
+            return Err(if may_resend { Attempt::Resend } else { RESET });
+        }
+        // The rest of the body, as the client sends it.
+        while *body_left > 0 {
+            pool::fill(&mut self.rbuf);
+            let n = tokio::select! {
+                biased;
+                r = read_some(&self.stream, &mut self.rbuf) => match r {
+                    Ok(0) | Err(_) => return Err(Attempt::Failed(Failed::Client)),
+                    Ok(n) => n,
+                },
+                _ = timer.as_mut() => return Err(TIMEOUT),
+            };
+            let take = (n as u64).min(*body_left) as usize;
             let up = &mut self.ups[ui];
             let wrote = tokio::select! {
                 biased;
-                r = up.stream.write_all(&self.out) => r.is_ok(),
-                _ = timer.as_mut() => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+                r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
+                _ = timer.as_mut() => return Err(TIMEOUT),
             };
             if !wrote {
-                self.ups.remove(ui);
-                if may_resend {
-                    retried = true;
-                    continue;
-                }
-                return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+                return Err(RESET);
             }
-            // The rest of the body, as the client sends it.
-            while body_left > 0 {
-                pool::fill(&mut self.rbuf);
-                let n = tokio::select! {
-                    biased;
-                    r = read_some(&self.stream, &mut self.rbuf) => match r {
-                        Ok(0) | Err(_) => return Err(Failed::Client),
-                        Ok(n) => n,
-                    },
-                    _ = timer.as_mut() => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
-                };
-                let take = (n as u64).min(body_left) as usize;
-                let up = &mut self.ups[ui];
-                let wrote = tokio::select! {
-                    biased;
-                    r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
-                    _ = timer.as_mut() => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
-                };
-                if !wrote {
-                    return Err(Failed::Upstream(UpstreamErrorKind::Reset));
+            self.rbuf.advance(take);
+            *body_left -= take as u64;
+        }
+        // The response head.
+        loop {
+            // Decided when the head is written: a shutdown meanwhile closes after it.
+            let close = close || self.stop.now();
+            let up = &mut self.ups[ui];
+            if !up.buf.is_empty() {
+                match head::response(&up.buf, &mut self.out, head_method, close) {
+                    UpstreamHead::Ready(r) => {
+                        up.buf.advance(r.head_len);
+                        return Ok(r);
+                    }
+                    UpstreamHead::Interim(n) => {
+                        up.buf.advance(n);
+                        continue;
+                    }
+                    UpstreamHead::Invalid => return Err(RESET),
+                    UpstreamHead::Partial if up.buf.len() > MAX_RESPONSE_HEAD => return Err(RESET),
+                    UpstreamHead::Partial => {}
                 }
-                self.rbuf.advance(take);
-                body_left -= take as u64;
             }
-            // The response head.
-            loop {
-                // Decided when the head is written: a shutdown meanwhile closes after it.
-                let close = close || self.stop.now();
-                let up = &mut self.ups[ui];
-                if !up.buf.is_empty() {
-                    match head::response(&up.buf, &mut self.out, head_method, close) {
-                        UpstreamHead::Ready(r) => {
-                            up.buf.advance(r.head_len);
-                            return Ok((ui, r));
-                        }
-                        UpstreamHead::Interim(n) => {
-                            up.buf.advance(n);
-                            continue;
-                        }
-                        UpstreamHead::Invalid => {
-                            self.ups.remove(ui);
-                            return Err(Failed::Upstream(UpstreamErrorKind::Reset));
-                        }
-                        UpstreamHead::Partial if up.buf.len() > MAX_RESPONSE_HEAD => {
-                            self.ups.remove(ui);
-                            return Err(Failed::Upstream(UpstreamErrorKind::Reset));
-                        }
-                        UpstreamHead::Partial => {}
-                    }
-                }
-                pool::fill(&mut up.buf);
-                let r = tokio::select! {
-                    biased;
-                    r = read_some(&up.stream, &mut up.buf) => r,
-                    _ = timer.as_mut() => {
-                        self.ups.remove(ui);
-                        return Err(Failed::Upstream(UpstreamErrorKind::Timeout));
-                    }
-                };
-                match r {
-                    Ok(n) if n > 0 => {}
-                    _ => {
-                        let nothing = up.buf.is_empty();
-                        self.ups.remove(ui);
-                        if nothing && may_resend {
-                            tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
-                            retried = true;
-                            break;
-                        }
-                        return Err(Failed::Upstream(UpstreamErrorKind::Reset));
-                    }
-                }
+            pool::fill(&mut up.buf);
+            let r = tokio::select! {
+                biased;
+                r = read_some(&up.stream, &mut up.buf) => r,
+                _ = timer.as_mut() => return Err(TIMEOUT),
+            };
+            match r {
+                Ok(n) if n > 0 => {}
+                // Closed before any byte of an answer: the keep-alive race.
+                _ if up.buf.is_empty() && may_resend => return Err(Attempt::Resend),
+                _ => return Err(RESET),
             }
         }
     }
