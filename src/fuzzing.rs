@@ -198,6 +198,48 @@ pub fn h1_response(data: &[u8]) {
     if r.framing == Framing::Chunked {
         assert!(te > 0 && cl == 0);
     }
+    if let Framing::Length(n) = r.framing {
+        assert_eq!(te, 0);
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value).ok().map(str::trim);
+                assert_eq!(v.and_then(|v| v.parse().ok()), Some(n), "framing differs");
+            }
+        }
+    }
+    // Fields the upstream's Connection lists stay behind, except the framing ones (the body is
+    // relayed verbatim) and the ones flipgate writes itself.
+    let mut in_headers = [httparse::EMPTY_HEADER; crate::h1::head::MAX_HEADERS];
+    let mut input = httparse::Response::new(&mut in_headers);
+    assert!(matches!(
+        input.parse(buf),
+        Ok(httparse::Status::Complete(_))
+    ));
+    for t in input
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+    {
+        let own = [
+            "connection",
+            "via",
+            "date",
+            "content-length",
+            "transfer-encoding",
+        ];
+        if own.iter().any(|n| t.eq_ignore_ascii_case(n.as_bytes())) {
+            continue;
+        }
+        assert!(
+            !parsed
+                .headers
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.name.as_bytes())),
+            "{} is listed in Connection",
+            String::from_utf8_lossy(t)
+        );
+    }
     assert!(!r.reusable || r.framing != Framing::Close);
 }
 
