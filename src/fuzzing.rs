@@ -401,10 +401,15 @@ pub fn h1_request(data: &[u8]) -> bool {
             "client's {} relayed",
             h.name
         );
+        // Host and the body's framing are the message's, not the connection's: kept even when
+        // listed (checked below).
+        let message =
+            h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("content-length");
         assert!(
-            !conn_named
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())),
+            message
+                || !conn_named
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())),
             "{} is listed in Connection",
             h.name
         );
@@ -425,6 +430,35 @@ pub fn h1_request(data: &[u8]) -> bool {
     }
     xff.extend_from_slice(b"127.0.0.1");
     let host = in_h.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
+    // The upstream sees the client's Host and the body's length whatever the client's Connection
+    // lists (hyper's path keeps them too): without them the body would be read as the next request.
+    let hosts: Vec<_> = relayed
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .collect();
+    assert_eq!(
+        hosts,
+        host.map(|h| h.value).into_iter().collect::<Vec<_>>(),
+        "Host not relayed"
+    );
+    let lengths: Vec<_> = relayed
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .collect();
+    let declared = in_h
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-length"));
+    if declared || f.body_len > 0 {
+        assert_eq!(lengths, [Some(f.body_len)], "body length not relayed");
+    } else {
+        assert!(lengths.is_empty());
+    }
     let mut own = own.iter();
     let mut next = |name: &str| {
         let h = own.next().unwrap_or_else(|| panic!("{name} missing"));
