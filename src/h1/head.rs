@@ -298,7 +298,10 @@ fn plan(
         );
     };
 
-    // The upstream's request head.
+    // The upstream's request head. Fields the client's `Connection` lists are dropped, except
+    // `Host` and `Content-Length`: they describe the message, not the connection (hyper's path
+    // sends both too); without `Content-Length` the upstream would read the body as the next
+    // request.
     out.clear();
     out.reserve(1024);
     out.extend_from_slice(method.as_bytes());
@@ -313,7 +316,10 @@ fn plan(
             || is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
             || preview_name.is_some_and(|p| is(name, p))
-            || (!conn_fields.is_empty() && listed(headers, conn_fields, name))
+            || (!conn_fields.is_empty()
+                && !is(name, "host")
+                && !is(name, "content-length")
+                && listed(headers, conn_fields, name))
         {
             continue;
         }
