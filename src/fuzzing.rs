@@ -59,3 +59,429 @@ pub fn route_request(data: &[u8]) {
     let (t, _) = split.decide(&headers, || 42);
     assert!(t <= 1);
 }
+
+/// Feeds `pieces` to one chunked scanner in order, checking the per-call contract: never more
+/// than the slice, short only when the body ended, nothing more once done. Returns the consumed
+/// total and whether the body ended.
+fn chunked_feed<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(usize, bool), crate::h1::chunked::ChunkError> {
+    let mut s = crate::h1::chunked::Scanner::default();
+    let mut total = 0;
+    for p in pieces {
+        let was_done = s.done();
+        let n = s.scan(p)?;
+        assert!(n <= p.len(), "scan consumed {n} of {}", p.len());
+        if was_done {
+            assert_eq!(n, 0, "consumed after done");
+        }
+        if !s.done() {
+            assert_eq!(n, p.len(), "stopped early without ending the body");
+        }
+        total += n;
+    }
+    if s.done() {
+        assert_eq!(s.scan(b"0\r\n\r\n"), Ok(0), "consumed after done");
+    }
+    Ok((total, s.done()))
+}
+
+/// Any bytes as a chunked body, fed whole, in two pieces split at a data-derived point and byte
+/// by byte: the same verdict (end, consumed total, or error) whatever the split.
+pub fn h1_chunked(data: &[u8]) {
+    let whole = chunked_feed([data]);
+    let at = match data {
+        [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])) % (data.len() + 1),
+        _ => 0,
+    };
+    let (a, b) = data.split_at(at);
+    assert_eq!(chunked_feed([a, b]), whole, "split at {at}");
+    assert_eq!(
+        chunked_feed(data.chunks(1)),
+        whole,
+        "byte by byte differs from whole"
+    );
+    if let Ok((n, done)) = whole {
+        assert!(done || n == data.len());
+    }
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that must never leave the proxy in a rewritten head.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "transfer-encoding",
+];
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Every line feed of a written head ends a CRLF pair, and the head ends with an empty line.
+fn assert_crlf(out: &[u8]) {
+    assert!(
+        out.ends_with(b"\r\n\r\n"),
+        "head does not end with CRLF CRLF"
+    );
+    for (i, &b) in out.iter().enumerate() {
+        assert!(
+            b != b'\n' || (i > 0 && out[i - 1] == b'\r'),
+            "bare LF at {i}"
+        );
+    }
+}
+
+/// Input: one flag byte (bit 0: a HEAD request, bit 1: the client connection closes), then an
+/// upstream's bytes. A response head the engine accepts is rewritten into a valid one without
+/// hop-by-hop fields and with unambiguous framing.
+pub fn h1_response(data: &[u8]) {
+    use crate::h1::head::{response, Framing, UpstreamHead};
+    let Some((&flags, buf)) = data.split_first() else {
+        return;
+    };
+    let (head_method, close) = (flags & 1 != 0, flags & 2 != 0);
+    let mut out = Vec::new();
+    let r = match response(buf, &mut out, head_method, close) {
+        UpstreamHead::Partial | UpstreamHead::Invalid => return,
+        UpstreamHead::Interim(n) => {
+            assert!(n > 0 && n <= buf.len());
+            return;
+        }
+        UpstreamHead::Ready(r) => r,
+    };
+    assert!(r.head_len <= buf.len());
+    assert_crlf(&out);
+    let mut headers = [httparse::EMPTY_HEADER; crate::h1::head::MAX_HEADERS + 4];
+    let mut parsed = httparse::Response::new(&mut headers);
+    match parsed.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
+        other => panic!(
+            "rewritten head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    assert_eq!(parsed.code, Some(r.status));
+    let mut conn = 0;
+    let (mut te, mut cl) = (0, 0);
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            assert_eq!(h.value, b"close", "upstream's Connection field relayed");
+            conn += 1;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te += 1;
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl += 1;
+        } else {
+            assert!(
+                !HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)),
+                "hop-by-hop field {} relayed",
+                h.name
+            );
+        }
+    }
+    assert!(conn <= 1);
+    assert_eq!(
+        conn == 1,
+        close || r.framing == Framing::Close,
+        "connection: close iff the client connection ends"
+    );
+    assert!(
+        te == 0 || cl == 0,
+        "both Transfer-Encoding and Content-Length"
+    );
+    if r.framing == Framing::Chunked {
+        assert!(te > 0 && cl == 0);
+    }
+    if let Framing::Length(n) = r.framing {
+        assert_eq!(te, 0);
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value).ok().map(str::trim);
+                assert_eq!(v.and_then(|v| v.parse().ok()), Some(n), "framing differs");
+            }
+        }
+    }
+    // Fields the upstream's Connection lists stay behind, except the framing ones (the body is
+    // relayed verbatim) and the ones flipgate writes itself.
+    let mut in_headers = [httparse::EMPTY_HEADER; crate::h1::head::MAX_HEADERS];
+    let mut input = httparse::Response::new(&mut in_headers);
+    assert!(matches!(
+        input.parse(buf),
+        Ok(httparse::Status::Complete(_))
+    ));
+    for t in input
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+    {
+        let own = [
+            "connection",
+            "via",
+            "date",
+            "content-length",
+            "transfer-encoding",
+        ];
+        if own.iter().any(|n| t.eq_ignore_ascii_case(n.as_bytes())) {
+            continue;
+        }
+        assert!(
+            !parsed
+                .headers
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.name.as_bytes())),
+            "{} is listed in Connection",
+            String::from_utf8_lossy(t)
+        );
+    }
+    assert!(!r.reusable || r.framing != Framing::Close);
+}
+
+fn h1_proxy() -> &'static crate::proxy::Proxy {
+    static P: OnceLock<crate::proxy::Proxy> = OnceLock::new();
+    P.get_or_init(|| {
+        const CONFIG: &str = r#"
+[server]
+max_body_bytes = 1000
+
+[[routes]]
+name = "api"
+hosts = ["bot.example.com"]
+path_prefix = "/api/"
+live = "blue"
+[routes.targets]
+blue = ["127.0.0.1:9", "127.0.0.1:9"]
+green = ["127.0.0.1:9"]
+[routes.canary]
+target = "green"
+percent = 30.0
+sticky = "header:x-user-id"
+[routes.preview]
+
+[[routes]]
+name = "bot"
+live = "blue"
+[routes.targets]
+blue = ["127.0.0.1:9"]
+green = ["127.0.0.1:9"]
+[routes.canary]
+target = "green"
+percent = 50.0
+sticky = "cookie:session"
+"#;
+        let config = crate::config::parse(Path::new("fuzz.toml"), CONFIG).expect("valid config");
+        let metrics = crate::metrics::Metrics::new();
+        let snap = crate::snapshot::Snapshot::build(
+            1,
+            std::sync::Arc::new(config),
+            &Default::default(),
+            &crate::snapshot::Snapshot::empty(),
+            &metrics,
+        );
+        crate::proxy::Proxy {
+            snapshot: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
+            clients: crate::upstream::Clients::new(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(1),
+            ),
+            tunnels: Default::default(),
+            connections: Default::default(),
+            closed: Default::default(),
+        }
+    })
+}
+
+/// Any bytes as a client's buffered request bytes, planned against a fixed two-route table whose
+/// targets are plain HTTP (no connection is made). A forwarded request's upstream head is valid,
+/// carries flipgate's forwarding fields exactly once, no hop-by-hop field, and otherwise only
+/// field lines the client sent. Returns whether the request was forwarded (so the corpus replay
+/// can check that the seeds reach these checks).
+pub fn h1_request(data: &[u8]) -> bool {
+    use crate::h1::head::{request, Head, Plan, MAX_HEADERS};
+    let proxy = h1_proxy();
+    let conn = crate::proxy::ConnInfo::new(([127, 0, 0, 1], 40000).into(), false);
+    let mut out = Vec::new();
+    let start = tokio::time::Instant::now();
+    let f = match request(proxy, &conn, data, &mut out, 16 * 1024, 100, start) {
+        Head::Partial | Head::Plan(Plan::Fallback) => return false,
+        Head::Plan(Plan::Local { head_len, .. }) => {
+            assert!(head_len <= data.len());
+            return false;
+        }
+        Head::Plan(Plan::Forward(f)) => f,
+    };
+    assert!(f.head_len <= data.len());
+    assert!(f.body_len <= crate::h1::head::MAX_BODY);
+    assert_crlf(&out);
+
+    let mut in_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut input = httparse::Request::new(&mut in_headers);
+    assert_eq!(
+        input.parse(data),
+        Ok(httparse::Status::Complete(f.head_len))
+    );
+    let mut out_headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+    let mut up = httparse::Request::new(&mut out_headers);
+    match up.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
+        other => panic!(
+            "upstream head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    assert_eq!(
+        (up.method, up.path, up.version),
+        (input.method, input.path, Some(1))
+    );
+
+    let named = |hs: &[httparse::Header<'_>], name: &str| {
+        hs.iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    let out_h = &*up.headers;
+    let in_h = &*input.headers;
+    assert_eq!(named(out_h, "x-forwarded-for"), 1);
+    assert_eq!(named(out_h, "x-request-id"), 1);
+    assert_eq!(named(out_h, "x-forwarded-proto"), 1);
+    assert!(named(out_h, "x-forwarded-host") <= 1);
+    // Only the "api" route has a preview header (hyper's path removes it the same way).
+    if &*f.target.route == "api" {
+        assert_eq!(
+            named(out_h, "x-flipgate-target"),
+            0,
+            "preview header relayed"
+        );
+    }
+    for n in HOP_BY_HOP
+        .iter()
+        .chain(&["proxy-authenticate", "proxy-authorization"])
+    {
+        assert_eq!(named(out_h, n), 0, "hop-by-hop field {n} relayed");
+    }
+
+    // flipgate's own fields come last, in a fixed order; everything before them is the client's.
+    let added = |name: &str| {
+        [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "via",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+    };
+    let first_added = out_h
+        .iter()
+        .position(|h| h.name == "x-forwarded-for")
+        .expect("x-forwarded-for");
+    let (relayed, own) = out_h.split_at(first_added);
+    let conn_named: Vec<&[u8]> = in_h
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .collect();
+    for h in relayed {
+        assert!(
+            in_h.iter().any(|i| i.name == h.name && i.value == h.value),
+            "field line not from the client: {}: {:?}",
+            h.name,
+            String::from_utf8_lossy(h.value)
+        );
+        assert!(
+            !h.name.eq_ignore_ascii_case("x-forwarded-for")
+                && !h.name.eq_ignore_ascii_case("x-forwarded-proto")
+                && !h.name.eq_ignore_ascii_case("x-forwarded-host"),
+            "client's {} relayed",
+            h.name
+        );
+        // Host and the body's framing are the message's, not the connection's: kept even when
+        // listed (checked below).
+        let message =
+            h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("content-length");
+        assert!(
+            message
+                || !conn_named
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())),
+            "{} is listed in Connection",
+            h.name
+        );
+    }
+    // The client's X-Forwarded-For values, unless its Connection field lists that name.
+    let xff_dropped = conn_named
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(b"x-forwarded-for"));
+    let mut xff: Vec<u8> = Vec::new();
+    for h in in_h
+        .iter()
+        .filter(|h| !xff_dropped && h.name.eq_ignore_ascii_case("x-forwarded-for"))
+    {
+        if !h.value.is_empty() {
+            xff.extend_from_slice(h.value);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(b"127.0.0.1");
+    let host = in_h.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
+    // The upstream sees the client's Host and the body's length whatever the client's Connection
+    // lists (hyper's path keeps them too): without them the body would be read as the next request.
+    let hosts: Vec<_> = relayed
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .collect();
+    assert_eq!(
+        hosts,
+        host.map(|h| h.value).into_iter().collect::<Vec<_>>(),
+        "Host not relayed"
+    );
+    let lengths: Vec<_> = relayed
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .collect();
+    let declared = in_h
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-length"));
+    if declared || f.body_len > 0 {
+        assert_eq!(lengths, [Some(f.body_len)], "body length not relayed");
+    } else {
+        assert!(lengths.is_empty());
+    }
+    let mut own = own.iter();
+    let mut next = |name: &str| {
+        let h = own.next().unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(h.name, name);
+        h.value
+    };
+    assert_eq!(next("x-forwarded-for"), &xff[..]);
+    assert_eq!(next("x-forwarded-proto"), b"http");
+    if let Some(host) = host {
+        assert_eq!(next("x-forwarded-host"), host.value);
+    }
+    assert_eq!(next("via"), b"1.1 flipgate");
+    let rest: Vec<_> = own.collect();
+    assert!(rest.iter().all(|h| !added(h.name)));
+    match rest[..] {
+        [] => assert_eq!(named(relayed, "x-request-id"), 1),
+        [id] => {
+            assert_eq!(id.name, "x-request-id");
+            assert_eq!(id.value.len(), 32);
+            assert!(id.value.iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(named(relayed, "x-request-id"), 0);
+        }
+        _ => panic!("unexpected fields after via"),
+    }
+    true
+}

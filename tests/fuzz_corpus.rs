@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-fn replay(target: &str, f: fn(&[u8])) -> usize {
+fn replay(target: &str, mut f: impl FnMut(&[u8])) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut n = 0;
     for dir in [
@@ -32,4 +32,24 @@ fn config_parse_corpus() {
 #[test]
 fn route_request_corpus() {
     assert!(replay("route_request", flipgate::fuzzing::route_request) > 0);
+}
+
+#[test]
+fn h1_chunked_corpus() {
+    assert!(replay("h1_chunked", flipgate::fuzzing::h1_chunked) > 0);
+}
+
+#[test]
+fn h1_response_corpus() {
+    assert!(replay("h1_response", flipgate::fuzzing::h1_response) > 0);
+}
+
+#[test]
+fn h1_request_corpus() {
+    let mut forwarded = 0;
+    let n = replay("h1_request", |d| {
+        forwarded += usize::from(flipgate::fuzzing::h1_request(d))
+    });
+    // The seeds must reach the checks on the upstream head, not only the fallbacks.
+    assert!(forwarded >= 10, "{forwarded} of {n} seeds forwarded");
 }

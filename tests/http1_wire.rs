@@ -1020,3 +1020,30 @@ async fn interim_responses_are_skipped() {
     }
     gw.stop().await;
 }
+
+/// Fields a client's `Connection` lists are hop-by-hop, but `Host` and `Content-Length` describe
+/// the message: dropping the length while relaying the body would let the body reach the
+/// upstream as a request of its own (found by the `h1_request` fuzz target).
+#[tokio::test]
+async fn connection_cannot_drop_host_or_length() {
+    let up = spawn_raw(|s| ok(path(&s.start))).await;
+    let gw = gateway(up.addr).await;
+    let inner = "GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut c = Wire::connect(gw.addr).await;
+    let r = c
+        .call(&format!(
+            "POST /listed HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\nconnection: content-length, host\r\n\r\n{inner}",
+            inner.len()
+        ))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/listed"), "{r:?}");
+    // The same client connection, so the same upstream connection when it is reused.
+    let r = c.call("GET /after HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/after"), "{r:?}");
+    let seen = up.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| path(&s.start)).collect();
+    assert_eq!(paths, ["/listed", "/after"], "{seen:?}");
+    assert_eq!(seen[0].body, inner.as_bytes());
+    assert_eq!(seen[0].header("host"), Some("a"));
+    gw.stop().await;
+}

@@ -298,7 +298,10 @@ fn plan(
         );
     };
 
-    // The upstream's request head.
+    // The upstream's request head. Fields the client's `Connection` lists are dropped, except
+    // `Host` and `Content-Length`: they describe the message, not the connection (hyper's path
+    // sends both too); without `Content-Length` the upstream would read the body as the next
+    // request.
     out.clear();
     out.reserve(1024);
     out.extend_from_slice(method.as_bytes());
@@ -313,7 +316,10 @@ fn plan(
             || is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
             || preview_name.is_some_and(|p| is(name, p))
-            || (!conn_fields.is_empty() && listed(headers, conn_fields, name))
+            || (!conn_fields.is_empty()
+                && !is(name, "host")
+                && !is(name, "content-length")
+                && listed(headers, conn_fields, name))
         {
             continue;
         }
@@ -450,8 +456,10 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return UpstreamHead::Invalid;
     };
-    if status == 101 {
-        return UpstreamHead::Invalid; // never asked for: upgrades go through hyper
+    // httparse takes any three digits; below 100 is no status (RFC 9110 §15) and would be
+    // written back as a malformed status line. hyper's client refuses it too.
+    if status < 100 || status == 101 {
+        return UpstreamHead::Invalid; // 101: never asked for, upgrades go through hyper
     }
     if (100..200).contains(&status) {
         return UpstreamHead::Interim(head_len);
@@ -588,4 +596,24 @@ fn put_date(out: &mut Vec<u8>) {
             put_header(out, b"date", &d.1);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_below_100_is_invalid() {
+        // Found by the h1_response fuzz target: `020` was written back as `HTTP/1.1 20`.
+        let mut out = Vec::new();
+        let r = response(
+            b"HTTP/1.1 020 OK\r\ncontent-length: 0\r\n\r\n",
+            &mut out,
+            false,
+            false,
+        );
+        assert!(matches!(r, UpstreamHead::Invalid));
+        let r = response(b"HTTP/1.1 100 Continue\r\n\r\n", &mut out, false, false);
+        assert!(matches!(r, UpstreamHead::Interim(25)));
+    }
 }
