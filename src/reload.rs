@@ -3,7 +3,7 @@
 //!
 //! Invariants: the *directory* is watched, not the file, so editors that save by rename and
 //! Kubernetes ConfigMap `..data` symlink swaps are seen; a burst of events becomes one reload after
-//! `DEBOUNCE` of quiet. The same bytes are never re-applied or re-reported: the last attempted
+//! `DEBOUNCE` of quiet, or `DEBOUNCE_MAX` after its first event if it does not stop. The same bytes are never re-applied or re-reported: the last attempted
 //! content hash is remembered, so a broken file is logged once, not on every poll. The poll is the
 //! safety net for missed events (inotify queue overflow, a watched directory replaced).
 
@@ -17,10 +17,26 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::control::{Control, ReloadOutcome};
 
-/// Quiet time after the last file event before reloading.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Quiet time after the last file event before reloading (an editor's save is a burst of events
+/// within a few milliseconds).
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Longest wait after the first event of a burst: files changed without pause (a tool rewriting
+/// the file every 100 ms) are still applied at this pace, never starved by the debounce.
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(200);
 /// Fallback poll interval.
 pub const POLL: Duration = Duration::from_secs(5);
+
+/// After a first file event: waits until events stop for `DEBOUNCE`, at most `DEBOUNCE_MAX`.
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let latest = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(latest);
+        tokio::select! {
+            Some(()) = rx.recv() => continue,
+            _ = tokio::time::sleep_until(quiet) => return,
+        }
+    }
+}
 
 /// Reads the file and applies it unless its bytes were already tried. Returns the outcome, or
 /// `None` when skipped.
@@ -94,13 +110,7 @@ pub async fn run(control: Arc<Control>, path: PathBuf, mut shutdown: watch::Rece
         let forced = tokio::select! {
             _ = shutdown.changed() => return,
             Some(()) = rx.recv() => {
-                // Debounce: wait until events stop for DEBOUNCE.
-                loop {
-                    tokio::select! {
-                        Some(()) = rx.recv() => continue,
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                    }
-                }
+                debounce(&mut rx).await;
                 false
             }
             _ = hup_fut => { tracing::info!("SIGHUP: reloading the route file"); true }
@@ -118,5 +128,37 @@ pub async fn run(control: Arc<Control>, path: PathBuf, mut shutdown: watch::Rece
         })
         .await
         .unwrap_or(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_wait_and_a_stream_never_starves() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A burst: a few events within milliseconds, then quiet.
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            tx.send(()).unwrap();
+        }
+        debounce(&mut rx).await;
+        assert_eq!(t0.elapsed(), DEBOUNCE);
+
+        // Events every 30 ms without end: the wait still ends at DEBOUNCE_MAX.
+        let writer = tokio::spawn(async move {
+            loop {
+                if tx.send(()).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        });
+        let t0 = Instant::now();
+        debounce(&mut rx).await;
+        assert!(t0.elapsed() <= DEBOUNCE_MAX, "{:?}", t0.elapsed());
+        writer.abort();
     }
 }
