@@ -63,11 +63,12 @@ export PATH="$PATH:/usr/sbin"
 
 if [ "$BUILD" = 1 ]; then
   echo "compare.sh: building flipgate and the bench tools (release)" >&2
-  cargo build --release --quiet --bin flipgate --example loadgen --example pipe
+  cargo build --release --quiet --bin flipgate --example loadgen --example pipe --example churn
 fi
 FLIPGATE="${FLIPGATE_BIN:-$ROOT/target/release/flipgate}"
 LOADGEN="${LOADGEN_BIN:-$ROOT/target/release/examples/loadgen}"
 PIPE="${PIPE_BIN:-$ROOT/target/release/examples/pipe}"
+CHURN="${CHURN_BIN:-$ROOT/target/release/examples/churn}"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # Idle keep-alive connections for the memory figure: 10,000, or fewer where the descriptor limit
@@ -240,6 +241,9 @@ EOF
 }
 mkdir -p "$W/fg"
 flipgate_config /dummy-a/ >"$W/fg/flipgate.toml"
+# The two versions of the file that the under-change run alternates between.
+flipgate_config /dummy-0/ >"$W/fg/a.toml"
+flipgate_config /dummy-1/ >"$W/fg/b.toml"
 RUST_LOG=warn proxied "$FLIPGATE" run -c "$W/fg/flipgate.toml" 2>"$W/fg/log" &
 PIDS+=($!)
 FLIPGATE_PID=$!
@@ -418,22 +422,15 @@ if [ "$QUICK" = 0 ]; then
   echo "compare.sh: flipgate under change (10 reloads + 10 flips per second)" >&2
   for r in $(seq "$ROUNDS"); do
     wrk_run flipgate h1 /12 32 "$SECS"; record flipgate "change" "steady_rps" "$r" "$RPS"
-    (
-      # The changes run on the load CPU, never on the proxy's.
-      taskset -pc "$LOAD_CPU" $BASHPID >/dev/null
-      end=$((SECONDS + SECS + 1)); i=0
-      while [ $SECONDS -lt $end ]; do
-        i=$((i + 1))
-        flipgate_config "/dummy-$((i % 2))/" >"$W/fg/flipgate.toml.tmp" && mv "$W/fg/flipgate.toml.tmp" "$W/fg/flipgate.toml"
-        tgt=blue; [ $((i % 2)) = 1 ] && tgt=green
-        curl -s -o /dev/null -X POST -d "{\"target\":\"$tgt\"}" "http://127.0.0.1:$ADMIN/api/v1/routes/bot/flip"
-        sleep 0.1
-      done
-      echo "$i" >"$W/changes"
-    ) &
+    # One small process makes the changes (on the load CPU, never the proxy's): starting a curl
+    # and a sed per change cost the load generator more throughput than the changes cost flipgate.
+    load "$CHURN" --config "$W/fg/flipgate.toml" --file-a "$W/fg/a.toml" --file-b "$W/fg/b.toml" \
+      --admin "127.0.0.1:$ADMIN" --route bot --targets green,blue --rate 10 --secs "$((SECS + 1))" \
+      >"$W/changes.out" 2>&1 &
     ch=$!
     wrk_run flipgate h1 /12 32 "$SECS"; record flipgate "change" "changing_rps" "$r" "$RPS"
-    wait $ch
+    wait $ch || abort "change driver: $(cat "$W/changes.out")"
+    sed -n 's/^changes=\([0-9]*\).*/\1/p' "$W/changes.out" >"$W/changes"
     record flipgate "change" "changes" "$r" "$(cat "$W/changes")"
     # Restore the 5 % sticky canary that the flips reset.
     curl -s -o /dev/null -X POST -d '{"percent":5,"target":"green"}' "http://127.0.0.1:$ADMIN/api/v1/routes/bot/canary"
