@@ -44,21 +44,6 @@ pub const MAX_PINNED: usize = 1024;
 /// Open pinned upstream connections.
 static PINNED: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts one more pinned upstream connection if the process-wide cap allows it (the HTTP/1.1
-/// engine's connections share it); `release` gives it back.
-pub fn reserve() -> bool {
-    if PINNED.load(Relaxed) >= MAX_PINNED {
-        return false;
-    }
-    PINNED.fetch_add(1, Relaxed);
-    true
-}
-
-/// Gives back what `reserve` counted.
-pub fn release() {
-    PINNED.fetch_sub(1, Relaxed);
-}
-
 /// Why a pinned request failed, with the side's classification for metrics and the circuit.
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {

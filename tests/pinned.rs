@@ -1,6 +1,7 @@
-//! Connection-pinned upstream connections (`src/pinned.rs`): each downstream HTTP/1 connection
-//! reuses its own upstream connection, and an upstream that closes connections never turns into
-//! a client error. The upstream here is a raw TCP server so the test sees every connection.
+//! Upstream connection reuse for HTTP/1 clients (the engine's per-thread pool in `src/h1`, and
+//! `src/pinned.rs` on hyper's path, where each client connection keeps its own): kept-alive
+//! upstream connections are reused, and an upstream that closes connections never turns into a
+//! client error. The upstream here is a raw TCP server so the test sees every connection.
 
 mod support;
 
@@ -79,7 +80,7 @@ async fn on_one_connection(gw: SocketAddr, n: usize) -> Vec<u16> {
 }
 
 #[tokio::test]
-async fn each_client_connection_keeps_its_own_upstream_connection() {
+async fn upstream_connections_are_reused() {
     let (up, accepted) = raw_upstream(false).await;
     let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
     assert_eq!(on_one_connection(gw.addr, 20).await, vec![200; 20]);
@@ -93,10 +94,12 @@ async fn each_client_connection_keeps_its_own_upstream_connection() {
         on_one_connection(gw.addr, 10)
     );
     assert_eq!((a, b), (vec![200; 10], vec![200; 10]));
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        3,
-        "one more per client connection"
+    // The engine shares idle connections among client connections (one more at most, when the
+    // two overlap); hyper's path pins one per client connection (one more each).
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&n),
+        "{n} upstream connections for 2 clients"
     );
     gw.stop().await;
 }

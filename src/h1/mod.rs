@@ -1,6 +1,7 @@
 //! The HTTP/1.1 engine: serves a plain downstream connection's common requests itself, relaying
-//! heads (rewritten in one buffer, `head`) and bodies (verbatim) between the client and this
-//! connection's own upstream connections, in the connection's one task.
+//! heads (rewritten in one buffer, `head`) and bodies (verbatim) between the client and an
+//! upstream connection taken from the thread's idle pool (`upstreams`), in the connection's one
+//! task.
 //!
 //! Why: hyper's server and client each parse into a `HeaderMap`, re-encode, and talk through a
 //! channel and a second task per upstream connection; on one core that was ~25 % more CPU per
@@ -28,8 +29,10 @@
 //!   its response, sent with `connection: close`, then closes.
 //! - Buffers come from a per-thread pool and go back whenever empty, so an idle kept-alive
 //!   connection holds no buffer.
-//! - Upstream connections per downstream connection: at most `MAX_INSTANCES`; process-wide they
-//!   share `pinned`'s cap, past which a connection is used for one request and closed.
+//! - Upstream connections: an exchange takes the most recently used idle connection to its
+//!   instance from the thread's pool (or opens one) and gives it back when it ended cleanly; at
+//!   most `upstreams::KEEP` idle ones per thread. So the upstream sees about as many connections
+//!   as requests in flight, and an idle client connection holds none.
 
 pub mod chunked;
 pub mod head;
@@ -51,9 +54,6 @@ use tokio::time::{Instant, Sleep};
 use crate::proxy::error::{ProxyError, UpstreamErrorKind};
 use crate::proxy::{record_answer, record_fault, ConnInfo, Proxy};
 use head::{Framing, Head, Plan, UpstreamHead};
-
-/// Upstream instances one downstream connection keeps a connection to.
-const MAX_INSTANCES: usize = 4;
 
 /// The head buffer is kept between requests up to this size (a small head costs no allocation;
 /// a big one's buffer is not held by an idle connection).
@@ -134,20 +134,15 @@ enum Next {
     Fallback,
 }
 
-/// One upstream connection of this downstream connection.
+/// An upstream connection: in use by one exchange, or idle in this thread's `upstreams` pool.
 struct Up {
     authority: Authority,
     stream: TcpStream,
     buf: BytesMut,
-    /// Over the process-wide cap: used for one exchange, then closed.
-    one_shot: bool,
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if !self.one_shot {
-            crate::pinned::release();
-        }
         pool::give(&mut self.buf);
     }
 }
@@ -307,11 +302,10 @@ impl Conn {
         }
         let done = self.relay_body(ui, resp.framing).await;
         drop(slot);
-        let up = &self.ups[ui];
-        if !(done && resp.reusable && up.buf.is_empty() && !up.one_shot) {
-            self.ups.remove(ui);
-        } else {
-            pool::give(&mut self.ups[ui].buf);
+        let mut up = self.ups.remove(ui);
+        if done && resp.reusable && up.buf.is_empty() {
+            pool::give(&mut up.buf);
+            upstreams::give(up);
         }
         done && !close && resp.framing != Framing::Close
     }
@@ -442,22 +436,17 @@ impl Conn {
         }
     }
 
-    /// This connection's upstream connection to `instance`, opened if needed. `true` with a fresh
-    /// one (a request failing on it is not resent).
+    /// An upstream connection to `instance` for this exchange: the most recently used idle one of
+    /// this thread, or a new one (`true`: a request failing on it is not resent).
     async fn upstream(
         &mut self,
         instance: &Authority,
         connect_timeout: Duration,
         timer: Pin<&mut Sleep>,
     ) -> Result<(usize, bool), Failed> {
-        if let Some(i) = self.ups.iter().position(|u| u.authority == *instance) {
-            if !closed(&self.ups[i].stream) {
-                return Ok((i, false));
-            }
-            self.ups.remove(i);
-        }
-        if self.ups.len() >= MAX_INSTANCES {
-            self.ups.remove(0);
+        if let Some(up) = upstreams::take(instance) {
+            self.ups.push(up);
+            return Ok((self.ups.len() - 1, false));
         }
         let connect = TcpStream::connect(instance.as_str());
         let stream = tokio::select! {
@@ -477,7 +466,6 @@ impl Conn {
             authority: instance.clone(),
             stream,
             buf: BytesMut::new(),
-            one_shot: !crate::pinned::reserve(),
         });
         Ok((self.ups.len() - 1, true))
     }
@@ -589,6 +577,49 @@ fn closed(stream: &TcpStream) -> bool {
         Poll::Ready(Ok(r)) => r.is_read_closed() || r.is_error(),
         Poll::Ready(Err(_)) => true,
         Poll::Pending => false,
+    }
+}
+
+/// Per-thread pool of idle upstream connections, most recently used first, as nginx's upstream
+/// `keepalive`: the upstream sees about as many connections as there are requests in flight, not
+/// one per client connection, and an idle client connection holds none.
+mod upstreams {
+    use super::{closed, Up};
+    use http::uri::Authority;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// Idle connections kept per thread; past it the least recently used one is closed.
+    const KEEP: usize = 256;
+
+    thread_local! {
+        static IDLE: RefCell<VecDeque<Up>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    /// The most recently used idle connection to `authority` that the upstream has not closed;
+    /// closed ones met on the way are dropped.
+    pub(super) fn take(authority: &Authority) -> Option<Up> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            while let Some(i) = idle.iter().rposition(|u| u.authority == *authority) {
+                let up = idle.remove(i)?;
+                if !closed(&up.stream) {
+                    return Some(up);
+                }
+            }
+            None
+        })
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly, for the next request to its upstream.
+    pub(super) fn give(up: Up) {
+        let evicted = IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let evicted = (idle.len() >= KEEP).then(|| idle.pop_front()).flatten();
+            idle.push_back(up);
+            evicted
+        });
+        drop(evicted);
     }
 }
 
