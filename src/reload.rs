@@ -77,7 +77,8 @@ pub async fn run(control: Arc<Control>, path: PathBuf, mut shutdown: watch::Rece
     let watcher = {
         let tx = tx.clone();
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Reads are not changes: our own read of the file would otherwise wake us again.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = tx.send(());
             }
         })

@@ -249,7 +249,8 @@ pub async fn watch_certs(
     dirs.sort();
     dirs.dedup();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reads are not changes (reading the files must not wake this watcher or another).
+        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })
