@@ -58,16 +58,13 @@ fn proxy() -> Proxy {
         &Snapshot::empty(),
         &Metrics::new(),
     );
-    Proxy {
-        snapshot: Arc::new(ArcSwap::from_pointee(snap)),
-        clients: flipgate::upstream::Clients::new(
+    Proxy::new(
+        Arc::new(ArcSwap::from_pointee(snap)),
+        flipgate::upstream::Clients::new(
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(60),
         ),
-        tunnels: Default::default(),
-        connections: Default::default(),
-        closed: Default::default(),
-    }
+    )
 }
 
 /// The engine: plan the request (route, split, upstream head), then the response head.

@@ -284,16 +284,13 @@ sticky = "cookie:session"
             &crate::snapshot::Snapshot::empty(),
             &metrics,
         );
-        crate::proxy::Proxy {
-            snapshot: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
-            clients: crate::upstream::Clients::new(
+        crate::proxy::Proxy::new(
+            std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
+            crate::upstream::Clients::new(
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(1),
             ),
-            tunnels: Default::default(),
-            connections: Default::default(),
-            closed: Default::default(),
-        }
+        )
     })
 }
 

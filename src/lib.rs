@@ -131,13 +131,7 @@ impl Gateway {
             clients.clone(),
             rx.clone(),
         ));
-        let proxy = Arc::new(Proxy {
-            snapshot: control.snapshots(),
-            clients,
-            tunnels: Default::default(),
-            connections: Default::default(),
-            closed: Default::default(),
-        });
+        let proxy = Arc::new(Proxy::new(control.snapshots(), clients));
         if let Some((resolver, tls_listener, _)) = tls {
             let config = tls::server_config(resolver.clone());
             tasks.spawn(server::serve(

@@ -158,6 +158,17 @@ pub(crate) fn record_no_healthy(target: &TargetEntry, start: Instant) {
 }
 
 impl Proxy {
+    /// A data path over `snapshot`, with no connection open yet.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, clients: Clients) -> Proxy {
+        Proxy {
+            snapshot,
+            clients,
+            tunnels: Default::default(),
+            connections: Default::default(),
+            closed: Default::default(),
+        }
+    }
+
     /// Serves one request. Never fails: every problem becomes a response.
     pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
