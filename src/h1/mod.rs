@@ -92,7 +92,6 @@ pub async fn serve(
         stream,
         rbuf: BytesMut::new(),
         out: Vec::new(),
-        ups: Vec::new(),
         proxy,
         info,
         settings,
@@ -151,7 +150,6 @@ struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
     out: Vec<u8>,
-    ups: Vec<Up>,
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
     settings: Settings,
@@ -279,7 +277,7 @@ impl Conn {
             ..
         } = f;
         let close = close || self.stop.now();
-        let (ui, resp) = match sent {
+        let (mut up, resp) = match sent {
             Ok(x) => x,
             Err(Failed::Client) => return false,
             Err(Failed::Upstream(kind)) => {
@@ -300,9 +298,8 @@ impl Conn {
             let status = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::OK);
             a.finish(&target, reason, status, start);
         }
-        let done = self.relay_body(ui, resp.framing).await;
+        let done = self.relay_body(&mut up, resp.framing).await;
         drop(slot);
-        let mut up = self.ups.remove(ui);
         if done && resp.reusable && up.buf.is_empty() {
             pool::give(&mut up.buf);
             upstreams::give(up);
@@ -315,7 +312,7 @@ impl Conn {
         &mut self,
         f: &head::Forward,
         mut timer: Pin<&mut Sleep>,
-    ) -> Result<(usize, head::Response), Failed> {
+    ) -> Result<(Up, head::Response), Failed> {
         let instance = &f.instance;
         let (head_method, close, resendable) = (f.head_method, f.close, f.resendable);
         let mut body_left = f.body_len;
@@ -325,13 +322,13 @@ impl Conn {
         body_left -= take as u64;
         let mut retried = false;
         loop {
-            let (ui, fresh) = self
+            let (mut up, fresh) = self
                 .upstream(instance, f.limits.connect_timeout, timer.as_mut())
                 .await?;
             let may_resend = !fresh && resendable && !retried;
             match self
                 .attempt(
-                    ui,
+                    &mut up,
                     &mut body_left,
                     head_method,
                     close,
@@ -340,26 +337,23 @@ impl Conn {
                 )
                 .await
             {
-                Ok(r) => return Ok((ui, r)),
-                // The connection is in an unknown state: never reused.
-                Err(e) => {
-                    self.ups.remove(ui);
-                    match e {
-                        Attempt::Resend => {
-                            tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
-                            retried = true;
-                        }
-                        Attempt::Failed(f) => return Err(f),
+                Ok(r) => return Ok((up, r)),
+                // The connection is in an unknown state: never reused (`up` is dropped).
+                Err(e) => match e {
+                    Attempt::Resend => {
+                        tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
+                        retried = true;
                     }
-                }
+                    Attempt::Failed(f) => return Err(f),
+                },
             }
         }
     }
 
-    /// One try of `send` on upstream connection `ui`.
+    /// One try of `send` on upstream connection `up`.
     async fn attempt(
         &mut self,
-        ui: usize,
+        up: &mut Up,
         body_left: &mut u64,
         head_method: bool,
         close: bool,
@@ -368,7 +362,6 @@ impl Conn {
     ) -> Result<head::Response, Attempt> {
         const TIMEOUT: Attempt = Attempt::Failed(Failed::Upstream(UpstreamErrorKind::Timeout));
         const RESET: Attempt = Attempt::Failed(Failed::Upstream(UpstreamErrorKind::Reset));
-        let up = &mut self.ups[ui];
         let wrote = tokio::select! {
             biased;
             r = up.stream.write_all(&self.out) => r.is_ok(),
@@ -389,7 +382,6 @@ impl Conn {
                 _ = timer.as_mut() => return Err(TIMEOUT),
             };
             let take = (n as u64).min(*body_left) as usize;
-            let up = &mut self.ups[ui];
             let wrote = tokio::select! {
                 biased;
                 r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
@@ -405,7 +397,6 @@ impl Conn {
         loop {
             // Decided when the head is written: a shutdown meanwhile closes after it.
             let close = close || self.stop.now();
-            let up = &mut self.ups[ui];
             if !up.buf.is_empty() {
                 match head::response(&up.buf, &mut self.out, head_method, close) {
                     UpstreamHead::Ready(r) => {
@@ -443,10 +434,9 @@ impl Conn {
         instance: &Authority,
         connect_timeout: Duration,
         timer: Pin<&mut Sleep>,
-    ) -> Result<(usize, bool), Failed> {
+    ) -> Result<(Up, bool), Failed> {
         if let Some(up) = upstreams::take(instance) {
-            self.ups.push(up);
-            return Ok((self.ups.len() - 1, false));
+            return Ok((up, false));
         }
         let connect = TcpStream::connect(instance.as_str());
         let stream = tokio::select! {
@@ -462,24 +452,23 @@ impl Conn {
             _ = timer => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
         };
         let _ = stream.set_nodelay(true);
-        self.ups.push(Up {
+        let up = Up {
             authority: instance.clone(),
             stream,
             buf: BytesMut::new(),
-        });
-        Ok((self.ups.len() - 1, true))
+        };
+        Ok((up, true))
     }
 
-    /// Relays the response body (the head is in `out`) from upstream `ui` to the client. Returns
+    /// Relays the response body (the head is in `out`) from upstream `up` to the client. Returns
     /// whether the whole body was relayed.
-    async fn relay_body(&mut self, ui: usize, framing: Framing) -> bool {
+    async fn relay_body(&mut self, up: &mut Up, framing: Framing) -> bool {
         let mut left = match framing {
             Framing::Length(n) => n,
             _ => 0,
         };
         let mut scanner = chunked::Scanner::default();
         // Whatever part of the body came with the head goes out in the same write.
-        let up = &mut self.ups[ui];
         let Ok((n, mut complete)) = body_part(&up.buf, framing, &mut left, &mut scanner) else {
             return false;
         };
@@ -490,7 +479,6 @@ impl Conn {
         }
         self.out.clear();
         while !complete {
-            let up = &mut self.ups[ui];
             pool::fill(&mut up.buf);
             match read_some(&up.stream, &mut up.buf).await {
                 Ok(n) if n > 0 => {}
