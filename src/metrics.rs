@@ -10,7 +10,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::proxy::error::UpstreamErrorKind;
+use crate::proxy::error::{ClientErrorKind, LocalErrorKind, UpstreamErrorKind};
 
 /// Latency buckets for a proxy: 100 µs .. 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -24,6 +24,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    client_errors: IntCounterVec,
+    local_errors: IntCounterVec,
     pub split_percent: prometheus::GaugeVec,
     pub live_target: IntGaugeVec,
     pub circuit_tripped: IntGaugeVec,
@@ -43,6 +45,10 @@ pub struct TargetMetrics {
     duration: Histogram,
     /// Indexed by `UpstreamErrorKind as usize`.
     errors: [IntCounter; 4],
+    /// The route's `client_errors_total`, indexed by `ClientErrorKind as usize`.
+    client: [IntCounter; 4],
+    /// The route's `local_errors_total`, indexed by `LocalErrorKind as usize`.
+    local: [IntCounter; 2],
     /// Open upgraded tunnels (WebSockets) to this target.
     pub tunnels: IntGauge,
 }
@@ -60,6 +66,18 @@ impl TargetMetrics {
     #[inline]
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// Records a client-side failure on this target's route (never against the target).
+    #[inline]
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client[kind as usize].inc();
+    }
+
+    /// Records a failure of flipgate's own limits or resources on this target's route.
+    #[inline]
+    pub fn local_error(&self, kind: LocalErrorKind) {
+        self.local[kind as usize].inc();
     }
 }
 
@@ -98,6 +116,22 @@ impl Metrics {
                 "Upstream faults counted against a target.",
             ),
             &["route", "target", "kind"],
+        ));
+        let client_errors = must(IntCounterVec::new(
+            opts(
+                "client_errors_total",
+                "Requests that failed on the client's side (bad request, body too large, aborted or \
+                 stalled body), by route and kind; never counted against a target.",
+            ),
+            &["route", "kind"],
+        ));
+        let local_errors = must(IntCounterVec::new(
+            opts(
+                "local_errors_total",
+                "Requests refused by flipgate's own limits or resources (upstream connection limit, \
+                 descriptors), by route and kind; never counted against a target.",
+            ),
+            &["route", "kind"],
         ));
         let split_percent = must(prometheus::GaugeVec::new(
             opts(
@@ -161,6 +195,8 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(client_errors.clone()),
+            Box::new(local_errors.clone()),
             Box::new(split_percent.clone()),
             Box::new(live_target.clone()),
             Box::new(circuit_tripped.clone()),
@@ -187,6 +223,8 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            client_errors,
+            local_errors,
             split_percent,
             live_target,
             circuit_tripped,
@@ -220,6 +258,10 @@ impl Metrics {
                 err("reset"),
                 err("status_5xx"),
             ],
+            client: ClientErrorKind::ALL
+                .map(|k| self.client_errors.with_label_values(&[route, k.label()])),
+            local: LocalErrorKind::ALL
+                .map(|k| self.local_errors.with_label_values(&[route, k.label()])),
             tunnels: self.open_tunnels.with_label_values(&[route, target]),
         }
     }

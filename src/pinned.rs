@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::proxy::body::{RequestBody, RequestBodyError};
-use crate::proxy::error::{ProxyError, UpstreamErrorKind};
+use crate::proxy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
 
 /// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
 /// first.
@@ -66,7 +66,7 @@ impl PinnedError {
     /// the upstream, as `proxy::error::classify` does for the shared clients.
     pub fn classify(&self) -> ProxyError {
         let e = match self {
-            PinnedError::Connect(..) => return ProxyError::Upstream(UpstreamErrorKind::Connect),
+            PinnedError::Connect(_, e) => return connect_error(e),
             PinnedError::ConnectTimeout(_) => {
                 return ProxyError::Upstream(UpstreamErrorKind::Timeout)
             }
@@ -75,10 +75,7 @@ impl PinnedError {
         let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(s) = src {
             if let Some(b) = s.downcast_ref::<RequestBodyError>() {
-                return match b {
-                    RequestBodyError::TooLarge => ProxyError::TooLarge,
-                    RequestBodyError::Client(_) => ProxyError::ClientBody,
-                };
+                return body_error(b);
             }
             src = s.source();
         }

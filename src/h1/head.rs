@@ -8,7 +8,7 @@
 //! `Connection`) are dropped, `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
 //! `proxy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
 //! request body that is chunked or over `MAX_BODY`, `Expect`, upgrades, CONNECT, non-origin-form
-//! targets, repeated `Host` or `Content-Length`, an unparsable head, an upstream over TLS or
+//! targets, repeated `Content-Length`, an unparsable head, an upstream over TLS or
 //! HTTP/2) is `Plan::Fallback`: nothing is consumed and hyper serves the connection from here on,
 //! so its answers (400, 431, 505, …) stay what they were. Nothing here allocates in the common
 //! case; the snapshot guard never leaves `request`.
@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use crate::access_log::Pending;
 use crate::config::Sticky;
-use crate::proxy::headers::{new_request_id, request_id_ok};
-use crate::proxy::{record_no_healthy, ConnInfo, Limits, Proxy};
+use crate::proxy::error::ProxyError;
+use crate::proxy::headers::{new_request_id, request_authority, request_id_ok};
+use crate::proxy::{admit, ConnInfo, Limits, Proxy};
 use crate::snapshot::TargetEntry;
 use crate::split::{cookie_value, random_bucket, Reason};
 use crate::upstream::InflightGuard;
@@ -43,7 +44,7 @@ pub enum Plan {
     Fallback,
     /// Answer locally, consuming `head_len` bytes; `close` when the connection cannot be kept.
     Local {
-        error: crate::proxy::error::ProxyError,
+        error: ProxyError,
         head_len: usize,
         close: bool,
     },
@@ -177,7 +178,6 @@ fn plan(
         return Plan::Fallback;
     }
     let headers = &*req.headers;
-    let mut host: Option<&[u8]> = None;
     let mut body_len: Option<u64> = None;
     let mut conn_fields = [0usize; 4];
     let mut n_conn = 0;
@@ -185,12 +185,6 @@ fn plan(
     for (i, h) in headers.iter().enumerate() {
         let name = h.name;
         match name.len() {
-            4 if is(name, "host") => {
-                if host.is_some() {
-                    return Plan::Fallback;
-                }
-                host = Some(h.value);
-            }
             14 if is(name, "content-length") => {
                 let (None, Some(n)) = (body_len, parse_len(h.value)) else {
                     return Plan::Fallback;
@@ -214,18 +208,23 @@ fn plan(
         }
     }
     let conn_fields = &conn_fields[..n_conn];
+    let declared_body = body_len;
     let body_len = body_len.unwrap_or(0);
+    let hosts = headers
+        .iter()
+        .filter(|h| is(h.name, "host"))
+        .map(|h| h.value);
+    let host = match request_authority(http::Version::HTTP_11, None, hosts) {
+        Ok(host) => host,
+        // The rest of the head is not trusted to frame a body: the connection closes.
+        Err(e) => return local(e, head_len, true, body_len),
+    };
     let host_str = host.and_then(|h| std::str::from_utf8(h).ok());
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
     let snap = proxy.snapshot.load();
     let Some(ri) = snap.router.lookup(host_str, path) else {
-        return local(
-            crate::proxy::error::ProxyError::NoRoute,
-            head_len,
-            close,
-            body_len,
-        );
+        return local(ProxyError::NoRoute, head_len, close, body_len);
     };
     let route = &snap.routes[ri];
     let mut choice = None;
@@ -267,35 +266,10 @@ fn plan(
     let limits = Limits::of(&snap.config.server);
     let access = crate::access_log::sample(&snap.config.log);
     let target_entry = target_entry.clone();
-    let upstream = &target_entry.upstream;
 
-    if limits.max_body_bytes > 0 && body_len > limits.max_body_bytes {
-        return local(
-            crate::proxy::error::ProxyError::TooLarge,
-            head_len,
-            close,
-            body_len,
-        );
-    }
-    let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
-        tracing::debug!(route = %target_entry.route, target = %target_entry.name, "no instance passes its health checks");
-        record_no_healthy(&target_entry, start);
-        return local(
-            crate::proxy::error::ProxyError::NoHealthy,
-            head_len,
-            close,
-            body_len,
-        );
-    };
-    let instance = instance.clone();
-    let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
-        tracing::debug!(route = %target_entry.route, target = %target_entry.name, %instance, "upstream connection limit reached");
-        return local(
-            crate::proxy::error::ProxyError::NoHealthy,
-            head_len,
-            close,
-            body_len,
-        );
+    let (index, instance, slot) = match admit(&target_entry, &limits, declared_body, start) {
+        Ok((index, instance, slot)) => (index, instance.clone(), slot),
+        Err(e) => return local(e, head_len, close, body_len),
     };
 
     // The upstream's request head. Fields the client's `Connection` lists are dropped, except
@@ -395,12 +369,7 @@ fn plan(
     })
 }
 
-fn local(
-    error: crate::proxy::error::ProxyError,
-    head_len: usize,
-    close: bool,
-    body_len: u64,
-) -> Plan {
+fn local(error: ProxyError, head_len: usize, close: bool, body_len: u64) -> Plan {
     // The body of a refused request is not read: the connection cannot be reused after it.
     Plan::Local {
         error,

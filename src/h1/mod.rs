@@ -51,8 +51,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::error::{ProxyError, UpstreamErrorKind};
-use crate::proxy::{record_answer, record_fault, ConnInfo, Proxy};
+use crate::proxy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
+use crate::proxy::{record_answer, record_error, ConnInfo, Proxy};
 use head::{Framing, Head, Plan, UpstreamHead};
 
 /// The head buffer is kept between requests up to this size (a small head costs no allocation;
@@ -138,6 +138,8 @@ struct Up {
     authority: Authority,
     stream: TcpStream,
     buf: BytesMut,
+    /// When it last went idle (into the pool).
+    idle_since: Instant,
 }
 
 impl Drop for Up {
@@ -168,8 +170,9 @@ enum Attempt {
 
 /// Why an exchange ended without a response from the upstream.
 enum Failed {
-    /// The upstream failed before its response head: answer with an error.
-    Upstream(UpstreamErrorKind),
+    /// Answer with this error (the upstream failed before its response head, the client stopped
+    /// sending its body, or a local resource ran out).
+    Answer(ProxyError),
     /// The client went away or broke its side: nothing to answer.
     Client,
 }
@@ -279,11 +282,14 @@ impl Conn {
         let close = close || self.stop.now();
         let (mut up, resp) = match sent {
             Ok(x) => x,
-            Err(Failed::Client) => return false,
-            Err(Failed::Upstream(kind)) => {
-                tracing::debug!(route = %target.route, target = %target.name, %instance, ?kind, "upstream request failed");
-                record_fault(&target, index, &limits, kind, start);
-                let e = ProxyError::Upstream(kind);
+            Err(Failed::Client) => {
+                let e = ProxyError::Client(ClientErrorKind::BodyAborted);
+                record_error(&target, index, &limits, e, start);
+                return false;
+            }
+            Err(Failed::Answer(e)) => {
+                tracing::debug!(route = %target.route, target = %target.name, %instance, ?e, "upstream request failed");
+                record_error(&target, index, &limits, e, start);
                 if let Some(a) = access {
                     a.finish(&target, reason, e.status(), start);
                 }
@@ -322,9 +328,7 @@ impl Conn {
         body_left -= take as u64;
         let mut retried = false;
         loop {
-            let (mut up, fresh) = self
-                .upstream(instance, f.limits.connect_timeout, timer.as_mut())
-                .await?;
+            let (mut up, fresh) = self.upstream(instance, &f.limits, timer.as_mut()).await?;
             let may_resend = !fresh && resendable && !retried;
             match self
                 .attempt(
@@ -360,8 +364,16 @@ impl Conn {
         may_resend: bool,
         mut timer: Pin<&mut Sleep>,
     ) -> Result<head::Response, Attempt> {
-        const TIMEOUT: Attempt = Attempt::Failed(Failed::Upstream(UpstreamErrorKind::Timeout));
-        const RESET: Attempt = Attempt::Failed(Failed::Upstream(UpstreamErrorKind::Reset));
+        const TIMEOUT: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Upstream(
+            UpstreamErrorKind::Timeout,
+        )));
+        const RESET: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Upstream(
+            UpstreamErrorKind::Reset,
+        )));
+        // The deadline passing while flipgate waits on the client's body is the client's fault.
+        const BODY_TIMEOUT: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Client(
+            ClientErrorKind::BodyTimeout,
+        )));
         let wrote = tokio::select! {
             biased;
             r = up.stream.write_all(&self.out) => r.is_ok(),
@@ -379,7 +391,7 @@ impl Conn {
                     Ok(0) | Err(_) => return Err(Attempt::Failed(Failed::Client)),
                     Ok(n) => n,
                 },
-                _ = timer.as_mut() => return Err(TIMEOUT),
+                _ = timer.as_mut() => return Err(BODY_TIMEOUT),
             };
             let take = (n as u64).min(*body_left) as usize;
             let wrote = tokio::select! {
@@ -432,30 +444,31 @@ impl Conn {
     async fn upstream(
         &mut self,
         instance: &Authority,
-        connect_timeout: Duration,
+        limits: &crate::proxy::Limits,
         timer: Pin<&mut Sleep>,
     ) -> Result<(Up, bool), Failed> {
-        if let Some(up) = upstreams::take(instance) {
+        if let Some(up) = upstreams::take(instance, limits.pool_idle_timeout) {
             return Ok((up, false));
         }
         let connect = TcpStream::connect(instance.as_str());
         let stream = tokio::select! {
             biased;
-            r = tokio::time::timeout(connect_timeout, connect) => match r {
+            r = tokio::time::timeout(limits.connect_timeout, connect) => match r {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%instance, error = %e, "upstream connect failed");
-                    return Err(Failed::Upstream(UpstreamErrorKind::Connect));
+                    return Err(Failed::Answer(connect_error(&e)));
                 }
-                Err(_) => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+                Err(_) => return Err(Failed::Answer(ProxyError::Upstream(UpstreamErrorKind::Timeout))),
             },
-            _ = timer => return Err(Failed::Upstream(UpstreamErrorKind::Timeout)),
+            _ = timer => return Err(Failed::Answer(ProxyError::Upstream(UpstreamErrorKind::Timeout))),
         };
         let _ = stream.set_nodelay(true);
         let up = Up {
             authority: instance.clone(),
             stream,
             buf: BytesMut::new(),
+            idle_since: Instant::now(),
         };
         Ok((up, true))
     }
@@ -556,15 +569,23 @@ fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     }
 }
 
-/// Whether an idle upstream connection was closed by its peer (or reset), as far as the reactor
-/// has already seen: a check that costs no system call.
-fn closed(stream: &TcpStream) -> bool {
+/// Whether an idle upstream connection can carry a new request: the peer has not closed or reset
+/// it, and has sent nothing since its last response ended. Bytes that arrive while no request is
+/// outstanding (a second response from a buggy upstream, an unsolicited 408 before an idle close,
+/// a late body for a HEAD) would be read as the next request's answer by another client: any
+/// readability disqualifies the connection, as hyper's pool and Pingora's idle check do. Costs no
+/// system call while the reactor has seen nothing; when it has, one non-blocking read decides
+/// (a stale readiness reads `WouldBlock`, which also clears it).
+fn idle_usable(stream: &TcpStream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     let mut ready = pin!(stream.ready(Interest::READABLE));
     match ready.as_mut().poll(&mut cx) {
-        Poll::Ready(Ok(r)) => r.is_read_closed() || r.is_error(),
-        Poll::Ready(Err(_)) => true,
-        Poll::Pending => false,
+        Poll::Pending => true,
+        Poll::Ready(Ok(r)) if !r.is_read_closed() && !r.is_error() => matches!(
+            stream.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ),
+        Poll::Ready(_) => false,
     }
 }
 
@@ -572,10 +593,12 @@ fn closed(stream: &TcpStream) -> bool {
 /// `keepalive`: the upstream sees about as many connections as there are requests in flight, not
 /// one per client connection, and an idle client connection holds none.
 mod upstreams {
-    use super::{closed, Up};
+    use super::{idle_usable, Up};
     use http::uri::Authority;
     use std::cell::RefCell;
     use std::collections::VecDeque;
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     /// Idle connections kept per thread; past it the least recently used one is closed.
     const KEEP: usize = 256;
@@ -584,23 +607,36 @@ mod upstreams {
         static IDLE: RefCell<VecDeque<Up>> = const { RefCell::new(VecDeque::new()) };
     }
 
-    /// The most recently used idle connection to `authority` that the upstream has not closed;
-    /// closed ones met on the way are dropped.
-    pub(super) fn take(authority: &Authority) -> Option<Up> {
-        IDLE.with(|idle| {
+    /// The most recently used idle connection to `authority` that is still usable (`idle_usable`)
+    /// and has been idle less than `max_idle`; unusable ones met on the way, and every connection
+    /// of the thread idle for `max_idle` or more (they sit oldest first), are closed.
+    pub(super) fn take(authority: &Authority, max_idle: Duration) -> Option<Up> {
+        let now = Instant::now();
+        let mut dropped = Vec::new();
+        let found = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
+            while idle
+                .front()
+                .is_some_and(|u| now.saturating_duration_since(u.idle_since) >= max_idle)
+            {
+                dropped.extend(idle.pop_front());
+            }
             while let Some(i) = idle.iter().rposition(|u| u.authority == *authority) {
                 let up = idle.remove(i)?;
-                if !closed(&up.stream) {
+                if idle_usable(&up.stream) {
                     return Some(up);
                 }
+                dropped.push(up);
             }
             None
-        })
+        });
+        drop(dropped);
+        found
     }
 
     /// Keeps a connection whose last exchange ended cleanly, for the next request to its upstream.
-    pub(super) fn give(up: Up) {
+    pub(super) fn give(mut up: Up) {
+        up.idle_since = Instant::now();
         let evicted = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let evicted = (idle.len() >= KEEP).then(|| idle.pop_front()).flatten();

@@ -6,8 +6,13 @@
 //! counting frame lengths, so a body without `Content-Length` is cut off at the limit with
 //! `RequestBodyError::TooLarge`, which the proxy answers with 413 without blaming the target. A
 //! response body holds the upstream in-flight slot until it is finished or dropped.
+//! `BodyWatch` tells, when the exchange's deadline passes, whether flipgate was waiting on the
+//! client's body (the client's fault: 408) or on the upstream (504): the last poll of the client's
+//! body was pending, versus the upstream not taking more.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -33,15 +38,33 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     /// Bytes still allowed; `u64::MAX` when unlimited.
     remaining: u64,
+    /// Whether the last poll of the client's body was pending (shared with `BodyWatch`).
+    waiting: Option<Arc<AtomicBool>>,
+}
+
+/// Whether an exchange is waiting on the client's request body. Empty (no allocation) for a
+/// request without a body.
+#[derive(Default)]
+pub struct BodyWatch(Option<Arc<AtomicBool>>);
+
+impl BodyWatch {
+    /// True when the body is unfinished and the client has not sent what was last asked for.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.as_ref().is_some_and(|w| w.load(Ordering::Relaxed))
+    }
 }
 
 impl RequestBody {
-    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited).
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
-        RequestBody {
+    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited), and a watch on it.
+    pub fn new(inner: Incoming, limit: u64) -> (RequestBody, BodyWatch) {
+        let waiting = (!inner.is_end_stream()).then(Arc::default);
+        let watch = BodyWatch(waiting.clone());
+        let body = RequestBody {
             inner: Some(inner),
             remaining: if limit == 0 { u64::MAX } else { limit },
-        }
+            waiting,
+        };
+        (body, watch)
     }
 
     /// No body (used to resend a bodyless request once after an idle-connection race).
@@ -49,6 +72,7 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
+            waiting: None,
         }
     }
 }
@@ -65,7 +89,11 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let r = Pin::new(inner).poll_frame(cx);
+        if let Some(w) = &this.waiting {
+            w.store(r.is_pending(), Ordering::Relaxed);
+        }
+        match r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;

@@ -1,7 +1,10 @@
 //! Errors of the data path, classified by which side failed, and their status codes.
 //!
-//! Invariants: only `Upstream` errors count against a target (metrics and circuit); client-side
-//! problems (bad requests, no route) never do. Every error maps to exactly one status code, here.
+//! Invariants: only `Upstream` errors count against a target (instance health, the circuit window,
+//! `upstream_errors_total`). A client that sends a bad request, stalls or goes away (`Client`) and
+//! flipgate's own limits and resources (`Local`) are counted in their own families
+//! (`client_errors_total`, `local_errors_total`) and never trip or eject anything. Every error
+//! maps to exactly one status code and one body, here.
 
 use http::StatusCode;
 
@@ -18,21 +21,74 @@ pub enum UpstreamErrorKind {
     Status5xx = 3,
 }
 
+/// Kinds of client-side failure, as in `client_errors_total{kind}` (discriminant = handle index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// The request cannot be forwarded as it is (e.g. a missing or invalid `Host`).
+    BadRequest = 0,
+    /// The request body is over `server.max_body_bytes`.
+    TooLarge = 1,
+    /// The client's request body broke off or was malformed mid-stream.
+    BodyAborted = 2,
+    /// The client stopped sending its request body: the exchange's deadline passed while
+    /// flipgate was waiting on the client.
+    BodyTimeout = 3,
+}
+
+impl ClientErrorKind {
+    pub const ALL: [ClientErrorKind; 4] = [
+        ClientErrorKind::BadRequest,
+        ClientErrorKind::TooLarge,
+        ClientErrorKind::BodyAborted,
+        ClientErrorKind::BodyTimeout,
+    ];
+
+    /// The `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientErrorKind::BadRequest => "bad_request",
+            ClientErrorKind::TooLarge => "too_large",
+            ClientErrorKind::BodyAborted => "body_aborted",
+            ClientErrorKind::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+/// Kinds of failure of flipgate's own limits or resources, as in `local_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalErrorKind {
+    /// `server.max_upstream_connections` reached for the picked instance.
+    Busy = 0,
+    /// The process or the host ran out of something a connection needs (descriptors, memory,
+    /// ephemeral ports): `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL`.
+    Resources = 1,
+}
+
+impl LocalErrorKind {
+    pub const ALL: [LocalErrorKind; 2] = [LocalErrorKind::Busy, LocalErrorKind::Resources];
+
+    /// The `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            LocalErrorKind::Busy => "busy",
+            LocalErrorKind::Resources => "resources",
+        }
+    }
+}
+
 /// Why flipgate answered a request itself instead of relaying the upstream's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
-    /// No route matches host and path: the client's side.
+    /// No route matches host and path: the client's side (no target to count it for).
     NoRoute,
-    /// The request cannot be forwarded as it is: the client's side.
-    BadRequest,
+    /// The client's side.
+    Client(ClientErrorKind),
     /// The upstream failed: counts against the target.
     Upstream(UpstreamErrorKind),
-    /// No instance of the target can take the request (e.g. `max_upstream_connections` reached).
+    /// No instance of the target passes its health checks.
     NoHealthy,
-    /// The request body is over `server.max_body_bytes`: the client's side.
-    TooLarge,
-    /// The client's request body failed mid-stream: the client's side.
-    ClientBody,
+    /// flipgate's own limits or resources.
+    Local(LocalErrorKind),
 }
 
 impl ProxyError {
@@ -40,12 +96,12 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::Client(ClientErrorKind::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Client(ClientErrorKind::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::NoHealthy => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::NoHealthy | ProxyError::Local(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -53,36 +109,83 @@ impl ProxyError {
     pub fn body(self) -> &'static str {
         match self {
             ProxyError::NoRoute => "flipgate: no route for this host and path\n",
-            ProxyError::BadRequest => "flipgate: bad request\n",
+            ProxyError::Client(ClientErrorKind::BadRequest) => "flipgate: bad request\n",
+            ProxyError::Client(ClientErrorKind::TooLarge) => "flipgate: request body too large\n",
+            ProxyError::Client(ClientErrorKind::BodyAborted) => {
+                "flipgate: request body could not be read\n"
+            }
+            ProxyError::Client(ClientErrorKind::BodyTimeout) => {
+                "flipgate: request body not received in time\n"
+            }
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
                 "flipgate: upstream refused the connection\n"
             }
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => "flipgate: upstream timed out\n",
             ProxyError::Upstream(_) => "flipgate: upstream closed the connection\n",
             ProxyError::NoHealthy => "flipgate: no healthy upstream instance\n",
-            ProxyError::TooLarge => "flipgate: request body too large\n",
-            ProxyError::ClientBody => "flipgate: request body could not be read\n",
+            ProxyError::Local(LocalErrorKind::Busy) => {
+                "flipgate: too many requests in flight to the upstream\n"
+            }
+            ProxyError::Local(LocalErrorKind::Resources) => "flipgate: out of local resources\n",
         }
     }
 }
 
+/// Whether a failed connect was flipgate's own resources running out (not the upstream's fault).
+pub fn is_local_resource(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::OutOfMemory | std::io::ErrorKind::AddrNotAvailable
+        )
+    }
+}
+
+/// The error for a failed connect to an upstream.
+pub fn connect_error(e: &std::io::Error) -> ProxyError {
+    if is_local_resource(e) {
+        ProxyError::Local(LocalErrorKind::Resources)
+    } else if e.kind() == std::io::ErrorKind::TimedOut {
+        ProxyError::Upstream(UpstreamErrorKind::Timeout)
+    } else {
+        ProxyError::Upstream(UpstreamErrorKind::Connect)
+    }
+}
+
+/// The error for a failed request body, by its cause: the client's side either way.
+pub fn body_error(e: &RequestBodyError) -> ProxyError {
+    ProxyError::Client(match e {
+        RequestBodyError::TooLarge => ClientErrorKind::TooLarge,
+        RequestBodyError::Client(_) => ClientErrorKind::BodyAborted,
+    })
+}
+
 /// Classifies a failed upstream exchange by side: a fault of the client's request body (too
-/// large, aborted) is the client's and never counts against the target; everything else is the
-/// upstream's: connect failures, timeouts (TCP or TLS), and resets or early closes.
+/// large, aborted) is the client's and never counts against the target, nor does running out of
+/// local resources on connect; everything else is the upstream's: connect failures, timeouts (TCP
+/// or TLS), and resets or early closes.
 pub fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let mut timed_out = false;
     while let Some(s) = src {
         if let Some(b) = s.downcast_ref::<RequestBodyError>() {
-            return match b {
-                RequestBodyError::TooLarge => ProxyError::TooLarge,
-                RequestBodyError::Client(_) => ProxyError::ClientBody,
-            };
+            return body_error(b);
         }
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             timed_out |= matches!(c, ConnectError::TlsTimeout);
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if is_local_resource(io) {
+                return ProxyError::Local(LocalErrorKind::Resources);
+            }
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
         }
         // The HTTP connector reports its own timeout as text only.

@@ -9,6 +9,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::error::{ClientErrorKind, ProxyError};
+
 /// Headers that are always connection-specific.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -25,6 +27,36 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The authority a request is for, the one rule both engines apply (RFC 9112 §3.2 and §3.2.2,
+/// RFC 9113 §8.3.1): more than one `Host`, a `Host` that is not a valid authority, or an HTTP/1.1
+/// request without `Host` is a bad request (400, as nginx answers); otherwise the request-target's
+/// authority (absolute form, or HTTP/2's `:authority`) wins over `Host`, so a request is routed
+/// by the same authority its upstream receives. `None`: the request names no authority (HTTP/1.0
+/// or HTTP/2 without one); the upstream then gets the instance's address as `Host`.
+pub fn request_authority<'a>(
+    version: http::Version,
+    target: Option<&'a [u8]>,
+    mut hosts: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<&'a [u8]>, ProxyError> {
+    const BAD: ProxyError = ProxyError::Client(ClientErrorKind::BadRequest);
+    let host = hosts.next();
+    if hosts.next().is_some() || host.is_some_and(|h| !valid_authority(h)) {
+        return Err(BAD);
+    }
+    if host.is_none() && version == http::Version::HTTP_11 {
+        return Err(BAD);
+    }
+    Ok(target.or(host))
+}
+
+/// Whether `v` is a `Host` value: `uri-host [ ":" port ]` (RFC 3986 §3.2.2), by its characters
+/// (unreserved, percent-encoded, sub-delims, `:` and the IP-literal brackets). No path, query,
+/// fragment, userinfo or whitespace.
+pub fn valid_authority(v: &[u8]) -> bool {
+    v.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
 
 /// Whether the message asks for a protocol upgrade (WebSocket and the like).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {

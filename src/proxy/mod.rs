@@ -24,10 +24,11 @@ use tokio::time::Instant;
 use crate::health::Outlier;
 use crate::snapshot::{Snapshot, TargetEntry};
 use crate::split::{random_bucket, Reason};
-use crate::upstream::Clients;
+use crate::upstream::{Clients, InflightGuard};
 pub use body::ProxyBody;
 use body::RequestBody;
-use error::{classify, ProxyError, UpstreamErrorKind};
+use error::{classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind};
+use http::uri::Authority;
 
 /// Everything the data path needs, shared by all connections.
 pub struct Proxy {
@@ -84,6 +85,8 @@ fn local(e: ProxyError) -> Response<ProxyBody> {
 pub struct Limits {
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long an idle upstream connection may wait in a pool for its next request.
+    pub pool_idle_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_upstream_connections: usize,
     pub tunnel_after_flip: Option<Duration>,
@@ -95,6 +98,7 @@ impl Limits {
         Limits {
             timeout: s.upstream_timeout,
             connect_timeout: s.connect_timeout,
+            pool_idle_timeout: s.pool_idle_timeout,
             max_body_bytes: s.max_body_bytes,
             max_upstream_connections: s.max_upstream_connections,
             tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
@@ -128,33 +132,71 @@ pub(crate) fn record_answer(
     target.metrics.record(status, elapsed.as_secs_f64());
 }
 
-/// Records an upstream fault (no answer) against its target: instance health, the circuit window
-/// and the metrics, under the status the client gets.
-pub(crate) fn record_fault(
+/// Records a request flipgate answered itself (or, with the client gone, did not answer) by the
+/// side that failed: an upstream fault against the target (instance health, the circuit window,
+/// `upstream_errors_total`, `requests_total` under the status the client gets), no healthy
+/// instance against the target's window, and a client's or flipgate's own failure only in
+/// `client_errors_total` / `local_errors_total`. The one recording rule of both engines.
+pub(crate) fn record_error(
     target: &TargetEntry,
     index: usize,
     limits: &Limits,
-    kind: UpstreamErrorKind,
+    e: ProxyError,
     start: Instant,
 ) {
     let elapsed = start.elapsed();
-    let now_ms = crate::clock::now_ms();
-    target.upstream.health[index].record(true, now_ms, &limits.outlier);
-    target.metrics.upstream_error(kind);
-    target
-        .window
-        .record(now_ms, true, elapsed.as_millis() as u64);
-    let status = ProxyError::Upstream(kind).status().as_u16();
-    target.metrics.record(status, elapsed.as_secs_f64());
+    match e {
+        ProxyError::Upstream(kind) => {
+            let now_ms = crate::clock::now_ms();
+            target.upstream.health[index].record(true, now_ms, &limits.outlier);
+            target.metrics.upstream_error(kind);
+            target
+                .window
+                .record(now_ms, true, elapsed.as_millis() as u64);
+            target
+                .metrics
+                .record(e.status().as_u16(), elapsed.as_secs_f64());
+        }
+        ProxyError::NoHealthy => {
+            target.window.record(crate::clock::now_ms(), true, 0);
+            target
+                .metrics
+                .record(e.status().as_u16(), elapsed.as_secs_f64());
+        }
+        ProxyError::Client(kind) => target.metrics.client_error(kind),
+        ProxyError::Local(kind) => target.metrics.local_error(kind),
+        ProxyError::NoRoute => {}
+    }
 }
 
-/// Records that no instance of a target could take a request (all fail their active checks).
-pub(crate) fn record_no_healthy(target: &TargetEntry, start: Instant) {
-    target.window.record(crate::clock::now_ms(), true, 0);
-    target.metrics.record(
-        ProxyError::NoHealthy.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+/// Admits a request to `target`, the one admission rule of both engines: a declared body over
+/// `max_body_bytes` is refused before any upstream work, then an instance that passes its checks
+/// is picked and an in-flight slot taken. A refusal is recorded (`record_error`) and returned.
+pub(crate) fn admit<'t>(
+    target: &'t TargetEntry,
+    limits: &Limits,
+    declared_body: Option<u64>,
+    start: Instant,
+) -> Result<(usize, &'t Authority, Option<InflightGuard>), ProxyError> {
+    let refuse = |e: ProxyError, index: usize| {
+        record_error(target, index, limits, e, start);
+        Err(e)
+    };
+    if limits.max_body_bytes > 0 && declared_body.is_some_and(|n| n > limits.max_body_bytes) {
+        return refuse(ProxyError::Client(ClientErrorKind::TooLarge), 0);
+    }
+    let upstream = &target.upstream;
+    let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
+        tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
+        return refuse(ProxyError::NoHealthy, 0);
+    };
+    match upstream.acquire(index, limits.max_upstream_connections) {
+        Ok(slot) => Ok((index, instance, slot)),
+        Err(_) => {
+            tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
+            refuse(ProxyError::Local(LocalErrorKind::Busy), index)
+        }
+    }
 }
 
 impl Proxy {
@@ -172,14 +214,22 @@ impl Proxy {
     /// Serves one request. Never fails: every problem becomes a response.
     pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
+        // The authority the request is for (`headers::request_authority`): absolute form or
+        // `:authority` over `Host`; `None` for an HTTP/1.0 request without one.
+        let host = {
+            let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+            let hosts = req.headers().get_all(header::HOST).iter();
+            match headers::request_authority(req.version(), target, hosts.map(|v| v.as_bytes())) {
+                Err(e) => return local(e),
+                Ok(None) => None,
+                Ok(Some(_)) if target.is_none() => req.headers().get(header::HOST).cloned(),
+                Ok(Some(a)) => HeaderValue::from_bytes(a).ok(),
+            }
+        };
         let (target, reason, limits, access) = {
             let snap = self.snapshot.load();
-            let host = req.uri().host().or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
-            let Some(ri) = snap.router.lookup(host, req.uri().path()) else {
+            let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+            let Some(ri) = snap.router.lookup(host_str, req.uri().path()) else {
                 return local(ProxyError::NoRoute);
             };
             let route = &snap.routes[ri];
@@ -205,10 +255,10 @@ impl Proxy {
             )
         };
         let Some(format) = access else {
-            return self.forward(req, conn, &target, limits, start).await;
+            return self.forward(req, host, conn, &target, limits, start).await;
         };
         let log = crate::access_log::Pending::start(format, &mut req, conn.peer.ip());
-        let resp = self.forward(req, conn, &target, limits, start).await;
+        let resp = self.forward(req, host, conn, &target, limits, start).await;
         log.finish(&target, reason, resp.status(), start);
         resp
     }
@@ -216,6 +266,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
+        host: Option<HeaderValue>,
         conn: &ConnInfo,
         target: &Arc<TargetEntry>,
         limits: Limits,
@@ -223,51 +274,37 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         // A declared length over the limit is refused before any upstream work; an undeclared
         // one is cut off by `RequestBody` while streaming.
-        if limits.max_body_bytes > 0 {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limits.max_body_bytes) {
-                return local(ProxyError::TooLarge);
-            }
-        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (index, instance, slot) = match admit(target, &limits, declared, start) {
+            Ok(x) => x,
+            Err(e) => return local(e),
+        };
         let upstream = &target.upstream;
         // HTTP/2 has no `Upgrade`: to an HTTP/2 upstream the request goes as a plain one (its
         // upgrade headers stripped) and whatever it answers is relayed.
         let upgrade = !upstream.http2 && headers::is_upgrade(req.headers());
         let version = req.version();
-        let host = match req.headers().get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
         {
             let h = req.headers_mut();
             headers::strip_hop_by_hop(h, upgrade, upstream.http2);
             headers::set_forwarded(h, &conn.peer_header, conn.https, host.clone());
             headers::add_via(h, version);
             headers::ensure_request_id(h);
-            if let Some(host) = host {
-                if upstream.http2 {
-                    h.remove(header::HOST);
-                } else {
+            if upstream.http2 {
+                h.remove(header::HOST);
+            } else {
+                // A request that names no authority (HTTP/1.0) gets the instance's, as nginx
+                // sends its upstream's: HTTP/1.1 requires a Host.
+                let host = host.or_else(|| HeaderValue::from_str(instance.as_str()).ok());
+                if let Some(host) = host {
                     h.insert(header::HOST, host);
                 }
             }
         }
-        let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
-            tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
-            record_no_healthy(target, start);
-            return local(ProxyError::NoHealthy);
-        };
-        let Ok(slot) = upstream.acquire(index, limits.max_upstream_connections) else {
-            tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
-            return local(ProxyError::NoHealthy);
-        };
         let path = req.uri_mut().path_and_query().cloned();
         // HTTP/1 downstream to a plain HTTP/1.1 upstream: this connection's own upstream
         // connection (see `pinned`), which takes an origin-form request target.
@@ -298,7 +335,14 @@ impl Proxy {
                         req.headers().clone(),
                     )
                 });
-        let mut req = req.map(|b| RequestBody::new(b, limits.max_body_bytes));
+        let (parts, body) = req.into_parts();
+        let (body, watch) = RequestBody::new(body, limits.max_body_bytes);
+        let mut req = Request::from_parts(parts, body);
+        // The deadline passing while flipgate waits on the client's body is the client's fault.
+        let timed_out = || match watch.waiting_on_client() {
+            true => ProxyError::Client(ClientErrorKind::BodyTimeout),
+            false => ProxyError::Upstream(UpstreamErrorKind::Timeout),
+        };
 
         let client = self.clients.for_upstream(upstream);
         let deadline = start + limits.timeout;
@@ -320,10 +364,7 @@ impl Proxy {
                         tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
                         return self.fail(target, index, &limits, e.classify(), start);
                     }
-                    Err(_) => {
-                        let timeout = ProxyError::Upstream(UpstreamErrorKind::Timeout);
-                        return self.fail(target, index, &limits, timeout, start);
-                    }
+                    Err(_) => return self.fail(target, index, &limits, timed_out(), start),
                     // No room for another pinned connection: the shared pool takes it.
                     Ok(Err(back)) => {
                         req = back;
@@ -351,10 +392,7 @@ impl Proxy {
                 tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
                 return self.fail(target, index, &limits, classify(&e), start);
             }
-            Err(_) => {
-                let timeout = ProxyError::Upstream(UpstreamErrorKind::Timeout);
-                return self.fail(target, index, &limits, timeout, start);
-            }
+            Err(_) => return self.fail(target, index, &limits, timed_out(), start),
         };
         self.relay(
             resp,
@@ -407,8 +445,7 @@ impl Proxy {
         Response::from_parts(parts, ProxyBody::Upstream(body, slot))
     }
 
-    /// Answers a failed upstream exchange. Only upstream faults count against the target (its
-    /// metrics, circuit window and the instance's health); client-side errors are answered as such.
+    /// Answers a failed upstream exchange, recorded by the side that failed (`record_error`).
     fn fail(
         &self,
         target: &TargetEntry,
@@ -417,9 +454,7 @@ impl Proxy {
         e: ProxyError,
         start: Instant,
     ) -> Response<ProxyBody> {
-        if let ProxyError::Upstream(kind) = e {
-            record_fault(target, index, limits, kind, start);
-        }
+        record_error(target, index, limits, e, start);
         local(e)
     }
 }
