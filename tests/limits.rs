@@ -380,3 +380,188 @@ async fn upstream_tls_handshake_is_bounded_by_the_connect_timeout() {
     );
     gw.stop().await;
 }
+
+/// Window totals of target `name` of route `bot`, as the circuit sees them.
+fn window(gw: &Gw, name: &str) -> flipgate::circuit::window::Totals {
+    let snap = gw.gateway.as_ref().unwrap().control.snapshots().load_full();
+    let route = snap.route("bot").unwrap();
+    let t = route.targets.iter().find(|t| &*t.name == name).unwrap();
+    t.window.totals(flipgate::clock::now_ms())
+}
+
+/// Issue 10 item 4: a client that stops sending its request body gets 408 (not 504) when the
+/// exchange's deadline passes, and it counts as a client error: nothing against the target, so
+/// such clients can never trip the circuit. A small body (the HTTP/1.1 engine relays it) and a
+/// large one (hyper's path) alike.
+#[tokio::test]
+async fn stalled_request_body_is_408_and_never_blamed_on_the_target() {
+    let blue = spawn_upstream("blue").await;
+    let cfg = config("blue", &[("blue", blue.addr)], "")
+        .replace("upstream_timeout = \"5s\"", "upstream_timeout = \"300ms\"");
+    let gw = Gw::start(&cfg).await;
+    for declared in [100, 1_000_000] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!("POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: {declared}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(b"0123456789").await.unwrap();
+        let mut out = vec![0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut out))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{declared}: {text}");
+    }
+    let errors = metric(&gw, "flipgate_upstream_errors_total", "target=\"blue\"").await;
+    assert_eq!(errors, 0.0, "nothing counted against the target");
+    assert_eq!(
+        metric(&gw, "flipgate_client_errors_total", "kind=\"body_timeout\"").await,
+        2.0
+    );
+    assert_eq!(
+        window(&gw, "blue").errors,
+        0,
+        "the circuit window saw no error"
+    );
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+/// Issue 10 item 4: flipgate running out of descriptors (EMFILE on connect) is its own fault: the
+/// client gets 503, `local_errors_total{kind="resources"}` counts it, and nothing is counted
+/// against the target. A real process whose descriptor limit is lowered, while it runs, to the
+/// descriptors it has open.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_blames_no_target() {
+    use support::proc::Proc;
+    // An upstream that closes after every answer, so every request needs a new connection, and
+    // counts the connections flipgate has closed on its side.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let closes = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let closes = closes.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+                while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+                closes.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    write_atomic(&file, &config("blue", &[("blue", up)], ""));
+    let p = Proc::start(&file);
+    let pid = p.child.id() as i32;
+    let fds = move || -> Vec<usize> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+
+    async fn call(s: &mut TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "connection closed: {text}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    assert!(call(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Quiet: the upstream connection is closed, only the client's is open.
+    wait_until("flipgate closed its upstream connection", DEADLINE, || {
+        let closed = closed.clone();
+        async move { closed.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    // Every new descriptor now fails with EMFILE: the limit is the lowest free number.
+    let open = fds();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let low = libc::rlimit {
+        rlim_cur: lowest_free as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain system calls on valid pointers to local structs.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
+            0
+        );
+        let low = libc::rlimit {
+            rlim_max: old.rlim_max,
+            ..low
+        };
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()),
+            0
+        );
+    }
+    let r = call(&mut s).await;
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()),
+            0
+        );
+    }
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    let metrics = get(&client(), &p.admin_url("/metrics"), &[]).await.text();
+    let sum = |family: &str, filter: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(family) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        sum("flipgate_local_errors_total", "kind=\"resources\""),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(sum("flipgate_upstream_errors_total", ""), 0.0, "{metrics}");
+    // Recovered.
+    assert!(call(&mut s).await.starts_with("HTTP/1.1 200"));
+}

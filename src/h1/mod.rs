@@ -691,3 +691,52 @@ mod pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: an `Up` for the pool and the upstream's end of it.
+    async fn pair() -> (Up, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = l.accept().await.unwrap();
+        let up = Up {
+            authority: addr.to_string().parse().unwrap(),
+            stream,
+            buf: BytesMut::new(),
+            idle_since: Instant::now(),
+        };
+        (up, peer)
+    }
+
+    /// `pool_idle_timeout` is honoured: a connection idle that long is closed, not reused.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_expire_after_pool_idle_timeout() {
+        let idle = Duration::from_secs(90);
+        let (up, _peer) = pair().await;
+        let authority = up.authority.clone();
+        upstreams::give(up);
+        tokio::time::advance(idle - Duration::from_secs(1)).await;
+        let up = upstreams::take(&authority, idle).expect("still fresh");
+        upstreams::give(up);
+        tokio::time::advance(idle).await;
+        assert!(upstreams::take(&authority, idle).is_none(), "expired");
+    }
+
+    /// An idle connection on which the upstream wrote anything is never handed out.
+    #[tokio::test]
+    async fn an_idle_connection_that_became_readable_is_discarded() {
+        let (up, mut peer) = pair().await;
+        let authority = up.authority.clone();
+        peer.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            .await
+            .unwrap();
+        up.stream.readable().await.unwrap();
+        upstreams::give(up);
+        assert!(upstreams::take(&authority, Duration::from_secs(60)).is_none());
+    }
+}

@@ -2,6 +2,8 @@
 //! and condition waits with deadlines (never sleeps as synchronisation).
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
