@@ -38,6 +38,7 @@ pub mod split;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod write_deadline;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

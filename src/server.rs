@@ -6,7 +6,9 @@
 //! closed, so a second process on the same port with `SO_REUSEPORT` gets every new connection),
 //! then every connection is asked to finish (HTTP/1 `Connection: close` after the current
 //! response, HTTP/2 GOAWAY) and gets up to the drain timeout, which upgraded tunnels (WebSockets)
-//! share: they may run until that deadline, then are closed. An accept error (e.g. out of file descriptors) is
+//! share: they may run until that deadline, then are closed. Every connection task (the HTTP/1.1
+//! engine's, hyper's, TLS handshakes) belongs to the listener's `JoinSet`, so at the deadline the
+//! ones still open are aborted, closing their sockets, on every path. An accept error (e.g. out of file descriptors) is
 //! logged and retried after a short pause; it never ends the loop. With `max_connections`, a
 //! connection over the limit gets a bare `503` (plain) or is closed (TLS, before the handshake)
 //! and the loop keeps serving the others. The TLS handshake is bounded by `header_read_timeout`.
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::{ConnInfo, Proxy};
+use crate::write_deadline::WriteDeadline;
 
 /// Connection-level settings from `[server]`; re-read from the live snapshot at each accept, so a
 /// reload changes them for new connections (established ones keep theirs).
@@ -40,6 +43,8 @@ pub struct ConnSettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A write to the client that makes no progress this long ends the connection.
+    pub body_idle_timeout: Duration,
     /// Concurrent downstream connections, all listeners together; 0 = unlimited.
     pub max_connections: usize,
 }
@@ -52,6 +57,7 @@ impl ConnSettings {
             max_headers: s.max_headers,
             drain_timeout: s.drain_timeout,
             idle_timeout: s.idle_timeout,
+            body_idle_timeout: s.body_idle_timeout,
             max_connections: s.max_connections,
         }
     }
@@ -193,11 +199,13 @@ pub async fn serve_with_hyper<I>(
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
     builder: &auto::Builder<TokioExecutor>,
+    body_idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service(proxy, info));
+    let io = TokioIo::new(Box::pin(WriteDeadline::new(io, body_idle)));
+    let conn = builder.serve_connection_with_upgrades(io, service(proxy, info));
     let mut conn = std::pin::pin!(conn);
     if !*stop.borrow_and_update() {
         tokio::select! {
@@ -231,6 +239,8 @@ pub async fn serve(
     let mut settings = settings;
     let mut conn_builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so the drain deadline can end the ones still open.
+    let mut conns = tokio::task::JoinSet::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut stopping = false;
     let mut grace: Option<tokio::time::Instant> = None;
@@ -272,6 +282,7 @@ pub async fn serve(
                 }
             }
         };
+        while conns.try_join_next().is_some() {}
         let now = ConnSettings::from_config(&proxy.snapshot.load().config.server);
         if now != settings {
             conn_builder = Arc::new(builder(&now));
@@ -281,7 +292,7 @@ pub async fn serve(
         if settings.max_connections > 0 && permit.count > settings.max_connections {
             tracing::debug!(%peer, "connection limit reached; refusing");
             if acceptor.is_none() {
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     let mut stream = stream;
                     let _ = stream.write_all(BUSY).await;
@@ -299,9 +310,10 @@ pub async fn serve(
                 header_timeout: settings.header_read_timeout.min(settings.idle_timeout),
                 max_head_bytes: settings.max_header_bytes.max(8192),
                 max_headers: settings.max_headers,
+                body_idle_timeout: settings.body_idle_timeout,
             };
             let (proxy, stop) = (proxy.clone(), shutdown.clone());
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 crate::h1::serve(stream, proxy, info, settings, stop, builder).await;
                 drop(permit);
             });
@@ -310,11 +322,12 @@ pub async fn serve(
         let svc = service(proxy.clone(), info);
         match &acceptor {
             None => {
+                let io = WriteDeadline::new(stream, settings.body_idle_timeout);
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), svc)
                     .into_owned();
                 let fut = graceful.watch(conn);
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     if let Err(e) = fut.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -325,7 +338,8 @@ pub async fn serve(
                 let accept = acceptor.accept(stream);
                 let watcher = graceful.watcher();
                 let handshake_timeout = settings.header_read_timeout;
-                tokio::spawn(async move {
+                let body_idle = settings.body_idle_timeout;
+                conns.spawn(async move {
                     let tls = match tokio::time::timeout(handshake_timeout, accept).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -337,8 +351,9 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let io = Box::pin(WriteDeadline::new(tls, body_idle));
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -352,6 +367,9 @@ pub async fn serve(
     let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
     let deadline = tokio::time::Instant::now() + drain_timeout;
     drain(graceful, &proxy, drain_timeout).await;
+    // At the deadline every connection still open, on every path, is closed.
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
     proxy.tunnels.drain(deadline).await;
 }
 
@@ -376,6 +394,9 @@ pub async fn drain(graceful: GracefulShutdown, proxy: &Proxy, timeout: Duration)
         }
     };
     if tokio::time::timeout(timeout, all_closed).await.is_err() {
-        tracing::warn!("drain timeout reached; closing remaining connections");
+        tracing::warn!(
+            connections = proxy.connections.load(Ordering::Acquire),
+            "drain timeout reached; closing remaining connections"
+        );
     }
 }

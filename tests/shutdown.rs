@@ -268,3 +268,36 @@ async fn reuse_port_hands_over_without_a_refused_connection() {
         results.len() - blue_n
     );
 }
+
+/// Issue 11 item 6: at the drain deadline every connection still open is closed, whichever path
+/// serves it (the HTTP/1.1 engine, or hyper with `FLIPGATE_HTTP1=hyper`): a request held upstream
+/// past the deadline ends with its connection closed, and shutdown returns.
+#[tokio::test]
+async fn drain_deadline_closes_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "drain_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("request held upstream", DEADLINE, || async {
+        blue.holding.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::timeout(DEADLINE, gw.stop())
+        .await
+        .expect("shutdown bounded by the drain timeout");
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, held.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the held connection was closed at the deadline"
+    );
+    assert!(out.is_empty(), "no answer was made up: {out:?}");
+    blue.release();
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A WebSocket echo upstream answering every text message with `NAME:message`.
@@ -144,20 +145,8 @@ async fn lifetime_after_flip_drains_old_target_sockets() {
 
     flip(&gw).await;
     let mut new = connect(&gw).await;
-    // The old socket is closed by the proxy (end of stream or a close/reset), within a deadline.
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match old.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(
-        ended.is_ok(),
-        "old-target tunnel was not closed after the lifetime"
-    );
+    // The old socket is closed by the proxy with a close frame: 1001 Going Away.
+    assert_eq!(close_code(&mut old).await, Some(CloseCode::Away));
     wait_until("blue tunnels drained", Duration::from_secs(5), || async {
         tunnels(&gw, "blue").await == 0
     })
@@ -201,14 +190,46 @@ async fn shutdown_closes_tunnels_at_the_drain_deadline() {
     tokio::time::timeout(Duration::from_secs(10), gw.stop())
         .await
         .expect("shutdown bounded by the drain timeout");
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(CloseCode::Away),
+        "tunnel closed by shutdown with 1001 Going Away"
+    );
+}
+
+/// A tunnel in which nothing moves for `tunnel_idle_timeout` is closed (1001), while one that
+/// keeps talking is not.
+#[tokio::test]
+async fn idle_tunnel_is_closed_after_tunnel_idle_timeout() {
+    let blue = spawn_ws_echo("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue)], ""),
+        "tunnel_idle_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut ws = connect(&gw).await;
+    assert_eq!(ask(&mut ws, "a").await, "blue:a");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
+    wait_until(
+        "the idle tunnel is gone",
+        Duration::from_secs(5),
+        || async { tunnels(&gw, "blue").await == 0 },
+    )
+    .await;
+    gw.stop().await;
+}
+
+/// The close code the proxy ends `ws` with: `None` for a bare TCP close or an error.
+async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
         }
     })
-    .await;
-    assert!(ended.is_ok(), "tunnel closed by shutdown");
+    .await
+    .expect("the tunnel was closed within the deadline")
 }

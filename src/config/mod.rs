@@ -44,6 +44,11 @@ pub struct Server {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// A response body (or the connection under it) that moves no byte in either direction this
+    /// long is cut: an upstream stalled mid-body, or a client that stopped reading.
+    pub body_idle_timeout: Duration,
+    /// An upgraded tunnel (WebSocket) that moves no byte in either direction this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     /// Request bodies above this are refused with 413; 0 means unlimited.

@@ -38,6 +38,8 @@ pub struct RawServer {
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
+    pub body_idle_timeout: Option<Spanned<String>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<i64>>,

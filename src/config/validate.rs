@@ -224,6 +224,18 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             Duration::from_secs(4),
             "server.pool_idle_timeout",
         ),
+        body_idle_timeout: duration(
+            sink,
+            raw.body_idle_timeout,
+            Duration::from_secs(60),
+            "server.body_idle_timeout",
+        ),
+        tunnel_idle_timeout: duration(
+            sink,
+            raw.tunnel_idle_timeout,
+            Duration::from_secs(600),
+            "server.tunnel_idle_timeout",
+        ),
         max_header_bytes: count(
             sink,
             raw.max_header_bytes,

@@ -69,6 +69,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub max_head_bytes: usize,
     pub max_headers: usize,
+    /// A response body that moves no byte this long is cut (and hyper's path gets it as its
+    /// write deadline after a hand-over).
+    pub body_idle_timeout: Duration,
 }
 
 /// Whether the engine serves plain HTTP/1.1 connections (`FLIPGATE_HTTP1=hyper` turns it off, so
@@ -109,7 +112,15 @@ pub async fn serve(
             ..
         } = conn;
         let io = rewind::Rewind::new(rbuf.freeze(), stream);
-        crate::server::serve_with_hyper(io, proxy, info, &hyper, stop.rx).await;
+        crate::server::serve_with_hyper(
+            io,
+            proxy,
+            info,
+            &hyper,
+            settings.body_idle_timeout,
+            stop.rx,
+        )
+        .await;
     }
 }
 
@@ -304,7 +315,8 @@ impl Conn {
             let status = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::OK);
             a.finish(&target, reason, status, start);
         }
-        let done = self.relay_body(&mut up, resp.framing).await;
+        let idle = limits.body_idle_timeout;
+        let done = self.relay_body(&mut up, resp.framing, idle, timer).await;
         drop(slot);
         if done && resp.reusable && up.buf.is_empty() {
             pool::give(&mut up.buf);
@@ -474,8 +486,16 @@ impl Conn {
     }
 
     /// Relays the response body (the head is in `out`) from upstream `up` to the client. Returns
-    /// whether the whole body was relayed.
-    async fn relay_body(&mut self, up: &mut Up, framing: Framing) -> bool {
+    /// whether the whole body was relayed. The body is cut when no byte moves for `idle`
+    /// (`server.body_idle_timeout`): an upstream stalled mid-body, or a client that stopped
+    /// reading, never holds the connections (and the upstream slot) longer than that.
+    async fn relay_body(
+        &mut self,
+        up: &mut Up,
+        framing: Framing,
+        idle: Duration,
+        mut timer: Pin<&mut Sleep>,
+    ) -> bool {
         let mut left = match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -487,13 +507,27 @@ impl Conn {
         };
         self.out.extend_from_slice(&up.buf[..n]);
         up.buf.advance(n);
-        if self.stream.write_all(&self.out).await.is_err() {
+        timer.as_mut().reset(Instant::now() + idle);
+        if !write_within(&mut self.stream, &self.out, timer.as_mut()).await {
             return false;
         }
         self.out.clear();
         while !complete {
             pool::fill(&mut up.buf);
-            match read_some(&up.stream, &mut up.buf).await {
+            // Progress moves the deadline; the timer is touched only when half of it is used.
+            let now = Instant::now();
+            if timer.deadline() < now + idle / 2 {
+                timer.as_mut().reset(now + idle);
+            }
+            let r = tokio::select! {
+                biased;
+                r = read_some(&up.stream, &mut up.buf) => r,
+                _ = timer.as_mut() => {
+                    tracing::debug!(authority = %up.authority, "response body idle: cut");
+                    return false;
+                }
+            };
+            match r {
                 Ok(n) if n > 0 => {}
                 // Until-close framing ends here; any other is cut short.
                 _ => return framing == Framing::Close,
@@ -501,13 +535,25 @@ impl Conn {
             let Ok((n, c)) = body_part(&up.buf, framing, &mut left, &mut scanner) else {
                 return false;
             };
-            if self.stream.write_all(&up.buf[..n]).await.is_err() {
+            if !write_within(&mut self.stream, &up.buf[..n], timer.as_mut()).await {
                 return false;
             }
             up.buf.advance(n);
             complete = c;
         }
         true
+    }
+}
+
+/// Writes all of `buf` to the client unless `timer` fires first (a client that stopped reading).
+async fn write_within(stream: &mut TcpStream, buf: &[u8], timer: Pin<&mut Sleep>) -> bool {
+    tokio::select! {
+        biased;
+        r = stream.write_all(buf) => r.is_ok(),
+        _ = timer => {
+            tracing::debug!("client stopped reading a response body: cut");
+            false
+        }
     }
 }
 

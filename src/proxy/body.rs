@@ -10,6 +10,7 @@
 //! client's body (the client's fault: 408) or on the upstream (504): the last poll of the client's
 //! body was pending, versus the upstream not taking more.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -122,14 +123,48 @@ impl Body for RequestBody {
     }
 }
 
+/// Why a response body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// No byte for `server.body_idle_timeout`.
+    #[error("upstream body moved no byte for {0:?}")]
+    Idle(std::time::Duration),
+}
+
 /// Body of every response flipgate sends.
 pub enum ProxyBody {
     /// The upstream's body, holding its in-flight slot (if limits are on) until done.
-    Upstream(Incoming, Option<InflightGuard>),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
+/// The upstream's response body on its way to the client: cut when it moves no byte for `idle`.
+/// The timer is made only once the body first has to wait, so a body that arrives with its head
+/// costs none.
+pub struct UpstreamBody {
+    body: Incoming,
+    slot: Option<InflightGuard>,
+    idle: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
 impl ProxyBody {
+    /// The upstream's body, cut after `idle` without a byte.
+    pub fn upstream(
+        body: Incoming,
+        slot: Option<InflightGuard>,
+        idle: std::time::Duration,
+    ) -> ProxyBody {
+        ProxyBody::Upstream(UpstreamBody {
+            body,
+            slot,
+            idle,
+            timer: None,
+        })
+    }
+
     /// A local body from static or owned bytes.
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Full(Some(b.into()))
@@ -143,19 +178,36 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b, guard) => {
-                let r = Pin::new(b).poll_frame(cx);
-                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
+            ProxyBody::Upstream(u) => {
+                let r = Pin::new(&mut u.body).poll_frame(cx);
+                match &r {
+                    Poll::Pending => {
+                        let idle = u.idle;
+                        let timer = u
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            u.slot.take();
+                            return Poll::Ready(Some(Err(ResponseBodyError::Idle(idle))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) => {
+                        if let Some(t) = &mut u.timer {
+                            t.as_mut().reset(tokio::time::Instant::now() + u.idle);
+                        }
+                    }
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                        u.slot.take();
+                    }
                 }
-                r
+                r.map(|o| o.map(|r| r.map_err(ResponseBodyError::Upstream)))
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -163,14 +215,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b, _) => b.is_end_stream(),
+            ProxyBody::Upstream(u) => u.body.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b, _) => b.size_hint(),
+            ProxyBody::Upstream(u) => u.body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

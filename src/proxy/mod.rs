@@ -87,6 +87,10 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// How long an idle upstream connection may wait in a pool for its next request.
     pub pool_idle_timeout: Duration,
+    /// A response body that moves no byte this long is cut.
+    pub body_idle_timeout: Duration,
+    /// A tunnel that moves no byte this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_upstream_connections: usize,
     pub tunnel_after_flip: Option<Duration>,
@@ -99,6 +103,8 @@ impl Limits {
             timeout: s.upstream_timeout,
             connect_timeout: s.connect_timeout,
             pool_idle_timeout: s.pool_idle_timeout,
+            body_idle_timeout: s.body_idle_timeout,
+            tunnel_idle_timeout: s.tunnel_idle_timeout,
             max_body_bytes: s.max_body_bytes,
             max_upstream_connections: s.max_upstream_connections,
             tunnel_after_flip: s.tunnel_max_lifetime_after_flip,
@@ -426,14 +432,19 @@ impl Proxy {
                 let close_after_flip = limits
                     .tunnel_after_flip
                     .map(|d| (self.snapshot.clone(), target.clone(), d));
-                tokio::spawn(tunnel::relay(
-                    down,
-                    up,
-                    target.metrics.tunnels.clone(),
+                let websocket = resp
+                    .headers()
+                    .get(header::UPGRADE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                let setup = tunnel::Setup {
+                    gauge: target.metrics.tunnels.clone(),
                     slot,
-                    self.tunnels.clone(),
+                    tunnels: self.tunnels.clone(),
                     close_after_flip,
-                ));
+                    idle: limits.tunnel_idle_timeout,
+                    websocket,
+                };
+                tokio::spawn(tunnel::relay(down, up, setup));
                 let (parts, _) = resp.into_parts();
                 return Response::from_parts(parts, ProxyBody::empty());
             }
@@ -442,7 +453,10 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, false, false);
         headers::add_via(&mut parts.headers, parts.version);
         parts.version = http::Version::HTTP_11;
-        Response::from_parts(parts, ProxyBody::Upstream(body, slot))
+        Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, slot, limits.body_idle_timeout),
+        )
     }
 
     /// Answers a failed upstream exchange, recorded by the side that failed (`record_error`).
