@@ -559,7 +559,7 @@ fn bake_until(route: &Route, now_unix_ms: u64) -> Option<u64> {
     route
         .circuit
         .as_ref()
-        .map(|c| now_unix_ms + c.bake.as_millis() as u64)
+        .map(|c| crate::clock::add_ms(now_unix_ms, c.bake))
 }
 
 /// The target an action means when none is named: the canary target, else the only other one.

@@ -350,7 +350,7 @@ pub async fn serve(
     }
     drop(listener);
     let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
-    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let deadline = crate::clock::deadline(tokio::time::Instant::now(), drain_timeout);
     drain(graceful, &proxy, drain_timeout).await;
     proxy.tunnels.drain(deadline).await;
 }

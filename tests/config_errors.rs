@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flipgate::config::{parse, Config, ConfigError, MAX_FILE_BYTES};
@@ -144,6 +145,54 @@ const CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
         "greater than zero",
     ),
     (
+        "absurd timeout",
+        "[server]\ndrain_timeout = \"100000000y\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        17,
+        "server.drain_timeout",
+        "`100000000y` is longer than the maximum of 1day for this setting",
+    ),
+    (
+        "timeout just over a day",
+        "[server]\nupstream_timeout = \"86401s\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        20,
+        "server.upstream_timeout",
+        "longer than the maximum of 1day",
+    ),
+    (
+        "bake over 30 days",
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.circuit]\nbake = \"1000y\"\n",
+        7,
+        8,
+        "routes[bot].circuit.bake",
+        "longer than the maximum of 30days",
+    ),
+    (
+        "tunnel lifetime over 30 days",
+        "[server]\ntunnel_max_lifetime_after_flip = \"31d\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        34,
+        "server.tunnel_max_lifetime_after_flip",
+        "longer than the maximum of 30days",
+    ),
+    (
+        "circuit window over a day",
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.circuit]\nwindow = \"2d\"\n",
+        7,
+        10,
+        "routes[bot].circuit.window",
+        "longer than the maximum of 1day",
+    ),
+    (
+        "outlier ejection over a day",
+        "[server]\noutlier_ejection = \"100000000y\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        20,
+        "server.outlier_ejection",
+        "longer than the maximum of 1day",
+    ),
+    (
         "bad CIDR",
         "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.preview]\nallow_from = [\"10.0.0.0/33\"]\n",
         7,
@@ -206,6 +255,14 @@ const CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
         8,
         "routes[bot].targets.blue",
         "health_interval must be a duration of at least 100ms",
+    ),
+    (
+        "health interval too long",
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = { instances = [\"127.0.0.1:1\"], health_check = \"/hz\", health_interval = \"100000000y\" }\n",
+        5,
+        8,
+        "routes[bot].targets.blue",
+        "at least 100ms and at most 1day",
     ),
     (
         "unknown target option",
@@ -477,4 +534,73 @@ async fn hot_reload_of_a_huge_or_oversized_file_keeps_the_old_config_and_small_e
     assert!(events.body.len() < 4096, "{} bytes", events.body.len());
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
     gw.stop().await;
+}
+
+#[test]
+fn the_longest_accepted_durations_are_accepted() {
+    let text = "[server]\ndrain_timeout = \"1day\"\ntunnel_max_lifetime_after_flip = \"30days\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.circuit]\nbake = \"30d\"\nwindow = \"24h\"\n";
+    let c = parse(Path::new("f.toml"), text).unwrap();
+    assert_eq!(c.server.drain_timeout, flipgate::config::MAX_TIMEOUT);
+    assert_eq!(
+        c.routes[0].circuit.as_ref().unwrap().bake,
+        flipgate::config::MAX_LONG
+    );
+}
+
+/// Validation bounds every duration, but the code that adds one to a clock must not rely on it:
+/// with durations no file can hold, forced into a `Config`, requests, a flip (its bake deadline)
+/// and the drain at shutdown neither panic nor wrap.
+#[tokio::test]
+async fn durations_past_the_bounds_cannot_panic_the_code_that_adds_them() {
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        previous(info)
+    }));
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    write_atomic(
+        &file,
+        &config(
+            "blue",
+            &[("blue", blue.addr), ("green", green.addr)],
+            "[routes.circuit]\n",
+        ),
+    );
+    let mut cfg = Config::load(&file).unwrap();
+    cfg.server.upstream_timeout = Duration::MAX;
+    cfg.server.drain_timeout = Duration::MAX;
+    cfg.server.outlier_ejection = Duration::MAX;
+    cfg.routes[0].circuit.as_mut().unwrap().bake = Duration::MAX;
+    let gw = flipgate::Gateway::start_with(cfg, file).await.unwrap();
+    let c = client();
+    let url = format!("http://{}/", gw.addr);
+    assert_eq!(get(&c, &url, &[]).await.text(), "blue");
+    gw.control
+        .act(
+            "bot",
+            flipgate::control::Action::Flip {
+                target: Some("green".into()),
+            },
+        )
+        .unwrap();
+    let state = gw
+        .control
+        .snapshots()
+        .load()
+        .route("bot")
+        .unwrap()
+        .state
+        .clone();
+    assert_eq!(
+        state.bake_until_unix_ms,
+        Some(u64::MAX),
+        "saturated, not wrapped"
+    );
+    assert_eq!(get(&c, &url, &[]).await.text(), "green");
+    gw.shutdown().await;
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
 }

@@ -3,7 +3,8 @@
 //! Invariants: a `Config` only exists if every check passed, so everything downstream (snapshot
 //! build, the data path, the control plane) can rely on it: target names referenced by `live` and
 //! `canary` exist, percents are in basis points 0..=10_000, every target has at least one instance,
-//! (host, prefix) pairs are unique, durations are positive. `Config` is immutable once built; a
+//! (host, prefix) pairs are unique, durations are positive and bounded (at most a day; a bake and a
+//! tunnel's lifetime after a flip at most 30 days). `Config` is immutable once built; a
 //! reload builds a new one. No route file larger than `MAX_FILE_BYTES` is ever read whole: `read`
 //! stops one byte past the limit, whatever the file's size claims (pipes, growing files).
 
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{clip, ConfigError, ConfigErrors};
-pub use validate::{parse, percent_to_bp};
+pub use validate::{parse, percent_to_bp, MAX_LONG, MAX_TIMEOUT};
 
 /// A validated route file.
 #[derive(Debug, Clone, PartialEq)]

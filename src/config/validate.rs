@@ -1,7 +1,9 @@
 //! Raw -> validated config. Collects every error with its location instead of stopping at the first.
 //!
 //! Invariants: never panics on any input (the fuzz target drives `parse` directly); returns either a
-//! fully valid `Config` or at least one `ConfigError`; all defaults live here, in one place.
+//! fully valid `Config` or at least one `ConfigError`; all defaults live here, in one place; every
+//! duration in a `Config` is positive and bounded (`MAX_TIMEOUT`, `MAX_LONG`), so adding one to a
+//! clock reading cannot overflow.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -119,14 +121,35 @@ fn addr(
     }
 }
 
+/// One day: the longest timeout, window, ejection, latency bound or health interval.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Thirty days: the longest `circuit.bake` and `server.tunnel_max_lifetime_after_flip`.
+pub const MAX_LONG: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration setting: positive and at most `max`. Every duration ends up added to a clock reading
+/// (flipgate's own sums saturate, hyper's do not) or to a persisted deadline, and a value past
+/// these bounds ("100000000y") is a typo, not an intent.
 fn duration(
     sink: &mut Sink,
     v: Option<Spanned<String>>,
     default: Duration,
+    max: Duration,
     field: &str,
 ) -> Duration {
     let Some(s) = v else { return default };
     match humantime::parse_duration(s.get_ref()) {
+        Ok(d) if d > max => {
+            sink.push(
+                s.span(),
+                field,
+                format!(
+                    "`{}` is longer than the maximum of {} for this setting",
+                    quote(s.get_ref()),
+                    humantime::format_duration(max)
+                ),
+            );
+            default
+        }
         Ok(d) if !d.is_zero() => d,
         Ok(_) => {
             sink.push(s.span(), field, "duration must be greater than zero");
@@ -193,36 +216,42 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             sink,
             raw.connect_timeout,
             Duration::from_secs(2),
+            MAX_TIMEOUT,
             "server.connect_timeout",
         ),
         upstream_timeout: duration(
             sink,
             raw.upstream_timeout,
             Duration::from_secs(60),
+            MAX_TIMEOUT,
             "server.upstream_timeout",
         ),
         drain_timeout: duration(
             sink,
             raw.drain_timeout,
             Duration::from_secs(30),
+            MAX_TIMEOUT,
             "server.drain_timeout",
         ),
         header_read_timeout: duration(
             sink,
             raw.header_read_timeout,
             Duration::from_secs(10),
+            MAX_TIMEOUT,
             "server.header_read_timeout",
         ),
         idle_timeout: duration(
             sink,
             raw.idle_timeout,
             Duration::from_secs(60),
+            MAX_TIMEOUT,
             "server.idle_timeout",
         ),
         pool_idle_timeout: duration(
             sink,
             raw.pool_idle_timeout,
             Duration::from_secs(4),
+            MAX_TIMEOUT,
             "server.pool_idle_timeout",
         ),
         max_header_bytes: count(
@@ -253,6 +282,7 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
                 sink,
                 Some(v),
                 Duration::from_secs(3600),
+                MAX_LONG,
                 "server.tunnel_max_lifetime_after_flip",
             )
         }),
@@ -263,6 +293,7 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             sink,
             raw.outlier_ejection,
             Duration::from_secs(10),
+            MAX_TIMEOUT,
             "server.outlier_ejection",
         ),
     };
@@ -531,15 +562,28 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                 sink,
                 c.window,
                 Duration::from_secs(30),
+                MAX_TIMEOUT,
                 &f("circuit.window"),
             ),
             min_requests: count(sink, c.min_requests, 20, 1, &f("circuit.min_requests")),
             max_error_rate,
-            bake: duration(sink, c.bake, Duration::from_secs(300), &f("circuit.bake")),
+            bake: duration(
+                sink,
+                c.bake,
+                Duration::from_secs(300),
+                MAX_LONG,
+                &f("circuit.bake"),
+            ),
             compare,
-            max_p99: c
-                .max_p99
-                .map(|v| duration(sink, Some(v), Duration::from_secs(1), &f("circuit.max_p99"))),
+            max_p99: c.max_p99.map(|v| {
+                duration(
+                    sink,
+                    Some(v),
+                    Duration::from_secs(1),
+                    MAX_TIMEOUT,
+                    &f("circuit.max_p99"),
+                )
+            }),
         }
     });
 
@@ -691,7 +735,7 @@ fn target(
                 .map(humantime::parse_duration)
             {
                 None => Ok(Duration::from_secs(5)),
-                Some(Ok(d)) if d >= Duration::from_millis(100) => Ok(d),
+                Some(Ok(d)) if d >= Duration::from_millis(100) && d <= MAX_TIMEOUT => Ok(d),
                 Some(_) => Err(()),
             };
             match (parsed, interval) {
@@ -715,7 +759,7 @@ fn target(
                     sink.push(
                         span,
                         &field,
-                        "health_interval must be a duration of at least 100ms (example: \"5s\")",
+                        "health_interval must be a duration of at least 100ms and at most 1day (example: \"5s\")",
                     );
                     return None;
                 }

@@ -301,7 +301,7 @@ impl Proxy {
         let mut req = req.map(|b| RequestBody::new(b, limits.max_body_bytes));
 
         let client = self.clients.for_upstream(upstream);
-        let deadline = start + limits.timeout;
+        let deadline = crate::clock::deadline(start, limits.timeout);
         if pinned {
             loop {
                 let send = conn.pinned.send(instance, limits.connect_timeout, req);
