@@ -198,10 +198,19 @@ impl Control {
                     error: Some(text.clone()),
                     at: crate::clock::unix_secs(),
                 };
+                // The event holds the first error only: events are kept (and polled by the
+                // status page) long after; the whole, bounded list is in `last_reload`.
+                let more = match errors.0.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more: see last_reload)", n - 1),
+                };
                 self.events.push(
                     "reload_rejected",
                     None,
-                    format!("route file rejected, previous config keeps serving: {text}"),
+                    format!(
+                        "route file rejected, previous config keeps serving: {}{more}",
+                        errors.first()
+                    ),
                 );
                 return ReloadOutcome::Rejected(errors);
             }
@@ -550,7 +559,7 @@ fn bake_until(route: &Route, now_unix_ms: u64) -> Option<u64> {
     route
         .circuit
         .as_ref()
-        .map(|c| now_unix_ms + c.bake.as_millis() as u64)
+        .map(|c| crate::clock::add_ms(now_unix_ms, c.bake))
 }
 
 /// The target an action means when none is named: the canary target, else the only other one.

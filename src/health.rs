@@ -90,9 +90,9 @@ impl InstanceHealth {
         }
         self.streak.store(0, Relaxed);
         let n = self.ejections.fetch_add(1, Relaxed).min(3);
-        let d = policy.ejection * (1 << n);
+        let d = policy.ejection.saturating_mul(1 << n);
         self.ejected_until_ms
-            .store(now_ms + d.as_millis() as u64, Relaxed);
+            .store(crate::clock::add_ms(now_ms, d), Relaxed);
         Change::Ejected(d)
     }
 
@@ -159,7 +159,7 @@ pub async fn run(
                     continue;
                 }
                 up.next_check_ms
-                    .store(now + hc.interval.as_millis() as u64, Relaxed);
+                    .store(crate::clock::add_ms(now, hc.interval), Relaxed);
                 for i in 0..up.instances.len() {
                     tokio::spawn(check(target.clone(), clients.clone(), i));
                 }

@@ -3,9 +3,11 @@
 //!
 //! Invariants: the *directory* is watched, not the file, so editors that save by rename and
 //! Kubernetes ConfigMap `..data` symlink swaps are seen; a burst of events becomes one reload after
-//! `DEBOUNCE` of quiet, or `DEBOUNCE_MAX` after its first event if it does not stop. The same bytes are never re-applied or re-reported: the last attempted
-//! content hash is remembered, so a broken file is logged once, not on every poll. The poll is the
-//! safety net for missed events (inotify queue overflow, a watched directory replaced).
+//! `DEBOUNCE` of quiet, or `DEBOUNCE_MAX` after its first event if it does not stop. The same bytes
+//! are never re-applied or re-reported: the last attempted content hash is remembered, so a broken
+//! file is logged once, not on every poll. The file is read once per attempt and at most
+//! `config::MAX_FILE_BYTES` of it. The poll is the safety net for missed events (inotify queue
+//! overflow, a watched directory replaced).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config;
 use crate::control::{Control, ReloadOutcome};
 
 /// Quiet time after the last file event before reloading (an editor's save is a burst of events
@@ -45,13 +47,19 @@ pub fn reload_if_changed(
     path: &Path,
     last_tried: &mut Option<u64>,
 ) -> Option<ReloadOutcome> {
-    // An unreadable file counts as content 0, so a deleted file is reported once, not every poll.
-    let hash = Some(std::fs::read(path).map_or(0, |b| xxhash_rust::xxh3::xxh3_64(&b)));
+    // Read once, bounded (`config::read`): what is hashed is what is parsed. A file that cannot be
+    // read (missing, too big, not UTF-8) is identified by its error, so it is reported once, not on
+    // every poll.
+    let text = config::read(path);
+    let hash = Some(match &text {
+        Ok(t) => xxhash_rust::xxh3::xxh3_64(t.as_bytes()),
+        Err(e) => xxhash_rust::xxh3::xxh3_64(e.to_string().as_bytes()),
+    });
     if hash == *last_tried {
         return None;
     }
     *last_tried = hash;
-    let outcome = control.reload(Config::load(path));
+    let outcome = control.reload(text.and_then(|t| config::parse(path, &t)));
     match &outcome {
         ReloadOutcome::Applied { generation, .. } => {
             tracing::info!(file = %path.display(), generation, "route file reloaded")

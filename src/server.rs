@@ -365,7 +365,7 @@ pub async fn serve(
     }
     drop(listener);
     let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
-    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let deadline = crate::clock::deadline(tokio::time::Instant::now(), drain_timeout);
     drain(graceful, &proxy, drain_timeout).await;
     // At the deadline every connection still open, on every path, is closed.
     conns.abort_all();

@@ -1,9 +1,15 @@
 //! Golden tests: every kind of invalid route file is rejected with its specific error, naming the
-//! file, line, column and field.
+//! file, line, column and field; and whatever a file holds, the error text stays small (quoted values
+//! clipped, errors counted past a cap, files over the size limit refused unread) in `check`, at
+//! start and on hot reload.
+mod support;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use flipgate::config::{parse, ConfigError};
+use flipgate::config::{parse, Config, ConfigError, MAX_FILE_BYTES};
+use support::*;
 
 const HEAD: &str = "[server]\nlisten = \"127.0.0.1:0\"\n\n";
 
@@ -139,6 +145,54 @@ const CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
         "greater than zero",
     ),
     (
+        "absurd timeout",
+        "[server]\ndrain_timeout = \"100000000y\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        17,
+        "server.drain_timeout",
+        "`100000000y` is longer than the maximum of 1day for this setting",
+    ),
+    (
+        "timeout just over a day",
+        "[server]\nupstream_timeout = \"86401s\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        20,
+        "server.upstream_timeout",
+        "longer than the maximum of 1day",
+    ),
+    (
+        "bake over 30 days",
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.circuit]\nbake = \"1000y\"\n",
+        7,
+        8,
+        "routes[bot].circuit.bake",
+        "longer than the maximum of 30days",
+    ),
+    (
+        "tunnel lifetime over 30 days",
+        "[server]\ntunnel_max_lifetime_after_flip = \"31d\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        34,
+        "server.tunnel_max_lifetime_after_flip",
+        "longer than the maximum of 30days",
+    ),
+    (
+        "circuit window over a day",
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.circuit]\nwindow = \"2d\"\n",
+        7,
+        10,
+        "routes[bot].circuit.window",
+        "longer than the maximum of 1day",
+    ),
+    (
+        "outlier ejection over a day",
+        "[server]\noutlier_ejection = \"100000000y\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        2,
+        20,
+        "server.outlier_ejection",
+        "longer than the maximum of 1day",
+    ),
+    (
         "bad CIDR",
         "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.preview]\nallow_from = [\"10.0.0.0/33\"]\n",
         7,
@@ -201,6 +255,14 @@ const CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
         8,
         "routes[bot].targets.blue",
         "health_interval must be a duration of at least 100ms",
+    ),
+    (
+        "health interval too long",
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = { instances = [\"127.0.0.1:1\"], health_check = \"/hz\", health_interval = \"100000000y\" }\n",
+        5,
+        8,
+        "routes[bot].targets.blue",
+        "at least 100ms and at most 1day",
     ),
     (
         "unknown target option",
@@ -294,4 +356,251 @@ fn shipped_examples_are_valid() {
         n >= 4,
         "expected config/flipgate.toml and examples, found {n}"
     );
+}
+
+/// A route file whose `server.listen` is a string of `len` bytes (invalid: not an address).
+fn huge_listen(len: usize) -> String {
+    format!(
+        "[server]\nlisten = \"{}\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        "x".repeat(len)
+    )
+}
+
+#[test]
+fn a_huge_value_is_quoted_clipped_and_the_error_stays_one_short_line() {
+    let len = 3 * 1024 * 1024;
+    let errors = parse(Path::new("f.toml"), &huge_listen(len)).unwrap_err();
+    let shown = errors.to_string();
+    assert!(shown.len() < 1024, "{} bytes of error text", shown.len());
+    assert!(
+        shown.starts_with("f.toml:2:10: server.listen: `xxxx"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("… ({len} bytes)` is not an IP:port address")),
+        "{shown}"
+    );
+
+    // A huge route name is clipped in the field as well, and a multi-line value stays one line.
+    let name = "n".repeat(100_000);
+    let text = format!(
+        "[[routes]]\nname = \"{name}\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.canary]\ntarget = \"\"\"a\nb\"\"\"\npercent = 5.0\n"
+    );
+    let errors = parse(Path::new("f.toml"), &text).unwrap_err();
+    let shown = errors.to_string();
+    assert!(shown.len() < 4096, "{} bytes of error text", shown.len());
+    assert!(
+        errors.0.iter().all(|e| e.field.chars().count() <= 400),
+        "{shown}"
+    );
+    assert!(shown.contains("unknown target `a\\nb`"), "{shown}");
+    assert_eq!(shown.lines().count(), errors.0.len(), "{shown}");
+}
+
+#[test]
+fn errors_past_the_cap_are_counted_not_listed() {
+    let hosts = (0..10_000)
+        .map(|i| format!("\"bad host {i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "[[routes]]\nname = \"bot\"\nhosts = [{hosts}]\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n"
+    );
+    let errors = parse(Path::new("f.toml"), &text).unwrap_err();
+    assert_eq!(errors.0.len(), 21, "20 errors and the count of the rest");
+    let last = errors.0.last().unwrap();
+    assert!(
+        last.message.contains("9980 more errors not shown"),
+        "{last}"
+    );
+    assert!(errors.to_string().len() < 8 * 1024);
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(&file, huge_listen(MAX_FILE_BYTES as usize)).unwrap();
+    let errors = Config::load(&file).unwrap_err();
+    let shown = errors.to_string();
+    assert_eq!(errors.0.len(), 1, "{shown}");
+    assert!(
+        shown.contains("over the 4 MiB (4194304 bytes) limit for a route file; not read"),
+        "{shown}"
+    );
+    assert!(shown.len() < 512, "{shown}");
+}
+
+/// A FIFO claims no size: the read itself must stop at the limit instead of taking all there is.
+#[cfg(unix)]
+#[test]
+fn a_stream_over_the_size_limit_is_cut_at_the_limit() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("flipgate.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let total: usize = 64 * 1024 * 1024;
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            let chunk = vec![b'#'; 64 * 1024];
+            let mut written = 0;
+            while written < total {
+                match f.write(&chunk) {
+                    Ok(n) => written += n,
+                    Err(_) => break, // the reader is gone (broken pipe)
+                }
+            }
+            written
+        })
+    };
+    let errors = Config::load(&fifo).unwrap_err();
+    assert!(
+        errors
+            .to_string()
+            .contains("more than 4194304 bytes, over the 4 MiB"),
+        "{errors}"
+    );
+    let written = writer.join().unwrap();
+    assert!(
+        written < total,
+        "the loader read all {written} bytes instead of stopping"
+    );
+}
+
+#[test]
+fn check_prints_a_bounded_error_for_a_huge_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(&file, huge_listen(3 * 1024 * 1024)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.len() < 1024, "{} bytes on stderr", err.len());
+    assert!(err.contains("server.listen"), "{err}");
+}
+
+#[tokio::test]
+async fn hot_reload_of_a_huge_or_oversized_file_keeps_the_old_config_and_small_errors() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&config("blue", &[("blue", blue.addr)], "")).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+
+    // An invalid file under the size limit, with a 3 MiB value.
+    let huge = config("blue", &[("blue", blue.addr)], "").replace(
+        "upstream_timeout = \"5s\"",
+        &format!("upstream_timeout = \"{}\"", "9".repeat(3 * 1024 * 1024)),
+    );
+    gw.rewrite(&huge);
+    let last_error = || async {
+        let v = get(&c, &gw.admin_url("/api/v1/routes"), &[]).await.json();
+        v["config"]["last_reload"]["error"]
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_until(
+        "the huge file rejected",
+        Duration::from_secs(10),
+        || async { last_error().await.is_some() },
+    )
+    .await;
+    let err = last_error().await.unwrap();
+    assert!(err.contains("server.upstream_timeout"), "{err}");
+    assert!(err.len() < 1024, "{} bytes", err.len());
+    let events = get(&c, &gw.admin_url("/api/v1/events"), &[]).await;
+    assert!(events.body.len() < 4096, "{} bytes", events.body.len());
+    let routes = get(&c, &gw.admin_url("/api/v1/routes"), &[]).await;
+    assert!(routes.body.len() < 8192, "{} bytes", routes.body.len());
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+
+    // Over the size limit: refused unread, with the limit named.
+    let mut oversized = config("blue", &[("blue", blue.addr)], "");
+    oversized.push_str(&"#".repeat(MAX_FILE_BYTES as usize));
+    gw.rewrite(&oversized);
+    wait_until(
+        "the oversized file rejected",
+        Duration::from_secs(10),
+        || async { last_error().await.is_some_and(|e| e.contains("4 MiB")) },
+    )
+    .await;
+    let events = get(&c, &gw.admin_url("/api/v1/events"), &[]).await;
+    assert!(events.body.len() < 4096, "{} bytes", events.body.len());
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    gw.stop().await;
+}
+
+#[test]
+fn the_longest_accepted_durations_are_accepted() {
+    let text = "[server]\ndrain_timeout = \"1day\"\ntunnel_max_lifetime_after_flip = \"30days\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n[routes.circuit]\nbake = \"30d\"\nwindow = \"24h\"\n";
+    let c = parse(Path::new("f.toml"), text).unwrap();
+    assert_eq!(c.server.drain_timeout, flipgate::config::MAX_TIMEOUT);
+    assert_eq!(
+        c.routes[0].circuit.as_ref().unwrap().bake,
+        flipgate::config::MAX_LONG
+    );
+}
+
+/// Validation bounds every duration, but the code that adds one to a clock must not rely on it:
+/// with durations no file can hold, forced into a `Config`, requests, a flip (its bake deadline)
+/// and the drain at shutdown neither panic nor wrap.
+#[tokio::test]
+async fn durations_past_the_bounds_cannot_panic_the_code_that_adds_them() {
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        previous(info)
+    }));
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    write_atomic(
+        &file,
+        &config(
+            "blue",
+            &[("blue", blue.addr), ("green", green.addr)],
+            "[routes.circuit]\n",
+        ),
+    );
+    let mut cfg = Config::load(&file).unwrap();
+    cfg.server.upstream_timeout = Duration::MAX;
+    cfg.server.drain_timeout = Duration::MAX;
+    cfg.server.outlier_ejection = Duration::MAX;
+    cfg.routes[0].circuit.as_mut().unwrap().bake = Duration::MAX;
+    let gw = flipgate::Gateway::start_with(cfg, file).await.unwrap();
+    let c = client();
+    let url = format!("http://{}/", gw.addr);
+    assert_eq!(get(&c, &url, &[]).await.text(), "blue");
+    gw.control
+        .act(
+            "bot",
+            flipgate::control::Action::Flip {
+                target: Some("green".into()),
+            },
+        )
+        .unwrap();
+    let state = gw
+        .control
+        .snapshots()
+        .load()
+        .route("bot")
+        .unwrap()
+        .state
+        .clone();
+    assert_eq!(
+        state.bake_until_unix_ms,
+        Some(u64::MAX),
+        "saturated, not wrapped"
+    );
+    assert_eq!(get(&c, &url, &[]).await.text(), "green");
+    gw.shutdown().await;
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
 }

@@ -61,10 +61,13 @@ pub struct Window {
 impl Window {
     /// A window of `length`, judging requests slower than `slow` (if any) as slow.
     pub fn new(length: Duration, slow: Option<Duration>) -> Window {
-        let width_ms = (length.as_millis() as u64 / BUCKETS as u64).max(1);
+        let width_ms =
+            (u64::try_from(length.as_millis()).unwrap_or(u64::MAX) / BUCKETS as u64).max(1);
         Window {
             width_ms,
-            slow_ms: slow.map_or(u64::MAX, |d| d.as_millis() as u64),
+            slow_ms: slow.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            }),
             buckets: Default::default(),
         }
     }

@@ -3,8 +3,10 @@
 //! Invariants: a `Config` only exists if every check passed, so everything downstream (snapshot
 //! build, the data path, the control plane) can rely on it: target names referenced by `live` and
 //! `canary` exist, percents are in basis points 0..=10_000, every target has at least one instance,
-//! (host, prefix) pairs are unique, durations are positive. `Config` is immutable once built; a
-//! reload builds a new one.
+//! (host, prefix) pairs are unique, durations are positive and bounded (at most a day; a bake and a
+//! tunnel's lifetime after a flip at most 30 days). `Config` is immutable once built; a
+//! reload builds a new one. No route file larger than `MAX_FILE_BYTES` is ever read whole: `read`
+//! stops one byte past the limit, whatever the file's size claims (pipes, growing files).
 
 mod error;
 pub mod raw;
@@ -14,8 +16,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use error::{ConfigError, ConfigErrors};
-pub use validate::{parse, percent_to_bp};
+pub use error::{clip, ConfigError, ConfigErrors};
+pub use validate::{parse, percent_to_bp, MAX_LONG, MAX_TIMEOUT};
 
 /// A validated route file.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,19 +220,55 @@ pub struct Circuit {
     pub max_p99: Option<Duration>,
 }
 
-impl Config {
-    /// Reads and validates a route file.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => parse(path, &text),
-            Err(e) => Err(ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                field: String::new(),
-                message: format!("cannot read file: {e}"),
-            }])),
+/// Largest route file flipgate reads: 4 MiB, about a thousand times a large real one. A bigger
+/// file is refused before it is read whole, so a runaway generator cannot make flipgate hold it (and
+/// quote it) in memory.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a route file's text, at most `MAX_FILE_BYTES` of it: a file that says it is bigger is
+/// refused without reading, and a read is cut one byte past the limit (a pipe, a file still growing).
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    use std::io::Read;
+    let fail = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            field: String::new(),
+            message,
+        }])
+    };
+    let too_big = |size: &str| {
+        fail(format!(
+            "file is {size} bytes, over the {} MiB ({MAX_FILE_BYTES} bytes) limit for a route file; not read",
+            MAX_FILE_BYTES / (1024 * 1024)
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read file: {e}")))?;
+    if let Ok(meta) = file.metadata() {
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(too_big(&meta.len().to_string()));
         }
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read file: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(&format!("more than {MAX_FILE_BYTES}")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "file is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+impl Config {
+    /// Reads (at most `MAX_FILE_BYTES`) and validates a route file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        parse(path, &read(path)?)
     }
 
     /// Finds a route by name.

@@ -1,7 +1,9 @@
 //! Raw -> validated config. Collects every error with its location instead of stopping at the first.
 //!
 //! Invariants: never panics on any input (the fuzz target drives `parse` directly); returns either a
-//! fully valid `Config` or at least one `ConfigError`; all defaults live here, in one place.
+//! fully valid `Config` or at least one `ConfigError`; all defaults live here, in one place; every
+//! duration in a `Config` is positive and bounded (`MAX_TIMEOUT`, `MAX_LONG`), so adding one to a
+//! clock reading cannot overflow.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize as _;
 use toml::Spanned;
 
-use super::error::Sink;
+use super::error::{quote, Sink};
 use super::raw::*;
 use super::*;
 
@@ -27,25 +29,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut sink = Sink::new(path, text);
     if text.trim().is_empty() {
         sink.push(0..0, "", "file is empty (refusing to serve no routes)");
-        return Err(ConfigErrors(sink.errors));
+        return Err(sink.finish());
     }
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             sink.push(span, "", e.message().trim().to_string());
-            return Err(ConfigErrors(sink.errors));
+            return Err(sink.finish());
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let config = build(&mut sink, &base, path, text, raw);
     match config {
-        Some(c) if sink.errors.is_empty() => Ok(c),
+        Some(c) if sink.count() == 0 => Ok(c),
         _ => {
-            if sink.errors.is_empty() {
+            if sink.count() == 0 {
                 sink.push(0..0, "", "invalid configuration");
             }
-            Err(ConfigErrors(sink.errors))
+            Err(sink.finish())
         }
     }
 }
@@ -66,7 +68,7 @@ fn build(sink: &mut Sink, base: &Path, path: &Path, text: &str, raw: RawConfig) 
             name_spans.push(name_span);
         }
     }
-    if routes.is_empty() && sink.errors.is_empty() {
+    if routes.is_empty() && sink.count() == 0 {
         sink.push(
             0..0,
             "routes",
@@ -110,7 +112,7 @@ fn addr(
                     field,
                     format!(
                         "`{}` is not an IP:port address (example: \"0.0.0.0:8080\")",
-                        s.get_ref()
+                        quote(s.get_ref())
                     ),
                 );
                 None
@@ -119,14 +121,35 @@ fn addr(
     }
 }
 
+/// One day: the longest timeout, window, ejection, latency bound or health interval.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Thirty days: the longest `circuit.bake` and `server.tunnel_max_lifetime_after_flip`.
+pub const MAX_LONG: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration setting: positive and at most `max`. Every duration ends up added to a clock reading
+/// (flipgate's own sums saturate, hyper's do not) or to a persisted deadline, and a value past
+/// these bounds ("100000000y") is a typo, not an intent.
 fn duration(
     sink: &mut Sink,
     v: Option<Spanned<String>>,
     default: Duration,
+    max: Duration,
     field: &str,
 ) -> Duration {
     let Some(s) = v else { return default };
     match humantime::parse_duration(s.get_ref()) {
+        Ok(d) if d > max => {
+            sink.push(
+                s.span(),
+                field,
+                format!(
+                    "`{}` is longer than the maximum of {} for this setting",
+                    quote(s.get_ref()),
+                    humantime::format_duration(max)
+                ),
+            );
+            default
+        }
         Ok(d) if !d.is_zero() => d,
         Ok(_) => {
             sink.push(s.span(), field, "duration must be greater than zero");
@@ -137,8 +160,9 @@ fn duration(
                 s.span(),
                 field,
                 format!(
-                    "`{}` is not a duration ({e}); examples: \"500ms\", \"30s\", \"5m\"",
-                    s.get_ref()
+                    "`{}` is not a duration ({}); examples: \"500ms\", \"30s\", \"5m\"",
+                    quote(s.get_ref()),
+                    quote(&e.to_string())
                 ),
             );
             default
@@ -192,36 +216,42 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             sink,
             raw.connect_timeout,
             Duration::from_secs(2),
+            MAX_TIMEOUT,
             "server.connect_timeout",
         ),
         upstream_timeout: duration(
             sink,
             raw.upstream_timeout,
             Duration::from_secs(60),
+            MAX_TIMEOUT,
             "server.upstream_timeout",
         ),
         drain_timeout: duration(
             sink,
             raw.drain_timeout,
             Duration::from_secs(30),
+            MAX_TIMEOUT,
             "server.drain_timeout",
         ),
         header_read_timeout: duration(
             sink,
             raw.header_read_timeout,
             Duration::from_secs(10),
+            MAX_TIMEOUT,
             "server.header_read_timeout",
         ),
         idle_timeout: duration(
             sink,
             raw.idle_timeout,
             Duration::from_secs(60),
+            MAX_TIMEOUT,
             "server.idle_timeout",
         ),
         pool_idle_timeout: duration(
             sink,
             raw.pool_idle_timeout,
             Duration::from_secs(4),
+            MAX_TIMEOUT,
             "server.pool_idle_timeout",
         ),
         body_idle_timeout: duration(
@@ -264,6 +294,7 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
                 sink,
                 Some(v),
                 Duration::from_secs(3600),
+                MAX_LONG,
                 "server.tunnel_max_lifetime_after_flip",
             )
         }),
@@ -274,6 +305,7 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             sink,
             raw.outlier_ejection,
             Duration::from_secs(10),
+            MAX_TIMEOUT,
             "server.outlier_ejection",
         ),
     };
@@ -305,7 +337,10 @@ fn log(sink: &mut Sink, raw: RawLog) -> Log {
                 sink.push(
                     s.span(),
                     "log.access",
-                    format!("unknown format `{other}`; expected \"off\", \"json\" or \"logfmt\""),
+                    format!(
+                        "unknown format `{}`; expected \"off\", \"json\" or \"logfmt\"",
+                        quote(other)
+                    ),
                 );
                 AccessLogFormat::Off
             }
@@ -339,11 +374,14 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         sink.push(
             raw.name.span(),
             "routes.name",
-            format!("route name `{name}` must be non-empty and use only letters, digits, '-', '_' and '.'"),
+            format!(
+                "route name `{}` must be non-empty and use only letters, digits, '-', '_' and '.'",
+                quote(&name)
+            ),
         );
     }
-    let f = |field: &str| format!("routes[{name}].{field}");
-    let errors_before = sink.errors.len();
+    let f = |field: &str| format!("routes[{}].{field}", quote(&name));
+    let errors_before = sink.count();
 
     let mut hosts = Vec::new();
     for h in &raw.hosts {
@@ -360,7 +398,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
             sink.push(
                 p.span(),
                 f("path_prefix"),
-                format!("`{}` must start with '/'", p.get_ref()),
+                format!("`{}` must start with '/'", quote(p.get_ref())),
             );
             "/".to_string()
         }
@@ -373,7 +411,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
             targets.push(t);
         }
     }
-    if targets.is_empty() && sink.errors.len() == errors_before {
+    if targets.is_empty() && sink.count() == errors_before {
         sink.push(
             targets_span.clone(),
             f("targets"),
@@ -382,11 +420,12 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
     }
     let known = |t: &str| targets.iter().any(|x| x.name == t);
     let names = || {
-        targets
+        let all = targets
             .iter()
             .map(|t| t.name.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        quote(&all).into_owned()
     };
 
     let live = raw.live.get_ref().clone();
@@ -394,7 +433,11 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         sink.push(
             raw.live.span(),
             f("live"),
-            format!("unknown target `{live}`; defined targets: {}", names()),
+            format!(
+                "unknown target `{}`; defined targets: {}",
+                quote(&live),
+                names()
+            ),
         );
     }
 
@@ -406,14 +449,21 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
             sink.push(
                 c.target.span(),
                 f("canary.target"),
-                format!("unknown target `{target}`; defined targets: {}", names()),
+                format!(
+                    "unknown target `{}`; defined targets: {}",
+                    quote(&target),
+                    names()
+                ),
             );
             ok = false;
         } else if target == live {
             sink.push(
                 c.target.span(),
                 f("canary.target"),
-                format!("canary target `{target}` is already the live target"),
+                format!(
+                    "canary target `{}` is already the live target",
+                    quote(&target)
+                ),
             );
             ok = false;
         }
@@ -458,7 +508,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                     sink.push(
                         h.span(),
                         f("preview.header"),
-                        format!("`{}` is not a valid header name", h.get_ref()),
+                        format!("`{}` is not a valid header name", quote(h.get_ref())),
                     );
                     return None;
                 }
@@ -477,7 +527,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                     f("preview.allow_from"),
                     format!(
                         "`{}` is not a CIDR (example: \"10.0.0.0/8\") or IP address",
-                        c.get_ref()
+                        quote(c.get_ref())
                     ),
                 ),
             }
@@ -510,7 +560,10 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                     sink.push(
                         s.span(),
                         f("circuit.compare"),
-                        format!("unknown mode `{other}`; expected \"absolute\" or \"live\""),
+                        format!(
+                            "unknown mode `{}`; expected \"absolute\" or \"live\"",
+                            quote(other)
+                        ),
                     );
                     Compare::Absolute
                 }
@@ -521,19 +574,32 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                 sink,
                 c.window,
                 Duration::from_secs(30),
+                MAX_TIMEOUT,
                 &f("circuit.window"),
             ),
             min_requests: count(sink, c.min_requests, 20, 1, &f("circuit.min_requests")),
             max_error_rate,
-            bake: duration(sink, c.bake, Duration::from_secs(300), &f("circuit.bake")),
+            bake: duration(
+                sink,
+                c.bake,
+                Duration::from_secs(300),
+                MAX_LONG,
+                &f("circuit.bake"),
+            ),
             compare,
-            max_p99: c
-                .max_p99
-                .map(|v| duration(sink, Some(v), Duration::from_secs(1), &f("circuit.max_p99"))),
+            max_p99: c.max_p99.map(|v| {
+                duration(
+                    sink,
+                    Some(v),
+                    Duration::from_secs(1),
+                    MAX_TIMEOUT,
+                    &f("circuit.max_p99"),
+                )
+            }),
         }
     });
 
-    if sink.errors.len() != errors_before {
+    if sink.count() != errors_before {
         return None;
     }
     Some(Route {
@@ -565,7 +631,7 @@ fn target(
     value: Spanned<toml::Value>,
 ) -> Option<Target> {
     let span: Range<usize> = value.span();
-    let field = format!("routes[{route}].targets.{name}");
+    let field = format!("routes[{}].targets.{}", quote(route), quote(&name));
     if name.is_empty()
         || !name
             .chars()
@@ -574,7 +640,10 @@ fn target(
         sink.push(
             span.clone(),
             &field,
-            format!("target name `{name}` must use only letters, digits, '-' and '_'"),
+            format!(
+                "target name `{}` must use only letters, digits, '-' and '_'",
+                quote(&name)
+            ),
         );
         return None;
     }
@@ -653,7 +722,7 @@ fn target(
             sink.push(
                 span,
                 &field,
-                format!("sni `{sni}` is not a valid DNS name or IP address"),
+                format!("sni `{}` is not a valid DNS name or IP address", quote(sni)),
             );
             return None;
         }
@@ -678,7 +747,7 @@ fn target(
                 .map(humantime::parse_duration)
             {
                 None => Ok(Duration::from_secs(5)),
-                Some(Ok(d)) if d >= Duration::from_millis(100) => Ok(d),
+                Some(Ok(d)) if d >= Duration::from_millis(100) && d <= MAX_TIMEOUT => Ok(d),
                 Some(_) => Err(()),
             };
             match (parsed, interval) {
@@ -691,7 +760,10 @@ fn target(
                     sink.push(
                         span,
                         &field,
-                        format!("health_check `{path}` must be a path starting with '/'"),
+                        format!(
+                            "health_check `{}` must be a path starting with '/'",
+                            quote(&path)
+                        ),
                     );
                     return None;
                 }
@@ -699,7 +771,7 @@ fn target(
                     sink.push(
                         span,
                         &field,
-                        "health_interval must be a duration of at least 100ms (example: \"5s\")",
+                        "health_interval must be a duration of at least 100ms and at most 1day (example: \"5s\")",
                     );
                     return None;
                 }
@@ -719,13 +791,21 @@ fn target(
 
 /// Validates an upstream `host:port`.
 fn instance(s: &str) -> Result<http::uri::Authority, String> {
-    let bad = || format!("`{s}` is not a host:port address (example: \"10.0.0.11:3000\")");
+    let bad = || {
+        format!(
+            "`{}` is not a host:port address (example: \"10.0.0.11:3000\")",
+            quote(s)
+        )
+    };
     let a: http::uri::Authority = s.parse().map_err(|_| bad())?;
     if a.as_str().contains('@') || a.port_u16().is_none() || a.host().is_empty() {
         return Err(bad());
     }
     if a.port_u16() == Some(0) {
-        return Err(format!("`{s}`: port 0 is not a valid upstream port"));
+        return Err(format!(
+            "`{}`: port 0 is not a valid upstream port",
+            quote(s)
+        ));
     }
     Ok(a)
 }
@@ -745,7 +825,8 @@ fn host_pattern(h: &str) -> Result<HostPattern, String> {
         });
     if !valid {
         return Err(format!(
-            "`{h}` is not a host name; use \"bot.example.com\" or \"*.example.com\" (no port, no scheme)"
+            "`{}` is not a host name; use \"bot.example.com\" or \"*.example.com\" (no port, no scheme)",
+            quote(h)
         ));
     }
     Ok(if wild {
@@ -762,7 +843,7 @@ fn sticky(s: &str) -> Result<Sticky, String> {
     if let Some(h) = s.strip_prefix("header:") {
         return http::HeaderName::from_bytes(h.as_bytes())
             .map(Sticky::Header)
-            .map_err(|_| format!("`{h}` is not a valid header name"));
+            .map_err(|_| format!("`{}` is not a valid header name", quote(h)));
     }
     if let Some(c) = s.strip_prefix("cookie:") {
         if !c.is_empty()
@@ -771,10 +852,11 @@ fn sticky(s: &str) -> Result<Sticky, String> {
         {
             return Ok(Sticky::Cookie(c.to_string()));
         }
-        return Err(format!("`{c}` is not a valid cookie name"));
+        return Err(format!("`{}` is not a valid cookie name", quote(c)));
     }
     Err(format!(
-        "`{s}` is not a sticky key; expected \"header:NAME\", \"cookie:NAME\" or \"none\""
+        "`{}` is not a sticky key; expected \"header:NAME\", \"cookie:NAME\" or \"none\"",
+        quote(s)
     ))
 }
 
@@ -791,7 +873,7 @@ fn check_unique(sink: &mut Sink, routes: &[Route], name_spans: &[Range<usize>]) 
         if !names.insert(r.name.as_str()) {
             sink.push(
                 at.clone(),
-                format!("routes[{}].name", r.name),
+                format!("routes[{}].name", quote(&r.name)),
                 "duplicate route name",
             );
         }
@@ -809,10 +891,11 @@ fn check_unique(sink: &mut Sink, routes: &[Route], name_spans: &[Range<usize>]) 
                 };
                 sink.push(
                     at.clone(),
-                    format!("routes[{}]", r.name),
+                    format!("routes[{}]", quote(&r.name)),
                     format!(
-                        "({host}, path_prefix \"{}\") is already taken by another route",
-                        r.path_prefix
+                        "({}, path_prefix \"{}\") is already taken by another route",
+                        quote(&host),
+                        quote(&r.path_prefix)
                     ),
                 );
             }

@@ -228,9 +228,10 @@ impl Conn {
     /// Waits for the next complete request head and plans it; `None` when the connection should
     /// close (client closed, timeout, shutdown while idle).
     async fn next_head(&mut self, mut timer: Pin<&mut Sleep>) -> Option<(Plan, Instant)> {
-        timer
-            .as_mut()
-            .reset(Instant::now() + self.settings.header_timeout);
+        timer.as_mut().reset(crate::clock::deadline(
+            Instant::now(),
+            self.settings.header_timeout,
+        ));
         loop {
             if !self.rbuf.is_empty() {
                 let start = Instant::now();
@@ -276,7 +277,9 @@ impl Conn {
         start: Instant,
         mut timer: Pin<&mut Sleep>,
     ) -> bool {
-        timer.as_mut().reset(start + f.limits.timeout);
+        timer
+            .as_mut()
+            .reset(crate::clock::deadline(start, f.limits.timeout));
         let sent = self.send(&f, timer.as_mut()).await;
         let head::Forward {
             body_len,

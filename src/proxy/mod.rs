@@ -351,7 +351,7 @@ impl Proxy {
         };
 
         let client = self.clients.for_upstream(upstream);
-        let deadline = start + limits.timeout;
+        let deadline = crate::clock::deadline(start, limits.timeout);
         if pinned {
             loop {
                 let send = conn.pinned.send(instance, limits.connect_timeout, req);
