@@ -258,12 +258,14 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
             sink,
             raw.body_idle_timeout,
             Duration::from_secs(60),
+            MAX_TIMEOUT,
             "server.body_idle_timeout",
         ),
         tunnel_idle_timeout: duration(
             sink,
             raw.tunnel_idle_timeout,
             Duration::from_secs(600),
+            MAX_TIMEOUT,
             "server.tunnel_idle_timeout",
         ),
         max_header_bytes: count(
