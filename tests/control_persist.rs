@@ -695,3 +695,52 @@ async fn a_set_aside_state_is_dropped_with_a_warning_after_its_grace() {
     assert_eq!(s.live_source, flipgate::state::Source::File);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_cut_inside_its_targets_gets_its_flip_back() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let full = config("blue", &[("blue", blue.addr), ("green", green.addr)], "");
+    let gw = Gw::start(&full).await;
+    let c = client();
+    let ctl = gw.gateway.as_ref().unwrap().control.clone();
+    let r = gw.act(&c, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+
+    // The writer pauses after the `blue` target: a valid file whose route has no `green`.
+    let cut = full.find("green = [").unwrap();
+    let (part1, part2) = full.split_at(cut);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&gw.file)
+        .unwrap();
+    f.write_all(part1.as_bytes()).unwrap();
+    wait_until(
+        "the first part applied",
+        Duration::from_secs(10),
+        || async {
+            let snap = ctl.snapshots().load();
+            snap.route("bot").is_some_and(|r| r.targets.len() == 1)
+        },
+    )
+    .await;
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    f.write_all(part2.as_bytes()).unwrap();
+    drop(f);
+    wait_until(
+        "the whole file applied",
+        Duration::from_secs(10),
+        || async {
+            let snap = ctl.snapshots().load();
+            snap.route("bot").is_some_and(|r| r.targets.len() == 2)
+        },
+    )
+    .await;
+    let s = ctl.snapshots().load().route("bot").unwrap().state.clone();
+    assert_eq!(s.live, "green");
+    assert_eq!(s.live_source, flipgate::state::Source::Admin);
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+    gw.stop().await;
+}
