@@ -11,9 +11,21 @@
 //! target it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it
 //! consumes `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request
 //! path; persistence does blocking I/O, so async callers use `spawn_blocking`.
+//!
+//! Runtime state is never lost to one read of a half-written file: when a reload (or a start)
+//! would drop a route's runtime state (the route left the file, or its split section changed), the
+//! state is *parked*, persisted beside the live states with the split fingerprint it was made
+//! against and the length and hash of the file that set it aside, and an event says so
+//! (`route_removed`, a warning). If a later file *begins with* that file (the writer was still
+//! writing) and has the route back with the same split section, the state is restored
+//! (`state_restored`). A deliberate edit is never undone this way: a file that does not extend the
+//! one that set the state aside drops it, as does `PARKED_GRACE`, and an operator action or a
+//! circuit trip on the route (they are newer decisions). Dropping for good a state set aside by a
+//! route's removal is a warning and a `state_dropped` event.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -22,7 +34,12 @@ use crate::config::{Config, ConfigErrors, Route};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::state::{Persisted, RouteState, Source, Store, Trip};
+use crate::state::{Parked, Persisted, RouteState, Saved, Source, Store, Trip};
+
+/// How long runtime state set aside by a reload is kept for its route to come back: long enough for
+/// any writer that pauses mid-file and for an operator to undo a mistaken edit, short enough that a
+/// route removed on purpose does not come back with a stale flip much later.
+pub const PARKED_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// Why a control call was refused; maps to an HTTP status in the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +97,8 @@ struct Inner {
     states: HashMap<String, RouteState>,
     /// Fingerprint of each route's split section, as of the config in force.
     fingerprints: HashMap<String, u64>,
+    /// Runtime state the file stopped matching, by route name (see the module doc).
+    parked: HashMap<String, Parked>,
     generation: u64,
     store: Store,
     last_reload: ReloadStatus,
@@ -112,28 +131,31 @@ impl Control {
     /// Starts from a validated config, restoring runtime state from `config.state.dir`.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Control> {
         let store = Store::new(&config.state.dir);
-        let persisted = store.load();
+        let saved = store.load();
         let events = Events::default();
         let now = unix_ms();
-        let mut states = HashMap::new();
-        let mut fingerprints = HashMap::new();
+        let (old_states, old_fps): (HashMap<_, _>, HashMap<_, _>) = saved
+            .routes
+            .into_iter()
+            .map(|(name, p)| ((name.clone(), p.state), (name, p.fingerprint)))
+            .unzip();
         for route in &config.routes {
-            let fp = route.split_fingerprint();
-            fingerprints.insert(route.name.clone(), fp);
-            let old = persisted
-                .get(&route.name)
-                .map(|p| (&p.state, p.fingerprint));
-            if let Some((s, f)) = old {
-                if f == fp && state_fits(route, s) {
-                    tracing::info!(route = %route.name, live = %s.live, tripped = s.tripped.is_some(), "restored runtime state");
-                }
+            let restored = old_states.get(&route.name).filter(|s| {
+                old_fps.get(&route.name) == Some(&route.split_fingerprint()) && state_fits(route, s)
+            });
+            if let Some(s) = restored {
+                tracing::info!(route = %route.name, live = %s.live, tripped = s.tripped.is_some(), "restored runtime state");
             }
-            let s = merge(route, fp, old, now, &metrics, &events);
-            states.insert(route.name.clone(), s);
         }
-        for name in persisted.keys().filter(|n| config.route(n).is_none()) {
-            tracing::info!(route = %name, "dropping runtime state of a route that is no longer in the file");
-        }
+        let (states, fingerprints, parked) = reconcile(
+            &config,
+            &old_states,
+            &old_fps,
+            saved.parked.into_iter().collect(),
+            now,
+            &metrics,
+            &events,
+        );
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             metrics,
@@ -142,6 +164,7 @@ impl Control {
                 config: Arc::new(config),
                 states,
                 fingerprints,
+                parked,
                 generation: 0,
                 store,
                 last_reload: ReloadStatus {
@@ -234,22 +257,15 @@ impl Control {
                 "changed in the route file but only takes effect after a restart"
             );
         }
-        let now = unix_ms();
-        let mut states = HashMap::new();
-        let mut fingerprints = HashMap::new();
-        for route in &new.routes {
-            let fp = route.split_fingerprint();
-            fingerprints.insert(route.name.clone(), fp);
-            let old = inner
-                .states
-                .get(&route.name)
-                .zip(inner.fingerprints.get(&route.name).copied());
-            let s = merge(route, fp, old, now, &self.metrics, &self.events);
-            states.insert(route.name.clone(), s);
-        }
-        for gone in inner.states.keys().filter(|n| new.route(n).is_none()) {
-            tracing::info!(route = %gone, "route removed from the file; its runtime state is dropped");
-        }
+        let (states, fingerprints, parked) = reconcile(
+            &new,
+            &inner.states,
+            &inner.fingerprints,
+            inner.parked.clone(),
+            unix_ms(),
+            &self.metrics,
+            &self.events,
+        );
         for old_route in &inner.config.routes {
             for t in &old_route.targets {
                 let kept = new
@@ -262,10 +278,12 @@ impl Control {
         }
         // An edit that leaves every route's split alone (a new route prefix, a timeout) needs no
         // fsync: the persisted state would be byte-for-byte the same.
-        let unchanged = states == inner.states && fingerprints == inner.fingerprints;
+        let unchanged =
+            states == inner.states && fingerprints == inner.fingerprints && parked == inner.parked;
         inner.config = Arc::new(new);
         inner.states = states;
         inner.fingerprints = fingerprints;
+        inner.parked = parked;
         inner.last_reload = ReloadStatus {
             result: "success",
             error: None,
@@ -319,6 +337,8 @@ impl Control {
             self.clear_window(route, after.as_ref().map(|(c, _)| c.as_str()));
         }
         inner.states.insert(route.to_string(), s);
+        // The operator decided on the state in force: a parked, older one must not come back.
+        inner.parked.remove(route);
         let persisted = self.persist(&inner);
         let generation = self.publish(&mut inner);
         self.events.push(kind, Some(route), message);
@@ -373,6 +393,7 @@ impl Control {
         );
         s.tripped = Some(trip);
         inner.states.insert(route.to_string(), s);
+        inner.parked.remove(route);
         // Traffic first: a rollback must not wait for an fsync. (Crashing in between loses only the
         // record of the trip; the candidate then restarts with an empty window and trips again.)
         self.publish(&mut inner);
@@ -452,7 +473,28 @@ impl Control {
                 ))
             })
             .collect();
-        inner.store.save(&routes)
+        let parked = inner
+            .parked
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        inner.store.save(&Saved { routes, parked })
+    }
+
+    /// Drops parked runtime state older than `PARKED_GRACE` (a warning and a `state_dropped` event
+    /// for each state a route's removal set aside) and persists the rest. The reload watcher calls
+    /// it on every poll, so nothing stays parked long past its grace when the file never changes
+    /// again. Returns how many were dropped.
+    pub fn expire_parked(&self, now_unix_ms: u64) -> usize {
+        let mut inner = self.lock();
+        let config = inner.config.clone();
+        let dropped = expire(&mut inner.parked, &config, now_unix_ms, &self.events);
+        if dropped > 0 {
+            if let Err(e) = self.persist(&inner) {
+                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
+            }
+        }
+        dropped
     }
 }
 
@@ -505,6 +547,195 @@ fn only_other(route: &Route, live: &str) -> Option<String> {
         (Some(t), None) => Some(t.name.clone()),
         _ => None,
     }
+}
+
+/// Route states, their split fingerprints and parked states, after reading `config`.
+type Reconciled = (
+    HashMap<String, RouteState>,
+    HashMap<String, u64>,
+    HashMap<String, Parked>,
+);
+
+/// The runtime state that follows from reading `config` over the state in force (`states` with the
+/// fingerprints they were made against) and the parked states. Unchanged routes keep their state.
+/// A route whose parked state was set aside by a file that `config`'s file begins with (it was
+/// written in steps, and the earlier steps were applied) and that is back with the same split
+/// section gets that state back. Every other route follows the file (`merge`), and runtime state
+/// the file no longer matches is parked, not dropped. A parked state whose file was not completed
+/// but replaced, or whose grace has passed, is dropped.
+fn reconcile(
+    config: &Config,
+    states: &HashMap<String, RouteState>,
+    fingerprints: &HashMap<String, u64>,
+    mut parked: HashMap<String, Parked>,
+    now_unix_ms: u64,
+    metrics: &Metrics,
+    events: &Events,
+) -> Reconciled {
+    expire(&mut parked, config, now_unix_ms, events);
+    let grace = humantime::format_duration(PARKED_GRACE);
+    let park = |s: &RouteState, fingerprint: u64, route_removed: bool| Parked {
+        fingerprint,
+        state: s.clone(),
+        since_unix_ms: now_unix_ms,
+        displaced_by_len: config.text.len(),
+        displaced_by_hash: config.content_hash,
+        route_removed,
+    };
+    let mut new_states = HashMap::new();
+    let mut new_fps = HashMap::new();
+    for route in &config.routes {
+        let name = route.name.as_str();
+        let fp = route.split_fingerprint();
+        new_fps.insert(name.to_string(), fp);
+        let cur = states.get(name).zip(fingerprints.get(name).copied());
+        if let Some((s, f)) = cur {
+            if f == fp && state_fits(route, s) {
+                new_states.insert(name.to_string(), s.clone());
+                continue;
+            }
+        }
+        let comes_back = parked
+            .get(name)
+            .is_some_and(|p| p.fingerprint == fp && state_fits(route, &p.state));
+        let s = if comes_back {
+            let p = parked.remove(name).expect("checked above");
+            if cur.is_some_and(|(s, _)| s.live != p.state.live) {
+                metrics.flips.with_label_values(&[name]).inc();
+            }
+            events.push(
+                "state_restored",
+                Some(name),
+                format!(
+                    "route `{name}` is back in the route file as its runtime state was made against (the file was written in steps); restored: {}",
+                    describe(&p.state)
+                ),
+            );
+            p.state
+        } else {
+            // Back with another split, it follows the file as if it had never left.
+            let old = cur.or_else(|| parked.get(name).map(|p| (&p.state, p.fingerprint)));
+            merge(route, fp, old, now_unix_ms, metrics, events)
+        };
+        // The state in force no longer matches the file: newest intent wins, but if this file
+        // turns out to be only the beginning of the next one, the state comes back. A state
+        // already parked for the route came from an earlier step of the same writing (`expire`
+        // dropped any other): it is the one to keep.
+        if let Some((old, f)) = cur.filter(|(s, _)| has_runtime_state(s)) {
+            if !comes_back {
+                tracing::info!(route = %name, "runtime state ({}) set aside for {grace} in case the route file was only half-written", describe(old));
+            }
+            parked
+                .entry(name.to_string())
+                .or_insert_with(|| park(old, f, false));
+        }
+        new_states.insert(name.to_string(), s);
+    }
+    let mut gone: Vec<_> = states
+        .iter()
+        .filter(|(n, _)| config.route(n).is_none())
+        .collect();
+    gone.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, s) in gone {
+        let message = if has_runtime_state(s) {
+            let fp = fingerprints.get(name).copied().unwrap_or_default();
+            parked
+                .entry(name.clone())
+                .or_insert_with(|| park(s, fp, true));
+            format!(
+                "route `{name}` removed from the route file; its runtime state ({}) is kept for {grace} in case the file was only half-written and the route returns (write the file by rename)",
+                describe(s)
+            )
+        } else {
+            format!("route `{name}` removed from the route file (it had no runtime state)")
+        };
+        events.push("route_removed", Some(name), message);
+    }
+    (new_states, new_fps, parked)
+}
+
+/// Drops parked states that can no longer come back: their grace has passed, or `config`'s file
+/// does not begin with the file that set them aside (it was replaced, not completed). A state set
+/// aside because its route left the file is lost for good here: a warning and a `state_dropped`
+/// event (the `route_removed` event said it was kept). Returns how many were dropped.
+fn expire(
+    parked: &mut HashMap<String, Parked>,
+    config: &Config,
+    now_unix_ms: u64,
+    events: &Events,
+) -> usize {
+    let grace = humantime::format_duration(PARKED_GRACE);
+    let mut dropped: Vec<(String, &'static str)> = parked
+        .iter()
+        .filter_map(|(n, p)| {
+            if crate::clock::add_ms(p.since_unix_ms, PARKED_GRACE) <= now_unix_ms {
+                Some((n.clone(), "the route did not come back within the grace"))
+            } else if !config
+                .text
+                .starts_with_file(p.displaced_by_len, p.displaced_by_hash)
+            {
+                Some((
+                    n.clone(),
+                    "the route file was replaced by one that does not complete the file that removed it",
+                ))
+            } else {
+                None
+            }
+        })
+        .collect();
+    dropped.sort();
+    for (name, why) in &dropped {
+        let Some(p) = parked.remove(name) else {
+            continue;
+        };
+        if p.route_removed {
+            events.push(
+                "state_dropped",
+                Some(name),
+                format!(
+                    "runtime state of route `{name}` dropped: {why} ({grace}); it was: {}",
+                    describe(&p.state)
+                ),
+            );
+        } else {
+            // Its split changed in the file, which was reported then; the route follows the file.
+            tracing::info!(route = %name, reason = why, "set-aside runtime state dropped");
+        }
+    }
+    dropped.len()
+}
+
+/// Whether a state says more than the route file alone: a runtime override, a trip or a `previous`
+/// to roll back to. Only such a state is worth keeping when the file stops matching it.
+fn has_runtime_state(s: &RouteState) -> bool {
+    s.live_source != Source::File
+        || s.canary_source != Source::File
+        || s.tripped.is_some()
+        || s.previous.is_some()
+}
+
+/// A state in a few words, for events.
+fn describe(s: &RouteState) -> String {
+    let source = |src: Source| match src {
+        Source::File => "file",
+        Source::Admin => "admin",
+        Source::Circuit => "circuit",
+    };
+    let mut out = format!("live `{}` ({})", s.live, source(s.live_source));
+    if let Some(c) = &s.canary_target {
+        out.push_str(&format!(
+            ", canary `{c}` {:.2}% ({})",
+            s.canary_bp as f64 / 100.0,
+            source(s.canary_source)
+        ));
+    }
+    if let Some(p) = &s.previous {
+        out.push_str(&format!(", previous `{p}`"));
+    }
+    if s.tripped.is_some() {
+        out.push_str(", tripped");
+    }
+    out
 }
 
 /// The state of `route` after its file section is (re)read: `old` (with the fingerprint it was

@@ -16,7 +16,8 @@ const CAPACITY: usize = 100;
 pub struct Event {
     /// Unix seconds.
     pub at: u64,
-    /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`.
+    /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`,
+    /// `route_removed`, `state_restored`, `state_dropped`.
     pub kind: &'static str,
     /// The route, when the event concerns one.
     pub route: Option<String>,
@@ -30,9 +31,14 @@ pub struct Events {
 }
 
 impl Events {
-    /// Appends an event and logs it; control-plane events are always logged.
+    /// Appends an event and logs it; control-plane events are always logged, those that need an
+    /// operator's eye (a rejected file, a trip, a route gone from the file with what it held) as
+    /// warnings.
     pub fn push(&self, kind: &'static str, route: Option<&str>, message: String) {
-        if kind == "reload_rejected" || kind == "trip" {
+        if matches!(
+            kind,
+            "reload_rejected" | "trip" | "route_removed" | "state_dropped"
+        ) {
             tracing::warn!(event = kind, route = route.unwrap_or(""), "{message}");
         } else {
             tracing::info!(event = kind, route = route.unwrap_or(""), "{message}");

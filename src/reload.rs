@@ -7,7 +7,10 @@
 //! are never re-applied or re-reported: the last attempted content hash is remembered, so a broken
 //! file is logged once, not on every poll. The file is read once per attempt and at most
 //! `config::MAX_FILE_BYTES` of it. The poll is the safety net for missed events (inotify queue
-//! overflow, a watched directory replaced).
+//! overflow, a watched directory replaced), and ends the grace of runtime state set aside for a
+//! half-written file (`Control::expire_parked`). Nothing here can tell a finished file from a
+//! writer's pause: a valid beginning of a file is applied like any file (the control plane keeps
+//! the runtime state it would drop); operators write the file by rename (docs/operations.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,6 +136,9 @@ pub async fn run(control: Arc<Control>, path: PathBuf, mut shutdown: watch::Rece
         let mut lt = last_tried;
         last_tried = tokio::task::spawn_blocking(move || {
             reload_if_changed(&c, &p, &mut lt);
+            // Runtime state set aside for a half-written file ends its grace even if the file
+            // never changes again.
+            c.expire_parked(crate::control::unix_ms());
             lt
         })
         .await

@@ -5,7 +5,10 @@
 //! longer matches). The state file is replaced atomically (temp file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new file, never a torn one. A file that cannot be
 //! read or parsed never stops serving: it is copied (or, unreadable, moved) aside and flipgate starts
-//! from the route file.
+//! from the route file. Runtime state that the route file stopped matching (its route left the file,
+//! or its split section changed) is kept apart as `parked`, never mixed into `routes`, so a file that
+//! was only half-written can get it back (see `control`); files written before `parked` existed read
+//! as having none.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -75,10 +78,40 @@ pub struct Persisted {
     pub state: RouteState,
 }
 
+/// Runtime state the route file no longer matches, kept for a while in case the file was only
+/// half-written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    /// The split section the state was made against: it is restored only for this same section.
+    pub fingerprint: u64,
+    pub state: RouteState,
+    /// Unix milliseconds when it was set aside; it is dropped `control::PARKED_GRACE` later.
+    pub since_unix_ms: u64,
+    /// Length in bytes of the route file that set it aside.
+    pub displaced_by_len: u64,
+    /// xxh3 hash of that file: the state is only restored by a file that begins with it.
+    pub displaced_by_hash: u64,
+    /// Set aside because its route left the file (else: its split section changed). Only then is
+    /// dropping it for good a warning: the operator was told it was kept in case the route returns.
+    #[serde(default)]
+    pub route_removed: bool,
+}
+
+/// Everything the state file holds.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Saved {
+    /// Per route in the route file: its state and the fingerprint it was made against.
+    pub routes: BTreeMap<String, Persisted>,
+    /// Per route name: state set aside by a reload, in case the route file comes back.
+    pub parked: BTreeMap<String, Parked>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
     version: u32,
     routes: BTreeMap<String, Persisted>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    parked: BTreeMap<String, Parked>,
 }
 
 /// Reads and writes `state.json` in the state directory.
@@ -97,27 +130,30 @@ impl Store {
         self.dir.join("state.json")
     }
 
-    /// Loads persisted routes. A missing file is an empty state; an unreadable or corrupt one is
+    /// Loads the persisted state. A missing file is an empty state; an unreadable or corrupt one is
     /// logged, copied to `state.json.bad-<unix>` and treated as empty.
-    pub fn load(&self) -> BTreeMap<String, Persisted> {
+    pub fn load(&self) -> Saved {
         let path = self.file();
         let text = match std::fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Saved::default(),
             Err(e) => {
                 self.quarantine(&path, &format!("unreadable: {e}"));
-                return BTreeMap::new();
+                return Saved::default();
             }
         };
         match serde_json::from_slice::<StateFile>(&text) {
-            Ok(f) if f.version == 1 => f.routes,
+            Ok(f) if f.version == 1 => Saved {
+                routes: f.routes,
+                parked: f.parked,
+            },
             Ok(f) => {
                 self.quarantine(&path, &format!("unsupported version {}", f.version));
-                BTreeMap::new()
+                Saved::default()
             }
             Err(e) => {
                 self.quarantine(&path, &e.to_string());
-                BTreeMap::new()
+                Saved::default()
             }
         }
     }
@@ -137,11 +173,12 @@ impl Store {
     }
 
     /// Atomically replaces the state file.
-    pub fn save(&self, routes: &BTreeMap<String, Persisted>) -> std::io::Result<()> {
+    pub fn save(&self, saved: &Saved) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let body = serde_json::to_vec_pretty(&StateFile {
             version: 1,
-            routes: routes.clone(),
+            routes: saved.routes.clone(),
+            parked: saved.parked.clone(),
         })
         .map_err(std::io::Error::other)?;
         let tmp = self

@@ -1,7 +1,10 @@
 //! Runtime overlay persistence: survives `kill -9` of the real binary, is dropped when the file's
 //! split for a route changes (newest intent wins) or the route goes away, and a corrupt state file
-//! never stops flipgate from serving the file's config.
+//! never stops flipgate from serving the file's config. A route file written in several steps does
+//! not cost a route its runtime state: what a half-written file would drop is set aside, with a
+//! warning and an event, and restored when the rest of the file arrives.
 mod support;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -220,9 +223,11 @@ async fn overlay_follows_the_file_newest_intent_wins() {
     assert_eq!(s.previous.as_deref(), Some("green"));
     assert!(s.bake_until_unix_ms.is_some());
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
-    // The removed route's overlay is gone from the state file too.
+    // The removed route's overlay is out of the routes in force, only set aside (in case the file
+    // was half-written) until its grace ends or a file that does not complete this one arrives.
     let saved = read_state(gw.dir.path());
     assert!(saved["routes"]["other"].is_null(), "{saved}");
+    assert_eq!(saved["parked"]["other"]["state"]["live"], "b", "{saved}");
     assert_eq!(saved["routes"]["bot"]["state"]["live"], "blue");
     gw.stop().await;
 }
@@ -338,5 +343,313 @@ async fn unreadable_state_file_is_moved_aside() {
         "{names:?}"
     );
     assert_eq!(read_state(gw.dir.path())["version"], 1);
+    gw.stop().await;
+}
+
+fn events(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The full file and where route `other` starts in it: what a writer that pauses there has
+/// written so far is a valid file without `other`.
+fn split_before_other(full: &str) -> (&str, &str) {
+    full.split_at(full.find("\n[[routes]]\nname = \"other\"").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_file_written_in_two_steps_keeps_the_flipped_routes_state() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let full = two_routes(&blue, &green, "", true);
+    let gw = Gw::start(&full).await;
+    let c = client();
+    let ctl = gw.gateway.as_ref().unwrap().control.clone();
+    let r = send(
+        &c,
+        "POST",
+        &gw.admin_url("/api/v1/routes/other/flip"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &gw.url("/other"), &[]).await.text(), "green");
+
+    // `{ cat part1; sleep; cat part2; } > flipgate.toml`: the same bytes again, written in place in
+    // two steps. The pause lasts until flipgate has applied the first part.
+    let (part1, part2) = split_before_other(&full);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&gw.file)
+        .unwrap();
+    f.write_all(part1.as_bytes()).unwrap();
+    wait_until(
+        "the first part applied",
+        Duration::from_secs(10),
+        || async { ctl.snapshots().load().route("other").is_none() },
+    )
+    .await;
+    let saved = read_state(gw.dir.path());
+    assert_eq!(saved["parked"]["other"]["state"]["live"], "b", "{saved}");
+    f.write_all(part2.as_bytes()).unwrap();
+    drop(f);
+    wait_until(
+        "the whole file applied",
+        Duration::from_secs(10),
+        || async { ctl.snapshots().load().route("other").is_some() },
+    )
+    .await;
+
+    // The operator's flip is still in force, and durable.
+    let s = ctl.snapshots().load().route("other").unwrap().state.clone();
+    assert_eq!(s.live, "b");
+    assert_eq!(s.live_source, flipgate::state::Source::Admin);
+    assert_eq!(s.previous.as_deref(), Some("a"));
+    assert_eq!(get(&c, &gw.url("/other"), &[]).await.text(), "green");
+    let saved = read_state(gw.dir.path());
+    assert_eq!(saved["routes"]["other"]["state"]["live"], "b", "{saved}");
+    assert_eq!(saved["routes"]["other"]["state"]["live_source"], "admin");
+    assert!(saved["parked"].is_null(), "{saved}");
+
+    let ev = events(&get(&c, &gw.admin_url("/api/v1/events"), &[]).await.json());
+    let removed = ev
+        .iter()
+        .find(|(k, _)| k == "route_removed")
+        .expect("a route_removed event");
+    assert!(
+        removed
+            .1
+            .contains("route `other` removed from the route file")
+            && removed.1.contains("live `b` (admin)")
+            && removed.1.contains("kept for 10m"),
+        "{removed:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|(k, m)| k == "state_restored" && m.contains("route `other`")),
+        "{ev:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_route_warns_and_its_set_aside_state_survives_kill_9() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    let full = two_routes(&blue, &green, "", true);
+    write_atomic(&file, &full);
+    let c = client();
+    let p = Proc::start(&file);
+    let r = send(
+        &c,
+        "POST",
+        &p.admin_url("/api/v1/routes/other/flip"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The writer stops after the first part (a generator that died, a slow pipe).
+    let (part1, part2) = split_before_other(&full);
+    std::fs::write(&file, part1).unwrap();
+    wait_until("the removal reported", Duration::from_secs(10), || async {
+        let v = get(&c, &p.admin_url("/api/v1/events"), &[]).await.json();
+        events(&v).iter().any(|(k, _)| k == "route_removed")
+    })
+    .await;
+    wait_until(
+        "the removal logged as a warning",
+        Duration::from_secs(10),
+        || async {
+            p.log.lock().unwrap().iter().any(|l| {
+                l.contains("WARN")
+                    && l.contains("route `other` removed from the route file")
+                    && l.contains("kept for 10m")
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        read_state(dir.path())["parked"]["other"]["state"]["live"],
+        "b"
+    );
+    p.kill9();
+
+    // The rest of the file arrives while flipgate is down: the state comes back at start.
+    std::fs::write(&file, format!("{part1}{part2}")).unwrap();
+    let p = Proc::start(&file);
+    let v = get(&c, &p.admin_url("/api/v1/routes/other"), &[])
+        .await
+        .json();
+    assert_eq!(v["live"], "b", "{v}");
+    assert_eq!(v["live_source"], "admin", "{v}");
+    assert_eq!(get(&c, &p.url("/other"), &[]).await.text(), "green");
+    p.kill9();
+}
+
+#[tokio::test]
+async fn a_deliberate_edit_is_never_undone_by_a_set_aside_state() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let original = two_routes(&blue, &green, "", true);
+    let gw = Gw::start(&original).await;
+    let c = client();
+    let ctl = gw.gateway.as_ref().unwrap().control.clone();
+    let state = |name: &str| ctl.snapshots().load().route(name).unwrap().state.clone();
+    let r = gw.act(&c, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+
+    // The flip is written into the file (live = "green"), then that edit is reverted: the revert is
+    // a file rollback to blue, not a return of the admin flip set aside by the first edit.
+    let g = gw.generation();
+    gw.rewrite(&original.replacen("live = \"blue\"", "live = \"green\"", 1));
+    wait_generation(&gw, g).await;
+    assert_eq!(state("bot").live_source, flipgate::state::Source::File);
+    let g = gw.generation();
+    gw.rewrite(&original);
+    wait_generation(&gw, g).await;
+    let s = state("bot");
+    assert_eq!(s.live, "blue");
+    assert_eq!(s.live_source, flipgate::state::Source::File);
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+
+    // A route removed on purpose and written back later does not get its old flip back either:
+    // the file that removed it was replaced, not completed.
+    let r = send(
+        &c,
+        "POST",
+        &gw.admin_url("/api/v1/routes/other/flip"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (without_other, _) = split_before_other(&original);
+    let g = gw.generation();
+    gw.rewrite(without_other);
+    wait_generation(&gw, g).await;
+    let g = gw.generation();
+    gw.rewrite(&original.replace("upstream_timeout = \"5s\"", "upstream_timeout = \"7s\""));
+    wait_generation(&gw, g).await;
+    assert_eq!(state("other").live, "a");
+    assert_eq!(state("other").live_source, flipgate::state::Source::File);
+    let ev = events(&get(&c, &gw.admin_url("/api/v1/events"), &[]).await.json());
+    assert!(
+        ev.iter().any(|(k, m)| k == "state_dropped"
+            && m.contains("route `other`")
+            && m.contains("does not complete")),
+        "{ev:?}"
+    );
+    assert!(read_state(gw.dir.path())["parked"].is_null());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_set_aside_state_is_dropped_with_a_warning_after_its_grace() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let full = two_routes(&blue, &green, "", true);
+    let gw = Gw::start(&full).await;
+    let c = client();
+    let ctl = gw.gateway.as_ref().unwrap().control.clone();
+    let r = send(
+        &c,
+        "POST",
+        &gw.admin_url("/api/v1/routes/other/flip"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (part1, _) = split_before_other(&full);
+    let g = gw.generation();
+    gw.rewrite(part1);
+    wait_generation(&gw, g).await;
+
+    // Within the grace nothing is dropped; past it, the state goes, reported.
+    let now = flipgate::control::unix_ms();
+    assert_eq!(ctl.expire_parked(now), 0);
+    let grace = flipgate::control::PARKED_GRACE.as_millis() as u64;
+    assert_eq!(ctl.expire_parked(now + grace + 1_000), 1);
+    let ev = events(&get(&c, &gw.admin_url("/api/v1/events"), &[]).await.json());
+    assert!(
+        ev.iter().any(|(k, m)| k == "state_dropped"
+            && m.contains("route `other`")
+            && m.contains("did not come back")),
+        "{ev:?}"
+    );
+    assert!(read_state(gw.dir.path())["parked"].is_null());
+
+    // The rest of the file now brings the route back as the file says.
+    let g = gw.generation();
+    gw.rewrite(&full);
+    wait_generation(&gw, g).await;
+    let s = ctl.snapshots().load().route("other").unwrap().state.clone();
+    assert_eq!(s.live, "a");
+    assert_eq!(s.live_source, flipgate::state::Source::File);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_cut_inside_its_targets_gets_its_flip_back() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let full = config("blue", &[("blue", blue.addr), ("green", green.addr)], "");
+    let gw = Gw::start(&full).await;
+    let c = client();
+    let ctl = gw.gateway.as_ref().unwrap().control.clone();
+    let r = gw.act(&c, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+
+    // The writer pauses after the `blue` target: a valid file whose route has no `green`.
+    let cut = full.find("green = [").unwrap();
+    let (part1, part2) = full.split_at(cut);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&gw.file)
+        .unwrap();
+    f.write_all(part1.as_bytes()).unwrap();
+    wait_until(
+        "the first part applied",
+        Duration::from_secs(10),
+        || async {
+            let snap = ctl.snapshots().load();
+            snap.route("bot").is_some_and(|r| r.targets.len() == 1)
+        },
+    )
+    .await;
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    f.write_all(part2.as_bytes()).unwrap();
+    drop(f);
+    wait_until(
+        "the whole file applied",
+        Duration::from_secs(10),
+        || async {
+            let snap = ctl.snapshots().load();
+            snap.route("bot").is_some_and(|r| r.targets.len() == 2)
+        },
+    )
+    .await;
+    let s = ctl.snapshots().load().route("bot").unwrap().state.clone();
+    assert_eq!(s.live, "green");
+    assert_eq!(s.live_source, flipgate::state::Source::Admin);
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
     gw.stop().await;
 }

@@ -26,11 +26,44 @@ pub struct Config {
     pub path: PathBuf,
     /// Hash of the file's bytes: an unchanged file is a no-op reload.
     pub content_hash: u64,
+    /// The file's text, to tell whether an earlier file was its beginning (a file written in steps).
+    pub text: Text,
     pub server: Server,
     pub admin: Admin,
     pub state: State,
     pub log: Log,
     pub routes: Vec<Route>,
+}
+
+/// A route file's text. Shared, and shown by `Debug` as its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Text(pub std::sync::Arc<str>);
+
+impl Text {
+    /// Whether this text begins with the `len` bytes whose xxh3 hash is `hash` (`Config::content_hash`
+    /// of an earlier file of that length): whether that file was a beginning of this one.
+    pub fn starts_with_file(&self, len: u64, hash: u64) -> bool {
+        usize::try_from(len)
+            .ok()
+            .and_then(|len| self.0.as_bytes().get(..len))
+            .is_some_and(|head| xxhash_rust::xxh3::xxh3_64(head) == hash)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    /// Whether the text is empty (a valid route file never is).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Text({} bytes)", self.0.len())
+    }
 }
 
 /// Traffic listener settings. Listener addresses are fixed at start; limits apply on reload.

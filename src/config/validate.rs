@@ -79,6 +79,7 @@ fn build(sink: &mut Sink, base: &Path, path: &Path, text: &str, raw: RawConfig) 
     Some(Config {
         path: path.to_path_buf(),
         content_hash: xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
+        text: Text(text.into()),
         server: server?,
         admin: admin?,
         state,
