@@ -269,7 +269,8 @@ async fn broken_route_files_keep_the_last_good_config_serving() {
             .get()
     };
     let cut = good.find("[routes.targets]").unwrap() + 9;
-    let cases: [(&str, Box<dyn Fn(&std::path::Path)>); 3] = [
+    type Breaker<'a> = Box<dyn Fn(&std::path::Path) + 'a>;
+    let cases: [(&str, Breaker); 3] = [
         (
             "truncated mid-table",
             Box::new(|p| write_atomic(p, &good[..cut])),
