@@ -26,6 +26,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     client_errors: IntCounterVec,
     local_errors: IntCounterVec,
+    grpc: IntCounterVec,
     pub split_percent: prometheus::GaugeVec,
     pub live_target: IntGaugeVec,
     pub circuit_tripped: IntGaugeVec,
@@ -49,6 +50,8 @@ pub struct TargetMetrics {
     client: [IntCounter; 4],
     /// The route's `local_errors_total`, indexed by `LocalErrorKind as usize`.
     local: [IntCounter; 2],
+    /// gRPC calls by status code (indexed by code).
+    grpc: [IntCounter; 17],
     /// Open upgraded tunnels (WebSockets) to this target.
     pub tunnels: IntGauge,
 }
@@ -66,6 +69,12 @@ impl TargetMetrics {
     #[inline]
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// Records a gRPC call's status code.
+    #[inline]
+    pub fn grpc(&self, code: u8) {
+        self.grpc[usize::from(code).min(16)].inc();
     }
 
     /// Records a client-side failure on this target's route (never against the target).
@@ -133,6 +142,13 @@ impl Metrics {
             ),
             &["route", "kind"],
         ));
+        let grpc = must(IntCounterVec::new(
+            opts(
+                "grpc_responses_total",
+                "gRPC calls answered by the upstream, by route, target and grpc-status code name.",
+            ),
+            &["route", "target", "code"],
+        ));
         let split_percent = must(prometheus::GaugeVec::new(
             opts(
                 "split_percent",
@@ -197,6 +213,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(client_errors.clone()),
             Box::new(local_errors.clone()),
+            Box::new(grpc.clone()),
             Box::new(split_percent.clone()),
             Box::new(live_target.clone()),
             Box::new(circuit_tripped.clone()),
@@ -225,6 +242,7 @@ impl Metrics {
             upstream_errors,
             client_errors,
             local_errors,
+            grpc,
             split_percent,
             live_target,
             circuit_tripped,
@@ -262,6 +280,8 @@ impl Metrics {
                 .map(|k| self.client_errors.with_label_values(&[route, k.label()])),
             local: LocalErrorKind::ALL
                 .map(|k| self.local_errors.with_label_values(&[route, k.label()])),
+            grpc: crate::proxy::grpc::NAMES
+                .map(|code| self.grpc.with_label_values(&[route, target, code])),
             tunnels: self.open_tunnels.with_label_values(&[route, target]),
         }
     }
@@ -276,6 +296,9 @@ impl Metrics {
             let _ = self
                 .upstream_errors
                 .remove_label_values(&[route, target, kind]);
+        }
+        for code in crate::proxy::grpc::NAMES {
+            let _ = self.grpc.remove_label_values(&[route, target, code]);
         }
         let _ = self.duration.remove_label_values(&[route, target]);
         let _ = self.split_percent.remove_label_values(&[route, target]);

@@ -45,6 +45,8 @@ pub struct TargetEntry {
     /// Outcome window for the circuit.
     pub window: Arc<Window>,
     pub metrics: TargetMetrics,
+    /// The route's gRPC failure codes (`proxy::grpc`).
+    pub grpc_errors: u32,
 }
 
 impl Snapshot {
@@ -131,6 +133,7 @@ fn build_route(
                 upstream,
                 window,
                 metrics: metrics.target(&route.name, &t.name),
+                grpc_errors: route.grpc_errors,
             })
         })
         .collect::<Vec<_>>();

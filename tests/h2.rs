@@ -18,6 +18,12 @@ use support::*;
 /// `grpc-status: 0` and `grpc-message: ok`; the response header `x-seen` lists what it received
 /// (version and headers) as JSON.
 async fn spawn_grpc_upstream() -> SocketAddr {
+    spawn_grpc_upstream_with("0", false).await
+}
+
+/// Like `spawn_grpc_upstream`, every call ending with `grpc-status: code`: in the trailers, or
+/// with `trailers_only` in the response head and no body (gRPC's Trailers-Only form).
+async fn spawn_grpc_upstream_with(code: &'static str, trailers_only: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -26,30 +32,38 @@ async fn spawn_grpc_upstream() -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    let mut seen: HashMap<String, String> = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
-                        .collect();
-                    seen.insert(":version".into(), format!("{:?}", req.version()));
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    trailers.insert("grpc-message", "ok".parse().unwrap());
-                    let frames = vec![
-                        Ok::<_, Infallible>(Frame::data(body)),
-                        Ok(Frame::trailers(trailers)),
-                    ];
-                    let mut resp = http::Response::new(StreamBody::new(stream::iter(frames)));
-                    resp.headers_mut()
-                        .insert("content-type", "application/grpc".parse().unwrap());
-                    resp.headers_mut().insert(
-                        "x-seen",
-                        serde_json::to_string(&seen).unwrap().parse().unwrap(),
-                    );
-                    Ok::<_, Infallible>(resp)
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
+                        let mut seen: HashMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+                            .collect();
+                        seen.insert(":version".into(), format!("{:?}", req.version()));
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", code.parse().unwrap());
+                        trailers.insert("grpc-message", "ok".parse().unwrap());
+                        let frames = if trailers_only {
+                            Vec::new()
+                        } else {
+                            vec![
+                                Ok::<_, Infallible>(Frame::data(body)),
+                                Ok(Frame::trailers(trailers.clone())),
+                            ]
+                        };
+                        let mut resp = http::Response::new(StreamBody::new(stream::iter(frames)));
+                        if trailers_only {
+                            resp.headers_mut().extend(trailers);
+                        }
+                        resp.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        resp.headers_mut().insert(
+                            "x-seen",
+                            serde_json::to_string(&seen).unwrap().parse().unwrap(),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -158,4 +172,101 @@ async fn http1_client_to_http2_upstream_drops_connection_specific_headers() {
     assert_eq!(s["te"], "trailers", "te is only ever `trailers`");
     assert_eq!(s["x-kept"], "yes");
     gw.stop().await;
+}
+
+/// Issue 12: a gRPC canary whose every call fails (HTTP 200 with `grpc-status: 13 INTERNAL`, in
+/// the trailers or Trailers-Only) is seen failing: the circuit trips and rolls it back, and the
+/// calls are counted by code. A code outside the route's `grpc_error_codes` (NOT_FOUND) is not
+/// a failure of the target.
+#[tokio::test]
+async fn failing_grpc_canary_is_rolled_back() {
+    for (code, trailers_only, trips) in
+        [("13", false, true), ("13", true, true), ("5", false, false)]
+    {
+        let blue = spawn_grpc_upstream().await;
+        let green = spawn_grpc_upstream_with(code, trailers_only).await;
+        let cfg = format!(
+            "{}green = {{ instances = [\"{green}\"], http2 = true }}\n\
+             [routes.canary]\ntarget = \"green\"\npercent = 100\n\
+             [routes.circuit]\nwindow = \"60s\"\nmin_requests = 5\nmax_error_rate = 0.5\n",
+            h2_config(blue)
+        );
+        let gw = Gw::start(&cfg).await;
+        let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let call = || async {
+            let req = http::Request::post(gw.url("/helloworld.Greeter/SayHello"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x02hi")))
+                .unwrap();
+            let resp = h2c.request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        };
+        for _ in 0..10 {
+            call().await;
+        }
+        let control = gw.gateway.as_ref().unwrap().control.clone();
+        let tripped = || {
+            control
+                .snapshots()
+                .load()
+                .route("grpc")
+                .unwrap()
+                .state
+                .tripped
+                .is_some()
+        };
+        if trips {
+            wait_until(
+                "the failing gRPC canary trips",
+                std::time::Duration::from_secs(10),
+                || async { tripped() },
+            )
+            .await;
+        }
+        let metrics = get(&client(), &gw.admin_url("/metrics"), &[]).await.text();
+        let name = if code == "13" {
+            "INTERNAL"
+        } else {
+            "NOT_FOUND"
+        };
+        let prefix = format!(
+            "flipgate_grpc_responses_total{{code=\"{name}\",route=\"grpc\",target=\"green\"}} "
+        );
+        let counted: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(0);
+        // A trip sends the rest of the calls to blue.
+        assert!(
+            counted >= 5 && (trips || counted == 10),
+            "{prefix}{counted}"
+        );
+        let snap = control.snapshots().load_full();
+        let green_entry = snap
+            .route("grpc")
+            .unwrap()
+            .targets
+            .iter()
+            .find(|t| &*t.name == "green")
+            .unwrap();
+        let totals = green_entry.window.totals(flipgate::clock::now_ms());
+        let errors = if trips {
+            totals.errors > 0
+        } else {
+            totals.errors == 0
+        };
+        assert!(
+            errors,
+            "code {code} (trailers only: {trailers_only}): window {:?} errors",
+            totals.errors
+        );
+        if !trips {
+            assert!(!tripped(), "NOT_FOUND is the caller's, not the target's");
+        }
+        gw.stop().await;
+    }
 }

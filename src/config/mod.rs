@@ -160,6 +160,9 @@ pub struct Route {
     pub canary: Option<Canary>,
     pub preview: Option<Preview>,
     pub circuit: Option<Circuit>,
+    /// gRPC status codes that count as a failure of the target, as a bit mask
+    /// (`proxy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    pub grpc_errors: u32,
 }
 
 impl Route {

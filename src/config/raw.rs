@@ -104,6 +104,8 @@ pub struct RawRoute {
     pub canary: Option<Spanned<RawCanary>>,
     pub preview: Option<Spanned<RawPreview>>,
     pub circuit: Option<Spanned<RawCircuit>>,
+    /// gRPC status codes (names or numbers) that count as a failure of the target.
+    pub grpc_error_codes: Option<Vec<Spanned<String>>>,
 }
 
 /// The table form of a target: instances plus upstream protocol options.

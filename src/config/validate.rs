@@ -605,6 +605,25 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
     if sink.count() != errors_before {
         return None;
     }
+    let grpc_errors = match raw.grpc_error_codes {
+        None => crate::proxy::grpc::DEFAULT_ERRORS,
+        Some(codes) => codes.iter().fold(0, |mask, c| {
+            match crate::proxy::grpc::code(c.get_ref()) {
+                Some(code) => mask | 1 << code,
+                None => {
+                    sink.push(
+                        c.span(),
+                        "routes.grpc_error_codes",
+                        format!(
+                            "`{}` is not a gRPC status code; use a name such as \"INTERNAL\" or \"UNAVAILABLE\", or a number 0-16",
+                            quote(c.get_ref())
+                        ),
+                    );
+                    mask
+                }
+            }
+        }),
+    };
     Some(Route {
         name,
         hosts,
@@ -614,6 +633,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         canary,
         preview,
         circuit,
+        grpc_errors,
     })
 }
 

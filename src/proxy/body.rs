@@ -148,6 +148,28 @@ pub struct UpstreamBody {
     slot: Option<InflightGuard>,
     idle: std::time::Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A gRPC call whose status comes in the trailers: recorded when they arrive.
+    grpc: Option<GrpcOutcome>,
+}
+
+/// A gRPC call waiting for its `grpc-status`, to record against its target.
+pub struct GrpcOutcome {
+    pub target: Arc<crate::snapshot::TargetEntry>,
+    pub index: usize,
+    pub outlier: crate::health::Outlier,
+    /// Time to the response head (the latency the window records).
+    pub elapsed: std::time::Duration,
+}
+
+impl GrpcOutcome {
+    /// Records the call's status code: the metric, and whether it failed (the route's
+    /// `grpc_error_codes`) in the instance's health and the circuit window.
+    pub fn finish(self, code: u8) {
+        let t = &self.target;
+        t.metrics.grpc(code);
+        let failed = super::grpc::is_error(t.grpc_errors, code);
+        super::record_outcome(t, self.index, &self.outlier, failed, self.elapsed);
+    }
 }
 
 impl ProxyBody {
@@ -156,12 +178,14 @@ impl ProxyBody {
         body: Incoming,
         slot: Option<InflightGuard>,
         idle: std::time::Duration,
+        grpc: Option<GrpcOutcome>,
     ) -> ProxyBody {
         ProxyBody::Upstream(UpstreamBody {
             body,
             slot,
             idle,
             timer: None,
+            grpc,
         })
     }
 
@@ -195,16 +219,29 @@ impl Body for ProxyBody {
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                         if timer.as_mut().poll(cx).is_ready() {
                             u.slot.take();
+                            if let Some(g) = u.grpc.take() {
+                                g.finish(super::grpc::UNKNOWN);
+                            }
                             return Poll::Ready(Some(Err(ResponseBodyError::Idle(idle))));
                         }
                     }
-                    Poll::Ready(Some(Ok(_))) => {
+                    Poll::Ready(Some(Ok(frame))) => {
                         if let Some(t) = &mut u.timer {
                             t.as_mut().reset(tokio::time::Instant::now() + u.idle);
+                        }
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let Some(g) = u.grpc.take() {
+                                let code = super::grpc::status(trailers);
+                                g.finish(code.unwrap_or(super::grpc::UNKNOWN));
+                            }
                         }
                     }
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                         u.slot.take();
+                        // Ended (or broke) without a status: UNKNOWN, as gRPC clients see it.
+                        if let Some(g) = u.grpc.take() {
+                            g.finish(super::grpc::UNKNOWN);
+                        }
                     }
                 }
                 r.map(|o| o.map(|r| r.map_err(ResponseBodyError::Upstream)))

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod error;
+pub mod grpc;
 pub mod headers;
 pub mod tunnel;
 
@@ -117,7 +118,7 @@ impl Limits {
 }
 
 /// Records an upstream's answer (any status) against its target: instance health, the circuit
-/// window and the metrics.
+/// window and the metrics. A 5xx is a failure.
 pub(crate) fn record_answer(
     target: &TargetEntry,
     index: usize,
@@ -126,16 +127,28 @@ pub(crate) fn record_answer(
     start: Instant,
 ) {
     let elapsed = start.elapsed();
-    let now_ms = crate::clock::now_ms();
     let is_5xx = (500..600).contains(&status);
     if is_5xx {
         target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
     }
-    target.upstream.health[index].record(is_5xx, now_ms, &limits.outlier);
+    record_outcome(target, index, &limits.outlier, is_5xx, elapsed);
+    target.metrics.record(status, elapsed.as_secs_f64());
+}
+
+/// Records whether an upstream's answer was a failure in what judges the target: the instance's
+/// health (outlier ejection) and the circuit window. `elapsed`: time to the response head.
+pub(crate) fn record_outcome(
+    target: &TargetEntry,
+    index: usize,
+    outlier: &Outlier,
+    failed: bool,
+    elapsed: Duration,
+) {
+    let now_ms = crate::clock::now_ms();
+    target.upstream.health[index].record(failed, now_ms, outlier);
     target
         .window
-        .record(now_ms, is_5xx, elapsed.as_millis() as u64);
-    target.metrics.record(status, elapsed.as_secs_f64());
+        .record(now_ms, failed, elapsed.as_millis() as u64);
 }
 
 /// Records a request flipgate answered itself (or, with the client gone, did not answer) by the
@@ -424,7 +437,27 @@ impl Proxy {
         slot: Option<crate::upstream::InflightGuard>,
     ) -> Response<ProxyBody> {
         let status = resp.status();
-        record_answer(target, index, limits, status.as_u16(), start);
+        // A gRPC call's outcome is its `grpc-status`: now when the head carries it
+        // (Trailers-Only), else when the trailers arrive (`GrpcOutcome`).
+        let mut grpc = None;
+        if status == StatusCode::OK && grpc::is_grpc(resp.headers()) {
+            let elapsed = start.elapsed();
+            target
+                .metrics
+                .record(status.as_u16(), elapsed.as_secs_f64());
+            let outcome = body::GrpcOutcome {
+                target: target.clone(),
+                index,
+                outlier: limits.outlier,
+                elapsed,
+            };
+            match grpc::status(resp.headers()) {
+                Some(code) => outcome.finish(code),
+                None => grpc = Some(outcome),
+            }
+        } else {
+            record_answer(target, index, limits, status.as_u16(), start);
+        }
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(down) = downstream_upgrade {
@@ -455,7 +488,7 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         Response::from_parts(
             parts,
-            ProxyBody::upstream(body, slot, limits.body_idle_timeout),
+            ProxyBody::upstream(body, slot, limits.body_idle_timeout, grpc),
         )
     }
 
