@@ -220,6 +220,7 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| PinnedError::Http(instance.clone(), e))?;

@@ -248,6 +248,7 @@ fn build_client(connector: Connector, h2: bool, pool_idle_timeout: Duration) -> 
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(pool_idle_timeout)
         .pool_max_idle_per_host(1024)
+        .http1_max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
         .http2_only(h2);
     b.build(connector)
 }

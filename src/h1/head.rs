@@ -133,6 +133,14 @@ fn parse_len(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// A response's `Content-Length`, also as a list of identical values (`6, 6`: RFC 9110 §8.6 lets
+/// a recipient take it, and hyper's client does).
+fn parse_len_list(v: &[u8]) -> Option<u64> {
+    let mut values = v.split(|&b| b == b',').map(parse_len);
+    let first = values.next()??;
+    values.all(|n| n == Some(first)).then_some(first)
+}
+
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -453,7 +461,7 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
                 }
                 reusable &= !has_token(h.value, b"close");
             }
-            14 if is(name, "content-length") => match (length, parse_len(h.value)) {
+            14 if is(name, "content-length") => match (length, parse_len_list(h.value)) {
                 (None, Some(n)) => length = Some(n),
                 (Some(a), Some(b)) if a == b => {}
                 _ => return UpstreamHead::Invalid,

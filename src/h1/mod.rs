@@ -59,8 +59,7 @@ use head::{Framing, Head, Plan, UpstreamHead};
 /// a big one's buffer is not held by an idle connection).
 const OUT_KEEP: usize = 4096;
 
-/// An upstream response head larger than this is refused (502).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+use crate::proxy::error::MAX_RESPONSE_HEAD;
 
 /// What the engine needs from `[server]`, fixed for the connection's life.
 #[derive(Clone, Copy, Debug)]

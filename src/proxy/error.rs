@@ -11,6 +11,10 @@ use http::StatusCode;
 use super::body::RequestBodyError;
 use crate::upstream::ConnectError;
 
+/// An upstream response head larger than this is an invalid response (502) on every path, as in
+/// nginx and HAProxy.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// Kinds of upstream fault, as in `upstream_errors_total{kind}`. The discriminant indexes the
 /// pre-resolved metric handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -76,24 +76,31 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 /// `te: trailers` is kept when `keep_te_trailers` (HTTP/2 upstreams need it for gRPC).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
     if headers.contains_key(header::CONNECTION) {
-        // Names listed in Connection are hop-by-hop too. Collect them into a stack buffer first
-        // (we cannot borrow while removing) and remove by `&str`, which looks the name up without
-        // allocating; a `HeaderName` for a non-standard token like `keep-alive` would allocate.
-        // Tokens of the fixed list are removed below anyway. At most 8 tokens / 256 bytes.
+        // Names listed in Connection are hop-by-hop too, however many (the HTTP/1.1 engine drops
+        // every one). Collect them into a stack buffer first (we cannot borrow while removing)
+        // and remove by `&str`, which looks the name up without allocating; a `HeaderName` for a
+        // non-standard token like `keep-alive` would allocate. Past 8 tokens / 256 bytes the rest
+        // go to a heap list. Tokens of the fixed list are removed below anyway; `Host` and
+        // `Content-Length` describe the message, not the connection, and stay (as on the engine).
         let mut buf = [0u8; 256];
         let mut listed = [(0usize, 0usize); 8];
+        let mut more: Vec<String> = Vec::new();
         let (mut n, mut used) = (0, 0);
         for v in headers.get_all(header::CONNECTION) {
             for t in v.as_bytes().split(|&b| b == b',') {
                 let t = t.trim_ascii();
                 if t.is_empty()
-                    || n == listed.len()
-                    || used + t.len() > buf.len()
                     || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"host")
+                    || t.eq_ignore_ascii_case(b"content-length")
                     || HOP_BY_HOP
                         .iter()
                         .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
                 {
+                    continue;
+                }
+                if n == listed.len() || used + t.len() > buf.len() {
+                    more.extend(std::str::from_utf8(t).ok().map(str::to_owned));
                     continue;
                 }
                 buf[used..used + t.len()].copy_from_slice(t);
@@ -102,10 +109,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
                 n += 1;
             }
         }
-        for &(at, len) in &listed[..n] {
-            let Ok(name) = std::str::from_utf8(&buf[at..at + len]) else {
-                continue;
-            };
+        let names = listed[..n]
+            .iter()
+            .filter_map(|&(at, len)| std::str::from_utf8(&buf[at..at + len]).ok())
+            .chain(more.iter().map(String::as_str));
+        for name in names {
             if !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
                 headers.remove(name);
             }
@@ -138,15 +146,23 @@ pub fn set_forwarded(
 ) {
     // X-Forwarded-For, -Proto, -Host, Via, x-request-id: one growth instead of several.
     headers.reserve(5);
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
-            v.extend_from_slice(prev.as_bytes());
+    // Every incoming non-empty value, in order, then the client: one combined field (as the
+    // HTTP/1.1 engine writes it).
+    let mut prev = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter(|v| !v.is_empty())
+        .peekable();
+    let xff = if prev.peek().is_none() {
+        client.clone()
+    } else {
+        let mut v = Vec::with_capacity(64);
+        for p in prev {
+            v.extend_from_slice(p.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone())
         }
-        _ => client.clone(),
+        v.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone())
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(

@@ -437,6 +437,12 @@ impl Proxy {
         slot: Option<crate::upstream::InflightGuard>,
     ) -> Response<ProxyBody> {
         let status = resp.status();
+        // A 101 to a request that asked for no upgrade is an invalid response (the engine's rule
+        // too): the connection now speaks something else.
+        if status == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_none() {
+            let e = ProxyError::Upstream(UpstreamErrorKind::Reset);
+            return self.fail(target, index, limits, e, start);
+        }
         // A gRPC call's outcome is its `grpc-status`: now when the head carries it
         // (Trailers-Only), else when the trailers arrive (`GrpcOutcome`).
         let mut grpc = None;
