@@ -47,7 +47,7 @@ pub struct TargetMetrics {
     /// Indexed by `UpstreamErrorKind as usize`.
     errors: [IntCounter; 4],
     /// The route's `client_errors_total`, indexed by `ClientErrorKind as usize`.
-    client: [IntCounter; 4],
+    client: [IntCounter; 5],
     /// The route's `local_errors_total`, indexed by `LocalErrorKind as usize`.
     local: [IntCounter; 2],
     /// gRPC calls by status code (indexed by code).

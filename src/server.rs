@@ -73,7 +73,10 @@ pub fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(settings.header_read_timeout.min(settings.idle_timeout))
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(settings.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        // A client that shuts down its sending side after a complete request still gets its
+        // answer (the HTTP/1.1 engine answers it too).
+        .half_close(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_header_bytes as u32)

@@ -270,3 +270,34 @@ async fn failing_grpc_canary_is_rolled_back() {
         gw.stop().await;
     }
 }
+
+/// `max_headers` holds on HTTP/2 as on HTTP/1.1: an h2c request with 500 fields is answered 431
+/// and never reaches the upstream (all 500 used to).
+#[tokio::test]
+async fn max_headers_holds_on_http2() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&config("blue", &[("blue", blue.addr)], "")).await;
+    let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let mut req = http::Request::get(gw.url("/"));
+    for i in 0..500 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let resp = h2c
+        .request(req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(blue.hits(), 0);
+    let ok = h2c
+        .request(
+            http::Request::get(gw.url("/"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    gw.stop().await;
+}

@@ -640,6 +640,20 @@ async fn connection_close_request() {
     gw.stop().await;
 }
 
+/// A client that half-closes (shuts down its sending side) after a complete request still gets
+/// its answer, on both engines (hyper's path gave none before).
+#[tokio::test]
+async fn half_close_after_a_complete_request_is_answered() {
+    let up = spawn_upstream("blue").await;
+    let gw = gateway(up.addr).await;
+    let mut c = Wire::connect(gw.addr).await;
+    c.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    c.s.shutdown().await.unwrap();
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text()), (200, "blue".into()));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn http10() {
     let up = spawn_upstream("blue").await;

@@ -37,14 +37,18 @@ pub enum ClientErrorKind {
     /// The client stopped sending its request body: the exchange's deadline passed while
     /// flipgate was waiting on the client.
     BodyTimeout = 3,
+    /// More header fields than `server.max_headers` (HTTP/2; HTTP/1.1's parsers refuse them
+    /// before a route is known).
+    TooManyHeaders = 4,
 }
 
 impl ClientErrorKind {
-    pub const ALL: [ClientErrorKind; 4] = [
+    pub const ALL: [ClientErrorKind; 5] = [
         ClientErrorKind::BadRequest,
         ClientErrorKind::TooLarge,
         ClientErrorKind::BodyAborted,
         ClientErrorKind::BodyTimeout,
+        ClientErrorKind::TooManyHeaders,
     ];
 
     /// The `kind` label.
@@ -54,6 +58,7 @@ impl ClientErrorKind {
             ClientErrorKind::TooLarge => "too_large",
             ClientErrorKind::BodyAborted => "body_aborted",
             ClientErrorKind::BodyTimeout => "body_timeout",
+            ClientErrorKind::TooManyHeaders => "too_many_headers",
         }
     }
 }
@@ -102,6 +107,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Client(ClientErrorKind::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Client(ClientErrorKind::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Client(ClientErrorKind::TooManyHeaders) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -120,6 +128,9 @@ impl ProxyError {
             }
             ProxyError::Client(ClientErrorKind::BodyTimeout) => {
                 "flipgate: request body not received in time\n"
+            }
+            ProxyError::Client(ClientErrorKind::TooManyHeaders) => {
+                "flipgate: too many request header fields\n"
             }
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
                 "flipgate: upstream refused the connection\n"

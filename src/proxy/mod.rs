@@ -252,6 +252,15 @@ impl Proxy {
                 return local(ProxyError::NoRoute);
             };
             let route = &snap.routes[ri];
+            // `max_headers` holds on every protocol: HTTP/1.1's parsers refuse more fields, an
+            // HTTP/2 request is counted here.
+            if req.headers().len() > snap.config.server.max_headers {
+                let e = ProxyError::Client(ClientErrorKind::TooManyHeaders);
+                route.targets[0]
+                    .metrics
+                    .client_error(ClientErrorKind::TooManyHeaders);
+                return local(e);
+            }
             let mut choice = None;
             if let Some(p) = &route.preview {
                 if let Some(v) = req.headers_mut().remove(&p.header) {
