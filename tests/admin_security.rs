@@ -286,8 +286,13 @@ fn run_with_env(file: &Path, env: &[(&str, &str)]) -> Running {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
+    let child = cmd.spawn().expect("binary starts");
+    // Owned from here on, so a failed assertion below still kills the child.
+    let mut running = Running {
+        child,
+        admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let stderr = running.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     // Drains stderr for the child's whole life so it never blocks on a full pipe.
     std::thread::spawn(move || {
@@ -309,13 +314,13 @@ fn run_with_env(file: &Path, env: &[(&str, &str)]) -> Running {
         "the broken source is logged at start: {seen:?}"
     );
     let start = line.find("admin=").expect("admin field") + "admin=".len();
-    let admin = line[start..]
+    running.admin = line[start..]
         .split_whitespace()
         .next()
         .unwrap()
         .parse()
         .unwrap();
-    Running { child, admin }
+    running
 }
 
 /// `token_env` whose variable is blank (or, when named in the file, unset) with no file: closed.
@@ -414,16 +419,26 @@ async fn browser_requests_cannot_change_state() {
             415,
             "application/json",
         ),
+        // `fetch(url, {mode: "no-cors", body: '{"percent":50}', headers: {"content-type": T}})`
+        // sends any body under the three CORS-safelisted types without asking.
         (
             "form body",
             &canary,
             vec![("content-type", "application/x-www-form-urlencoded")],
-            "percent=50",
+            r#"{"percent":50}"#,
             415,
             "application/json",
         ),
         (
             "multipart body",
+            &canary,
+            vec![("content-type", "multipart/form-data; boundary=XyZ")],
+            r#"{"percent":50}"#,
+            415,
+            "application/json",
+        ),
+        (
+            "a real multipart form",
             &flip,
             vec![("content-type", "multipart/form-data; boundary=XyZ")],
             "--XyZ\r\nContent-Disposition: form-data; name=\"target\"\r\n\r\ngreen\r\n--XyZ--\r\n",
@@ -702,13 +717,13 @@ async fn deploy_scripts_and_the_status_page_still_work() {
     gw.stop().await;
 }
 
-/// `allowed_hosts` entries are validated like the rest of the file.
+/// `allowed_hosts` entries and the `token_env` name are validated like the rest of the file.
 #[test]
-fn allowed_hosts_entries_are_validated() {
-    let cfg = "[admin]\nallowed_hosts = [\"ok.example\", \"bad.example:9901\", \"*.wild\"]\n\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n";
+fn admin_settings_are_validated() {
+    let cfg = "[admin]\nallowed_hosts = [\"ok.example\", \"bad.example:9901\", \"*.wild\"]\ntoken_env = \"  \"\n\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n";
     let errs = flipgate::config::parse(Path::new("f.toml"), cfg).unwrap_err();
     let text = errs.to_string();
-    assert_eq!(errs.0.len(), 2, "{text}");
+    assert_eq!(errs.0.len(), 3, "{text}");
     assert!(text.contains("f.toml:2:"), "{text}");
     assert!(text.contains("admin.allowed_hosts"), "{text}");
     assert!(
@@ -716,13 +731,123 @@ fn allowed_hosts_entries_are_validated() {
         "{text}"
     );
     assert!(text.contains("`*.wild`"), "{text}");
-    let good = cfg.replace(
-        ", \"bad.example:9901\", \"*.wild\"",
-        ", \"[::1]\", \"Flipgate.Internal.\"",
+    assert!(text.contains("f.toml:3:"), "{text}");
+    assert!(
+        text.contains("`  ` is not an environment variable name"),
+        "{text}"
     );
+    let good = cfg
+        .replace(
+            ", \"bad.example:9901\", \"*.wild\"",
+            ", \"[::1]\", \"Flipgate.Internal.\"",
+        )
+        .replace("token_env = \"  \"", "token_env = \"MY_TOKEN\"");
     let c = flipgate::config::parse(Path::new("f.toml"), &good).unwrap();
     assert_eq!(
         c.admin.allowed_hosts,
         ["ok.example", "::1", "flipgate.internal"]
     );
+    assert!(c.admin.token_env_explicit);
+}
+
+/// A web page on another local port, opened in a real browser (headless Chromium; SKIPPED loudly
+/// when none is installed), fires what any site can: no-CORS `fetch`es with text and form bodies
+/// and without a body, and a CORS `fetch` with a JSON body. None changes state; every one reached
+/// flipgate and was refused (the CORS one at its preflight). On the previous code the same page
+/// flipped the route to green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_a_real_browser_cannot_change_state() {
+    let Some(bin) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("SKIPPED: no chromium installed (Debian: apt-get install chromium); no browser attack was run");
+        return;
+    };
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let gw = Gw::start(&two_targets(&blue, &green)).await;
+    let c = client();
+    let generation = gw.generation();
+    let page = format!(
+        r#"<!doctype html><title>loading</title><script>
+const A = "http://{}/api/v1/routes/bot/";
+const post = (verb, init) => fetch(A + verb, Object.assign({{method: "POST"}}, init)).then(() => "sent", () => "failed");
+Promise.all([
+  post("canary", {{mode: "no-cors", headers: {{"content-type": "text/plain"}}, body: '{{"percent":50}}'}}),
+  post("flip", {{mode: "no-cors", headers: {{"content-type": "application/x-www-form-urlencoded"}}, body: '{{"target":"green"}}'}}),
+  post("promote", {{mode: "no-cors"}}),
+  post("flip", {{headers: {{"content-type": "application/json"}}, body: '{{"target":"green"}}'}}),
+]).then(r => {{ document.title = "done " + r.join(","); }});
+</script>"#,
+        gw.admin
+    );
+    // The attacker's site: any request gets the page.
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_url = format!("http://{}/", site.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = site.accept().await else {
+                continue;
+            };
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    page.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(page.as_bytes()).await;
+            });
+        }
+    });
+    let before = refusals(&c, &gw, "cross_origin").await;
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&site_url)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("chromium finishes within 90 s")
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // Every fetch settled, so flipgate answered each: the no-CORS ones opaquely, the CORS one
+    // failed at its preflight.
+    assert!(
+        dom.contains("<title>done sent,sent,sent,failed</title>"),
+        "{dom}"
+    );
+    unchanged(&c, &gw, generation, "browser page").await;
+    assert_eq!(green.hits(), 0);
+    let refused = refusals(&c, &gw, "cross_origin").await - before;
+    assert!(refused >= 4, "{refused} cross-origin refusals");
+    gw.stop().await;
 }

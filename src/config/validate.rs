@@ -280,7 +280,7 @@ fn admin(sink: &mut Sink, base: &Path, raw: RawAdmin) -> Option<Admin> {
         Some(s) if s.get_ref().is_empty() => None,
         Some(s) => {
             let name = s.get_ref();
-            if name.trim().is_empty() || name.contains(['=', '\0']) || name.trim() != name {
+            if name.trim() != name || name.contains(['=', '\0']) {
                 sink.push(
                     s.span(),
                     "admin.token_env",
