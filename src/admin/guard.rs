@@ -165,7 +165,10 @@ fn split_host_port(s: &str) -> Option<&str> {
             _ => (h, rest.strip_prefix(':')?),
         }
     } else {
-        match s.rsplit_once(':') {
+        match s.split_once(':') {
+            // An IPv6 address must be bracketed: `::1:9901` is itself an address (found by the
+            // fuzzer: splitting at the last colon read it as `::1` port 9901).
+            Some((_, p)) if p.contains(':') => return None,
             Some((h, p)) => (h, p),
             None => (s, ""),
         }
@@ -484,6 +487,11 @@ mod tests {
         };
         assert_eq!(get(&h, "[::1]:9901"), Ok(()));
         assert!(get(&h, "127.0.0.1:9901").is_err());
+        // Unbracketed, `::1:9901` is another address, not `::1` port 9901 (fuzz regression).
+        h.insert(header::HOST, "::1:9901".parse().unwrap());
+        assert!(get(&h, "[::1]:9901").is_err());
+        h.insert(header::HOST, "::1".parse().unwrap());
+        assert!(get(&h, "[::1]:9901").is_err());
         // A kubelet probe of a pod listening on 0.0.0.0: Host is the pod IP it connected to.
         h.insert(header::HOST, "10.1.2.3:9901".parse().unwrap());
         assert_eq!(get(&h, "10.1.2.3:9901"), Ok(()));

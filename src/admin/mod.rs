@@ -116,6 +116,18 @@ struct CanaryBody {
     target: Option<String>,
 }
 
+/// The route and verb a request would change, if it is a mutation (`POST
+/// /api/v1/routes/{name}/{verb}`): those get the token and content-type checks.
+pub fn mutation_target(method: &Method, path: &str) -> Option<(String, String)> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["api", "v1", "routes", name, verb]) => {
+            Some((name.to_string(), verb.to_string()))
+        }
+        _ => None,
+    }
+}
+
 /// Parses a mutation's JSON body into the action it asks for. Pure, so the fuzz target reaches
 /// it; an error is the status and message to answer.
 pub fn parse_action(verb: &str, body: &[u8]) -> Result<Action, (StatusCode, String)> {
@@ -261,12 +273,7 @@ impl Admin {
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, local: SocketAddr) -> Resp {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let mutation = match (req.method(), segments.as_slice()) {
-            (&Method::POST, ["api", "v1", "routes", name, verb]) => {
-                Some((name.to_string(), verb.to_string()))
-            }
-            _ => None,
-        };
+        let mutation = mutation_target(req.method(), &path);
         let token = match mutation {
             Some(_) => Some(self.token_state().await),
             None => None,
