@@ -107,9 +107,12 @@ async fn call(
     if let Some(t) = &admin.token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
+    // The admin API refuses a body that is not declared JSON (a web form could send one).
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = req
-        .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Failure(e.to_string()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();

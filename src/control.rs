@@ -945,6 +945,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin.token_env != new.admin.token_env || old.admin.token_file != new.admin.token_file {
         v.push("admin.token_env/admin.token_file");
     }
+    if old.admin.allowed_hosts != new.admin.allowed_hosts {
+        v.push("admin.allowed_hosts");
+    }
     if old.state.dir != new.state.dir {
         v.push("state.dir");
     }

@@ -482,3 +482,160 @@ pub fn h1_request(data: &[u8]) -> bool {
     }
     true
 }
+
+/// Input: one flag byte (bits 0-1: token state open / `s3cret` / unusable / `s3cret`; bit 2: the
+/// connection's local address is `[::1]:9901` instead of `127.0.0.1:9901`), then
+/// `METHOD TARGET\n`, `name: value\n` field lines, an empty line and the body. Runs the admin
+/// guard (allowed host `flipgate.internal`) and, for a mutation it lets through, the body rule and
+/// the JSON parser. Checks, independently of the guard's code: a request let through names an
+/// accepted host, carries no foreign `Origin`, is not a cross-site fetch, and as a mutation
+/// presents the token and declares JSON for a body; a mutation let through is also let through
+/// as a read; adding a foreign `Origin` to anything let through gets it refused. Returns whether
+/// the request was let through (so the corpus replay can check the seeds reach both sides).
+pub fn admin_request(data: &[u8]) -> bool {
+    use crate::admin::guard::{check, check_body, Access, Refusal, TokenState};
+    use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
+    use std::net::{IpAddr, SocketAddr};
+
+    let Some((&flags, rest)) = data.split_first() else {
+        return false;
+    };
+    let token = match flags & 3 {
+        0 => TokenState::Open,
+        2 => TokenState::Unusable("admin token file /fuzz: not found".into()),
+        _ => TokenState::Token("s3cret".into()),
+    };
+    let local: SocketAddr = if flags & 4 == 0 {
+        ([127, 0, 0, 1], 9901).into()
+    } else {
+        "[::1]:9901".parse().expect("literal")
+    };
+    let allowed = ["flipgate.internal".to_string()];
+
+    // Head and body split at the first empty line.
+    let (head, body) = match rest.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&rest[..i], &rest[i + 2..]),
+        None => (rest, &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split('\n');
+    let first = lines.next().unwrap_or_default();
+    let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
+    let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+    let uri: Uri = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let mut headers = HeaderMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.trim().as_bytes()),
+                HeaderValue::from_bytes(v.trim().as_bytes()),
+            ) {
+                headers.append(k, v);
+            }
+        }
+    }
+
+    let mutation = crate::admin::mutation_target(&method, uri.path());
+    let access = match mutation {
+        Some(_) => Access::Mutate(&token),
+        None => Access::Read,
+    };
+    let run = |h: &HeaderMap, a: Access| check(&method, &uri, h, local, &allowed, a);
+    let verdict = run(&headers, access);
+    if let Err(r) = &verdict {
+        assert!(Refusal::REASONS.contains(&r.reason()));
+        assert!([401, 403, 415, 503].contains(&r.status().as_u16()), "{r:?}");
+        assert!(!r.to_string().is_empty());
+        assert!(serde_json::to_string(&serde_json::json!({ "error": r.to_string() })).is_ok());
+        return false;
+    }
+
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
+    // The host: target URI authority, else the one Host field.
+    let hosts: Vec<String> = headers.get_all(header::HOST).iter().map(text).collect();
+    assert!(hosts.len() <= 1, "several Host fields let through");
+    let authority = match uri.authority() {
+        Some(a) => a.as_str().to_ascii_lowercase(),
+        None => hosts.first().cloned().expect("no Host let through"),
+    };
+    let mut name = authority.as_str();
+    if let Some((h, port)) = name.rsplit_once(':') {
+        if port.bytes().all(|b| b.is_ascii_digit()) && (h.ends_with(']') || !h.contains(':')) {
+            name = h;
+        }
+    }
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let own_ip = name
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical() == local.ip());
+    assert!(
+        own_ip || name == "localhost" || name == "flipgate.internal",
+        "host `{authority}` let through"
+    );
+    for o in headers.get_all(header::ORIGIN) {
+        let o = text(o);
+        assert!(
+            o == format!("http://{authority}") || o == format!("https://{authority}"),
+            "Origin `{o}` let through for `{authority}`"
+        );
+    }
+    let cross_site = headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .any(|v| text(v) == "cross-site");
+    assert!(
+        !cross_site || (mutation.is_none() && (method == Method::GET || method == Method::HEAD))
+    );
+
+    // Anything let through is refused once a foreign page's Origin is added.
+    let mut foreign = headers.clone();
+    foreign.insert(
+        header::ORIGIN,
+        HeaderValue::from_static("http://evil.example"),
+    );
+    assert!(run(&foreign, access).is_err(), "foreign Origin let through");
+
+    let Some((_, verb)) = mutation else {
+        return true;
+    };
+    // A mutation let through is let through as a read.
+    assert!(
+        run(&headers, Access::Read).is_ok(),
+        "mutation passes, read refused"
+    );
+    assert!(!matches!(token, TokenState::Unusable(_)));
+    if let TokenState::Token(t) = &token {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .map(text)
+            .unwrap_or_default();
+        assert!(auth.contains(t.as_str()), "no token in `{auth}`");
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .map(text)
+        .is_some_and(|c| c.trim_start().starts_with("application/json"));
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        assert!(json, "content type `{}` let through", text(ct));
+    }
+    let declared = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    assert!(
+        !declared || json,
+        "a declared body without JSON let through"
+    );
+    if check_body(&headers, body).is_err() {
+        return false;
+    }
+    assert!(body.is_empty() || json, "a body without JSON let through");
+    if let Ok(crate::control::Action::Canary { percent, .. }) =
+        crate::admin::parse_action(&verb, body)
+    {
+        assert!(percent.is_finite());
+    }
+    true
+}

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     pub config_generation: IntGauge,
     pub open_tunnels: IntGaugeVec,
+    /// Admin requests refused before any handler ran, by `admin::guard::Refusal::reason`.
+    pub admin_refusals: IntCounterVec,
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -200,6 +202,13 @@ impl Metrics {
             ),
             &["route", "target"],
         ));
+        let admin_refusals = must(IntCounterVec::new(
+            opts(
+                "admin_refusals_total",
+                "Admin API requests refused, by reason (host, cross_origin, unauthorized, token_unusable, content_type).",
+            ),
+            &["reason"],
+        ));
         let build_info = must(IntGaugeVec::new(
             opts("build_info", "Build information; always 1."),
             &["version"],
@@ -223,6 +232,7 @@ impl Metrics {
             Box::new(config_last_reload_success.clone()),
             Box::new(config_generation.clone()),
             Box::new(open_tunnels.clone()),
+            Box::new(admin_refusals.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -234,6 +244,9 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
+        }
+        for reason in crate::admin::guard::Refusal::REASONS {
+            admin_refusals.with_label_values(&[reason]);
         }
         Metrics {
             registry,
@@ -252,6 +265,7 @@ impl Metrics {
             config_last_reload_success,
             config_generation,
             open_tunnels,
+            admin_refusals,
         }
     }
 

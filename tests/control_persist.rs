@@ -86,7 +86,7 @@ async fn tripped_state_and_admin_changes_survive_kill_9() {
         &c,
         "POST",
         &p.admin_url("/api/v1/routes/bot/flip"),
-        &[],
+        &[("content-type", "application/json")],
         r#"{"target":"green"}"#,
     )
     .await;

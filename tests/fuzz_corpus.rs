@@ -53,3 +53,20 @@ fn h1_request_corpus() {
     // The seeds must reach the checks on the upstream head, not only the fallbacks.
     assert!(forwarded >= 10, "{forwarded} of {n} seeds forwarded");
 }
+
+#[test]
+fn admin_request_corpus() {
+    let (mut through, mut refused) = (0, 0);
+    replay("admin_request", |d| {
+        if flipgate::fuzzing::admin_request(d) {
+            through += 1
+        } else {
+            refused += 1
+        }
+    });
+    // The seeds must reach both sides of the guard.
+    assert!(
+        through >= 5 && refused >= 5,
+        "{through} let through, {refused} refused"
+    );
+}

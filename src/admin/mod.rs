@@ -1,17 +1,33 @@
 //! The admin listener: health, readiness, metrics, the JSON API and the status page.
 //!
-//! Invariants: separate from traffic (its own listener and connections). Mutating calls need
-//! `Authorization: Bearer <token>`, compared in constant time; with no token configured the
-//! listener refuses to bind anything but a loopback address. Every error is JSON `{"error": ...}`
-//! with 400 (bad JSON), 401 (auth; nothing changes), 404 (unknown route or path), 405, 422 (refused
-//! change) or 500 (applied but not persisted).
-//! Control calls run on the blocking pool, because they persist state with fsync.
+//! Invariants:
+//! - Separate from traffic (its own listener and connections).
+//! - Every request passes [`guard::check`] before any handler runs: its `Host` must be the
+//!   connection's own local address, `localhost` or an `admin.allowed_hosts` entry (DNS
+//!   rebinding); an `Origin` other than the listener's own, or `Sec-Fetch-Site: cross-site`, is
+//!   refused (web pages). Mutations also need `Authorization: Bearer <token>` (constant-time
+//!   compare) when a token source is configured, and `Content-Type: application/json` when they
+//!   carry a body or declare a type. See `docs/operations.md`, "Threat model".
+//! - The token source ([`token`]) is re-read for every mutation, off the runtime. A configured
+//!   source that yields no token refuses every mutation with 503 naming the reason, is logged at
+//!   warn on each change of reason and counted; it never opens mutations. With no source at all
+//!   the listener refuses to bind anything but a loopback address and warns at start; a source
+//!   that yields no token at start also refuses a non-loopback bind.
+//! - Every refusal changes nothing, answers JSON `{"error": ...}` and counts
+//!   `flipgate_admin_refusals_total{reason}`; refusal logs are rate-limited per reason.
+//! - Every error is JSON `{"error": ...}` with 400 (bad JSON), 401 (token), 403 (Host, Origin),
+//!   404 (unknown route or path), 405, 415 (not JSON), 422 (refused change), 500 (applied but not
+//!   persisted) or 503 (token source yields no token).
+//! - Control calls run on the blocking pool, because they persist state with fsync.
 
+pub mod guard;
+pub mod token;
 pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -20,28 +36,41 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::control::{Action, Control};
+use guard::{Access, Refusal, TokenState};
+use token::TokenSource;
 use view::{RouteView, RoutesView};
 
 const STATUS_PAGE: &str = include_str!("status.html");
+
+/// How often one kind of refusal is logged at most (the counter sees every one).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Shared state of the admin listener.
 pub struct Admin {
     pub control: Arc<Control>,
     /// Set once listeners are bound and a config is loaded: `/readyz` answers 200 from then on.
     pub ready: Arc<AtomicBool>,
-    token_env: Option<String>,
-    token_file: Option<std::path::PathBuf>,
+    /// Where mutations' bearer token comes from (start-time settings).
+    token: TokenSource,
+    /// `admin.allowed_hosts`, normalised (start-time settings).
+    allowed_hosts: Vec<String>,
+    /// The token problem last logged, so a broken source is logged once per change of reason
+    /// rather than once per request.
+    token_problem: Mutex<Option<String>>,
+    /// When each refusal reason was last logged (indexed like `Refusal::REASONS`).
+    refusal_logged: Mutex<[Option<Instant>; 5]>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("admin listener {0} is not loopback and no admin token is configured (set admin.token_env or admin.token_file); refusing to expose unauthenticated control")]
     Unprotected(SocketAddr),
+    #[error("admin listener {0} is not loopback and the admin token source yields no token ({1}); refusing to start")]
+    TokenUnusable(SocketAddr, String),
     #[error("cannot bind admin listener {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -87,33 +116,106 @@ struct CanaryBody {
     target: Option<String>,
 }
 
+/// The route and verb a request would change, if it is a mutation (`POST
+/// /api/v1/routes/{name}/{verb}`): those get the token and content-type checks.
+pub fn mutation_target(method: &Method, path: &str) -> Option<(String, String)> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["api", "v1", "routes", name, verb]) => {
+            Some((name.to_string(), verb.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Parses a mutation's JSON body into the action it asks for. Pure, so the fuzz target reaches
+/// it; an error is the status and message to answer.
+pub fn parse_action(verb: &str, body: &[u8]) -> Result<Action, (StatusCode, String)> {
+    let empty = body.iter().all(|b| b.is_ascii_whitespace());
+    let bad = |e: serde_json::Error| (StatusCode::BAD_REQUEST, format!("bad JSON body: {e}"));
+    match verb {
+        "flip" => {
+            let b: FlipBody = if empty {
+                FlipBody::default()
+            } else {
+                serde_json::from_slice(body).map_err(bad)?
+            };
+            Ok(Action::Flip { target: b.target })
+        }
+        "canary" => {
+            if empty {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "bad JSON body: expected {\"percent\": N}".into(),
+                ));
+            }
+            let b: CanaryBody = serde_json::from_slice(body).map_err(bad)?;
+            Ok(Action::Canary {
+                percent: b.percent,
+                target: b.target,
+            })
+        }
+        "promote" | "rollback" | "reset" => {
+            if !empty && serde_json::from_slice::<serde_json::Value>(body).is_err() {
+                return Err((StatusCode::BAD_REQUEST, "bad JSON body".into()));
+            }
+            Ok(match verb {
+                "promote" => Action::Promote,
+                "rollback" => Action::Rollback,
+                _ => Action::Reset,
+            })
+        }
+        _ => Err((StatusCode::NOT_FOUND, format!("unknown action `{verb}`"))),
+    }
+}
+
 impl Admin {
     pub fn new(control: Arc<Control>, ready: Arc<AtomicBool>) -> Arc<Admin> {
         let cfg = control.config();
         Arc::new(Admin {
             control,
             ready,
-            token_env: cfg.admin.token_env.clone(),
-            token_file: cfg.admin.token_file.clone(),
+            token: TokenSource::new(&cfg.admin),
+            allowed_hosts: cfg.admin.allowed_hosts.clone(),
+            token_problem: Mutex::new(None),
+            refusal_logged: Mutex::new([None; 5]),
         })
     }
 
-    /// The bearer token in force, if any: the env var first, then the token file (re-read per call
-    /// so a rotated Secret takes effect without a restart).
-    fn token(&self) -> Option<String> {
-        if let Some(v) = self.token_env.as_ref().and_then(|n| std::env::var(n).ok()) {
-            if !v.trim().is_empty() {
-                return Some(v.trim().to_string());
-            }
+    /// Logs a change of the token source's health: warn when it starts yielding no token (or the
+    /// reason changes), info when it yields one again.
+    fn note_token(&self, state: &TokenState) {
+        let problem = match state {
+            TokenState::Unusable(why) => Some(why.clone()),
+            _ => None,
+        };
+        let mut last = self.token_problem.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == problem {
+            return;
         }
-        self.token_file
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+        match &problem {
+            Some(why) => tracing::warn!(
+                reason = %why,
+                "admin token source yields no token: every admin mutation is refused (503) until it does"
+            ),
+            None => tracing::info!("admin token source yields a token again; mutations accepted"),
+        }
+        *last = problem;
     }
 
-    /// Binds the admin listener, enforcing the loopback rule.
+    /// The token state for one mutation: read off the runtime (it may touch the disk).
+    async fn token_state(&self) -> TokenState {
+        let source = self.token.clone();
+        let state = tokio::task::spawn_blocking(move || source.resolve())
+            .await
+            .unwrap_or_else(|_| {
+                TokenState::Unusable("admin token source: read task failed".into())
+            });
+        self.note_token(&state);
+        state
+    }
+
+    /// Binds the admin listener, enforcing the loopback rule, and warns when mutations are open.
     /// With `reuse_port` (the traffic listener's setting) the admin port is shared too, so a new
     /// process started on the same route file can bind during a zero-downtime upgrade.
     pub async fn bind(
@@ -121,34 +223,78 @@ impl Admin {
         addr: SocketAddr,
         reuse_port: bool,
     ) -> Result<TcpListener, AdminError> {
-        if self.token().is_none() && !addr.ip().is_loopback() {
-            return Err(AdminError::Unprotected(addr));
+        let state = self.token.resolve();
+        let loopback = addr.ip().is_loopback();
+        match &state {
+            TokenState::Open if !loopback => return Err(AdminError::Unprotected(addr)),
+            TokenState::Unusable(why) if !loopback => {
+                return Err(AdminError::TokenUnusable(addr, why.clone()))
+            }
+            TokenState::Open => tracing::warn!(
+                admin = %addr,
+                "admin API has no token: any local process can change routes (web pages are refused by the Host and Origin checks); set admin.token_env or admin.token_file"
+            ),
+            TokenState::Unusable(_) | TokenState::Token(_) => self.note_token(&state),
         }
         crate::server::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = self.token() else {
-            return true;
-        };
-        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-        let Some(given) = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token)
-        else {
-            return false;
-        };
-        bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
+    /// Answers a refused request: counted, logged (rate-limited per reason), JSON.
+    fn refuse(&self, r: Refusal, method: &Method, path: &str) -> Resp {
+        let reason = r.reason();
+        self.control
+            .metrics
+            .admin_refusals
+            .with_label_values(&[reason])
+            .inc();
+        // The token source's own health is logged by `note_token`, on change.
+        if !matches!(r, Refusal::TokenUnusable(_)) {
+            let i = Refusal::REASONS
+                .iter()
+                .position(|x| *x == reason)
+                .unwrap_or(0);
+            let now = Instant::now();
+            let mut logged = self
+                .refusal_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if logged[i].is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY) {
+                logged[i] = Some(now);
+                tracing::warn!(
+                    %reason, %method, path = %path.escape_debug(), error = %r,
+                    "admin request refused (logged at most once a minute per reason; see flipgate_admin_refusals_total)"
+                );
+            }
+        }
+        error(r.status(), r.to_string())
     }
 
-    /// Handles one admin request.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Resp {
+    /// Handles one admin request that arrived on a connection whose local address is `local`.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, local: SocketAddr) -> Resp {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mutation = mutation_target(req.method(), &path);
+        let token = match mutation {
+            Some(_) => Some(self.token_state().await),
+            None => None,
+        };
+        let access = match &token {
+            Some(t) => Access::Mutate(t),
+            None => Access::Read,
+        };
+        if let Err(r) = guard::check(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            local,
+            &self.allowed_hosts,
+            access,
+        ) {
+            return self.refuse(r, req.method(), &path);
+        }
+        if let Some((name, verb)) = mutation {
+            return self.mutate(req, name, verb).await;
+        }
         match (req.method(), segments.as_slice()) {
             (&Method::GET, []) => text(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n"),
@@ -176,10 +322,6 @@ impl Admin {
                 &serde_json::json!({ "events": self.control.events.recent() }),
             ),
             (&Method::GET, ["api", "v1", "routes", name]) => self.route_view(name),
-            (&Method::POST, ["api", "v1", "routes", name, verb]) => {
-                let (name, verb) = (name.to_string(), verb.to_string());
-                self.mutate(req, name, verb).await
-            }
             (_, ["api", "v1", "routes", _, _])
             | (_, ["api", "v1", "routes", ..])
             | (_, ["metrics" | "healthz" | "readyz"]) => {
@@ -197,11 +339,10 @@ impl Admin {
         }
     }
 
+    /// A mutation that passed the guard: read the body, apply.
     async fn mutate(self: &Arc<Self>, req: Request<Incoming>, name: String, verb: String) -> Resp {
-        if !self.authorized(&req) {
-            return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
-        }
-        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
                 return error(
@@ -210,47 +351,12 @@ impl Admin {
                 )
             }
         };
-        let empty = body.iter().all(|b| b.is_ascii_whitespace());
-        let parse_err =
-            |e: serde_json::Error| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}"));
-        let action = match verb.as_str() {
-            "flip" => {
-                let b: FlipBody = if empty {
-                    FlipBody::default()
-                } else {
-                    match serde_json::from_slice(&body) {
-                        Ok(b) => b,
-                        Err(e) => return parse_err(e),
-                    }
-                };
-                Action::Flip { target: b.target }
-            }
-            "canary" => {
-                if empty {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "bad JSON body: expected {\"percent\": N}",
-                    );
-                }
-                match serde_json::from_slice::<CanaryBody>(&body) {
-                    Ok(b) => Action::Canary {
-                        percent: b.percent,
-                        target: b.target,
-                    },
-                    Err(e) => return parse_err(e),
-                }
-            }
-            "promote" | "rollback" | "reset" => {
-                if !empty && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-                    return error(StatusCode::BAD_REQUEST, "bad JSON body");
-                }
-                match verb.as_str() {
-                    "promote" => Action::Promote,
-                    "rollback" => Action::Rollback,
-                    _ => Action::Reset,
-                }
-            }
-            _ => return error(StatusCode::NOT_FOUND, format!("unknown action `{verb}`")),
+        if let Err(r) = guard::check_body(&parts.headers, &body) {
+            return self.refuse(r, &parts.method, parts.uri.path());
+        }
+        let action = match parse_action(&verb, &body) {
+            Ok(a) => a,
+            Err((status, msg)) => return error(status, msg),
         };
         let control = self.control.clone();
         let route = name.clone();
@@ -270,7 +376,7 @@ impl Admin {
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -281,10 +387,19 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, mut shutdown: watch
             },
             _ = shutdown.changed() => return,
         };
+        // The `Host` check compares against the address this connection reached: on a 0.0.0.0
+        // listener that is the pod IP a kubelet or Prometheus dialled.
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "admin connection without a local address");
+                continue;
+            }
+        };
         let admin = admin.clone();
         let svc = service_fn(move |req| {
             let admin = admin.clone();
-            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+            async move { Ok::<_, std::convert::Infallible>(admin.handle(req, local).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)

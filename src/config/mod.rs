@@ -121,8 +121,14 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Environment variable holding the bearer token for mutating calls.
     pub token_env: Option<String>,
+    /// Whether the file names `token_env` itself. Only then is an unset variable a broken token
+    /// source (mutations refused); the implicit default `FLIPGATE_ADMIN_TOKEN` may be absent.
+    pub token_env_explicit: bool,
     /// File holding the bearer token (Kubernetes Secret mounts).
     pub token_file: Option<PathBuf>,
+    /// Lower-cased `Host` names (IP literals in canonical form, no port) the admin listener
+    /// accepts besides its own address and `localhost`: the defence against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Runtime state persistence.

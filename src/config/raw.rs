@@ -72,8 +72,11 @@ pub struct RawCertPair {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
-    pub token_env: Option<String>,
+    pub token_env: Option<Spanned<String>>,
     pub token_file: Option<String>,
+    /// `Host` names the admin listener answers besides its own address and `localhost`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<Spanned<String>>,
 }
 
 /// `[state]`: where runtime decisions are persisted.

@@ -317,15 +317,49 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
 
 fn admin(sink: &mut Sink, base: &Path, raw: RawAdmin) -> Option<Admin> {
     let listen = addr(sink, raw.listen, DEFAULT_ADMIN, "admin.listen")?;
+    let token_env_explicit = raw
+        .token_env
+        .as_ref()
+        .is_some_and(|s| !s.get_ref().is_empty());
+    // Defaults to the variable the CLI reads, so one exported token serves both; "" disables.
+    let token_env = match raw.token_env {
+        None => Some("FLIPGATE_ADMIN_TOKEN".to_string()),
+        Some(s) if s.get_ref().is_empty() => None,
+        Some(s) => {
+            let name = s.get_ref();
+            if name.trim() != name || name.contains(['=', '\0']) {
+                sink.push(
+                    s.span(),
+                    "admin.token_env",
+                    format!(
+                        "`{}` is not an environment variable name; use \"\" to turn the variable lookup off",
+                        name.escape_debug()
+                    ),
+                );
+            }
+            Some(s.into_inner())
+        }
+    };
+    let mut allowed_hosts = Vec::with_capacity(raw.allowed_hosts.len());
+    for h in raw.allowed_hosts {
+        match crate::admin::guard::normalize_host_name(h.get_ref()) {
+            Some(n) => allowed_hosts.push(n),
+            None => sink.push(
+                h.span(),
+                "admin.allowed_hosts",
+                format!(
+                    "`{}` is not a host name or IP address (no scheme, port, path or wildcard: list each name)",
+                    h.get_ref().escape_debug()
+                ),
+            ),
+        }
+    }
     Some(Admin {
         listen,
-        // Defaults to the variable the CLI reads, so one exported token serves both; "" disables.
-        token_env: Some(
-            raw.token_env
-                .unwrap_or_else(|| "FLIPGATE_ADMIN_TOKEN".into()),
-        )
-        .filter(|s| !s.is_empty()),
+        token_env,
+        token_env_explicit,
         token_file: raw.token_file.map(|f| resolve(base, &f)),
+        allowed_hosts,
     })
 }
 

@@ -177,10 +177,16 @@ impl Gw {
         format!("http://{}{}", self.admin, path)
     }
 
-    /// POSTs an operator action (`flip`, `canary`, …) for route `bot`, without a token.
+    /// POSTs an operator action (`flip`, `canary`, …) for route `bot`, without a token, as a
+    /// deploy script would (a body is declared JSON).
     pub async fn act(&self, c: &TestClient, verb: &str, body: &str) -> Resp {
         let url = self.admin_url(&format!("/api/v1/routes/bot/{verb}"));
-        send(c, "POST", &url, &[], body.to_string()).await
+        let json: &[(&str, &str)] = if body.is_empty() {
+            &[]
+        } else {
+            &[("content-type", "application/json")]
+        };
+        send(c, "POST", &url, json, body.to_string()).await
     }
 
     pub fn generation(&self) -> u64 {
