@@ -509,18 +509,16 @@ impl Conn {
         };
         self.out.extend_from_slice(&up.buf[..n]);
         up.buf.advance(n);
-        timer.as_mut().reset(Instant::now() + idle);
+        // The exchange's deadline usually still leaves at least half of `idle`: then the timer
+        // is not touched at all (a timer reset per request costs more than the clock read).
+        refresh(timer.as_mut(), idle);
         if !write_within(&mut self.stream, &self.out, timer.as_mut()).await {
             return false;
         }
         self.out.clear();
         while !complete {
             pool::fill(&mut up.buf);
-            // Progress moves the deadline; the timer is touched only when half of it is used.
-            let now = Instant::now();
-            if timer.deadline() < now + idle / 2 {
-                timer.as_mut().reset(now + idle);
-            }
+            refresh(timer.as_mut(), idle);
             let r = tokio::select! {
                 biased;
                 r = read_some(&up.stream, &mut up.buf) => r,
@@ -544,6 +542,17 @@ impl Conn {
             complete = c;
         }
         true
+    }
+}
+
+/// Moves `timer` to `idle` from now unless it already stands between half of `idle` and `idle`
+/// from now: progress keeps a body alive, and the timer is touched at most once per half `idle`
+/// (with the defaults, the exchange's deadline already stands there and is not touched at all).
+fn refresh(timer: Pin<&mut Sleep>, idle: Duration) {
+    let now = Instant::now();
+    let deadline = timer.deadline();
+    if deadline < now + idle / 2 || deadline > now + idle {
+        timer.reset(now + idle);
     }
 }
 
