@@ -48,7 +48,7 @@ pub struct TargetMetrics {
     /// The route's `client_errors_total`, indexed by `ClientErrorKind as usize`.
     client: [IntCounter; 4],
     /// The route's `local_errors_total`, indexed by `LocalErrorKind as usize`.
-    local: [IntCounter; 2],
+    local: [IntCounter; LocalErrorKind::ALL.len()],
     /// Open upgraded tunnels (WebSockets) to this target.
     pub tunnels: IntGauge,
 }

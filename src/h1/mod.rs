@@ -19,8 +19,9 @@
 //!   buffer. The upstream response's framing (`Content-Length`, chunked via `chunked::Scanner`,
 //!   or until close) decides where it ends; an upstream connection is reused only when its
 //!   response ended cleanly with nothing after it, and is checked for a close before reuse.
-//! - A bodyless idempotent request is resent once on a fresh connection when a reused one was
-//!   closed under it before any response byte (the upstream's keep-alive timeout racing us).
+//! - A request is resent once on a fresh connection when a reused one was closed under it before
+//!   any response byte (the upstream's keep-alive timeout racing us) and the resend rule allows
+//!   it (`proxy::resend`: bodyless and idempotent).
 //! - Timeouts: the head must arrive within the idle/header timeout (also the idle bound); the
 //!   exchange up to the response head within `upstream_timeout`, as on hyper's path. One timer
 //!   per connection, reset per phase.
@@ -52,6 +53,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
+use crate::proxy::resend::{self, Unanswered};
 use crate::proxy::{record_answer, record_error, ConnInfo, Proxy};
 use head::{Framing, Head, Plan, UpstreamHead};
 
@@ -320,16 +322,23 @@ impl Conn {
         mut timer: Pin<&mut Sleep>,
     ) -> Result<(Up, head::Response), Failed> {
         let instance = &f.instance;
-        let (head_method, close, resendable) = (f.head_method, f.close, f.resendable);
+        let (head_method, close) = (f.head_method, f.close);
         let mut body_left = f.body_len;
         let take = body_left.min(self.rbuf.len() as u64) as usize;
         self.out.extend_from_slice(&self.rbuf[..take]);
         self.rbuf.advance(take);
         body_left -= take as u64;
-        let mut retried = false;
+        let mut resent = 0;
         loop {
             let (mut up, fresh) = self.upstream(instance, &f.limits, timer.as_mut()).await?;
-            let may_resend = !fresh && resendable && !retried;
+            // Only a reused connection can be closed under a request by the keep-alive race.
+            let may_resend = !fresh
+                && resend::allowed(
+                    Unanswered::ClosedUnder,
+                    f.idempotent,
+                    f.body_len == 0,
+                    resent,
+                );
             match self
                 .attempt(
                     &mut up,
@@ -345,8 +354,8 @@ impl Conn {
                 // The connection is in an unknown state: never reused (`up` is dropped).
                 Err(e) => match e {
                     Attempt::Resend => {
-                        tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
-                        retried = true;
+                        tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending");
+                        resent += 1;
                     }
                     Attempt::Failed(f) => return Err(f),
                 },
