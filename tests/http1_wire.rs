@@ -1174,3 +1174,127 @@ async fn connection_cannot_drop_host_or_length() {
     assert_eq!(seen[0].header("host"), Some("a"));
     gw.stop().await;
 }
+
+/// How a raw upstream treats a request with `Expect: 100-continue`.
+#[derive(Clone, Copy)]
+enum OnExpect {
+    /// Answers `401` with `connection: close` at once, without `100 Continue`, and closes.
+    Refuse,
+}
+
+/// A raw upstream for `Expect` requests (one request per connection); records whether each
+/// request head carried the expectation. A request without one gets `200 OK`.
+async fn spawn_expect_upstream(on: OnExpect) -> (SocketAddr, Arc<Mutex<Vec<bool>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expects: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let log = expects.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut w = Wire { s, buf: Vec::new() };
+                let Some((_, headers)) = w.head().await else {
+                    return;
+                };
+                let expect = all(&headers, "expect").contains(&"100-continue");
+                log.lock().unwrap().push(expect);
+                let answer: &[u8] = match on {
+                    _ if !expect => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    OnExpect::Refuse => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 13\r\nconnection: close\r\n\r\nunauthorized\n",
+                };
+                let _ = w.s.write_all(answer).await;
+            });
+        }
+    });
+    (addr, expects)
+}
+
+/// Sends a 5 MB upload with `Expect: 100-continue` as curl does: the head, then the body only
+/// after a `100 Continue`, reading the answer meanwhile (a write error ends the upload, not the
+/// exchange). Returns whether a `100 Continue` came, and the final response.
+async fn expect_upload(addr: SocketAddr) -> (bool, Resp1) {
+    const SIZE: usize = 5 * 1024 * 1024;
+    let mut c = Wire::connect(addr).await;
+    c.write(format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {SIZE}\r\nexpect: 100-continue\r\n\r\n").as_bytes())
+        .await;
+    let first = c.response(false).await;
+    if first.status != 100 {
+        return (false, first);
+    }
+    let body = vec![b'x'; SIZE];
+    let mut sent = 0;
+    let upload = async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let (mut rd, mut wr) = c.s.split();
+            tokio::select! {
+                r = wr.write(&body[sent..]), if sent < SIZE => match r {
+                    Ok(n) if n > 0 => sent += n,
+                    _ => sent = SIZE,
+                },
+                r = rd.read(&mut chunk) => match r {
+                    Ok(n) if n > 0 => c.buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                },
+            }
+            if sent == SIZE || c.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, upload)
+        .await
+        .expect("upload ended or answered within the deadline");
+    (true, c.response(false).await)
+}
+
+/// An upstream that answers an `Expect: 100-continue` request at once (401) and closes, without
+/// `100 Continue`: the client gets that answer, and no `100 Continue` flipgate made up, so it
+/// never starts its upload (it used to, and then sometimes got 502). Repeated: it is a race.
+#[tokio::test]
+async fn expect_continue_early_answer_reaches_the_client() {
+    let (up, expects) = spawn_expect_upstream(OnExpect::Refuse).await;
+    let gw = gateway(up).await;
+    let (mut continued, mut other) = (0, Vec::new());
+    for _ in 0..50 {
+        let (cont, r) = expect_upload(gw.addr).await;
+        continued += usize::from(cont);
+        if (r.status, r.text()) != (401, "unauthorized\n".into()) {
+            other.push(r.start);
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of 50 tries got another answer than the upstream's: {other:?}",
+        other.len()
+    );
+    assert_eq!(
+        continued, 0,
+        "tries with a 100 Continue the upstream never sent"
+    );
+    let expects = expects.lock().unwrap().clone();
+    assert!(
+        expects.iter().all(|e| *e),
+        "the upstream gets the expectation"
+    );
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+/// An upstream that ignores the expectation (it waits for the body without sending `100
+/// Continue`) still gets the body: flipgate stops waiting for the upstream's `100 Continue` after
+/// `expect::WAIT`, and then asks the client for it.
+#[tokio::test]
+async fn expect_continue_to_an_upstream_that_ignores_it() {
+    let up = spawn_raw(|s| ok(&s.body.len().to_string())).await;
+    let gw = gateway(up.addr).await;
+    let (cont, r) = expect_upload(gw.addr).await;
+    assert!(cont, "{r:?}");
+    assert_eq!((r.status, r.text()), (200, (5 * 1024 * 1024).to_string()));
+    gw.stop().await;
+}

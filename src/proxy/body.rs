@@ -19,6 +19,10 @@
 //! the client's body, the limit counting each byte once) as long as nothing taken from the client
 //! was let go; the body it replaces ends with `RequestBodyError::Withdrawn` if it is polled again.
 //! Past `REPLAY_MAX` nothing is kept and a refused request with that body is not sent again.
+//!
+//! An `Expect: 100-continue` request's body is not polled while its `expect::Gate` is closed.
+//! The response body holds the exchange's side of that gate (`Held`), so the gate is shut only
+//! once the response is through.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +34,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::expect::{Expectation, Gate};
 use crate::upstream::InflightGuard;
 
 /// Request body bytes kept to send a request again (HTTP/2 upstreams): the size up to which the
@@ -46,9 +51,10 @@ pub enum RequestBodyError {
     /// The client's body stream failed (aborted upload, bad chunking).
     #[error("client body: {0}")]
     Client(#[from] hyper::Error),
-    /// flipgate took the body back from an attempt that had already failed, to send it again.
-    /// Only ever seen by that finished attempt's connection, never by a live exchange.
-    #[error("request body withdrawn from a finished attempt")]
+    /// flipgate withdrew the body from a sending whose exchange is over: it was sent again, or
+    /// the upstream answered an `Expect: 100-continue` request without asking for it. Only ever
+    /// seen by that sending's connection, never by a live exchange.
+    #[error("request body withdrawn from a finished sending")]
     Withdrawn,
 }
 
@@ -77,6 +83,8 @@ struct Client {
     remaining: u64,
     /// Whether the last poll of the client's body was pending (shared with `BodyWatch`).
     waiting: Option<Arc<AtomicBool>>,
+    /// `Expect: 100-continue`: the body is not polled until this opens (`expect`).
+    gate: Option<Gate>,
 }
 
 impl Client {
@@ -84,6 +92,17 @@ impl Client {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        if let Some(gate) = &mut self.gate {
+            match gate.poll_open(cx) {
+                // Waiting on the upstream, not the client: `waiting` stays false.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => self.gate = None,
+                Poll::Ready(Err(_)) => {
+                    self.inner = None;
+                    return Poll::Ready(Some(Err(RequestBodyError::Withdrawn)));
+                }
+            }
+        }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -231,9 +250,11 @@ impl BodyWatch {
 }
 
 impl RequestBody {
-    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited), and a watch on it.
-    pub fn new(inner: Incoming, limit: u64) -> (RequestBody, BodyWatch) {
-        let (client, watch) = Self::client(inner, limit);
+    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited), and a watch on it;
+    /// with `gate`, the body is not polled until the gate opens.
+    pub fn new(inner: Incoming, limit: u64, gate: Option<Gate>) -> (RequestBody, BodyWatch) {
+        let (mut client, watch) = Self::client(inner, limit);
+        client.gate = gate;
         (RequestBody(Src::Client(client)), watch)
     }
 
@@ -264,6 +285,7 @@ impl RequestBody {
             inner: Some(inner),
             remaining: if limit == 0 { u64::MAX } else { limit },
             waiting,
+            gate: None,
         };
         (client, watch)
     }
@@ -360,10 +382,20 @@ impl Body for RequestBody {
     }
 }
 
+/// What an upstream's response body holds until it is finished or dropped.
+#[derive(Default)]
+pub struct Held {
+    /// The in-flight slot (`max_upstream_connections`), if limits are on.
+    pub slot: Option<InflightGuard>,
+    /// An `Expect: 100-continue` exchange's side of the gate: shut when the response is through,
+    /// ending a body the upstream never asked for (and so its connection) only then.
+    pub expect: Option<Expectation>,
+}
+
 /// Body of every response flipgate sends.
 pub enum ProxyBody {
-    /// The upstream's body, holding its in-flight slot (if limits are on) until done.
-    Upstream(Incoming, Option<InflightGuard>),
+    /// The upstream's body, with what it holds until done.
+    Upstream(Incoming, Held),
     Full(Option<Bytes>),
 }
 
@@ -388,10 +420,10 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b, guard) => {
+            ProxyBody::Upstream(b, held) => {
                 let r = Pin::new(b).poll_frame(cx);
                 if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
+                    *held = Held::default();
                 }
                 r
             }

@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod error;
+pub mod expect;
 pub mod headers;
 pub mod resend;
 pub mod tunnel;
@@ -28,7 +29,7 @@ use crate::snapshot::{Snapshot, TargetEntry};
 use crate::split::{random_bucket, Reason};
 use crate::upstream::{Clients, InflightGuard};
 pub use body::ProxyBody;
-use body::RequestBody;
+use body::{Held, RequestBody};
 use error::{classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind};
 use http::uri::Authority;
 
@@ -325,6 +326,12 @@ impl Proxy {
         };
         *req.version_mut() = upstream_version;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // `Expect: 100-continue`: the body waits for the upstream's own `100 Continue`.
+        let (expect, gate) = match !upgrade && !upstream.http2 {
+            true => expect::watch(&mut req).unzip(),
+            false => (None, None),
+        };
+        let held = Held { slot, expect };
         let (parts, body) = req.into_parts();
         // A request to an HTTP/2 upstream keeps its body for a resend (`resend`, `body::Replay`).
         let bodyless = http_body::Body::is_end_stream(&body);
@@ -332,7 +339,7 @@ impl Proxy {
             let (body, watch, replay) = RequestBody::replayable(body, limits.max_body_bytes);
             (body, watch, Some(replay))
         } else {
-            let (body, watch) = RequestBody::new(body, limits.max_body_bytes);
+            let (body, watch) = RequestBody::new(body, limits.max_body_bytes, gate);
             (body, watch, None)
         };
         let mut req = Request::from_parts(parts, body);
@@ -355,7 +362,7 @@ impl Proxy {
                 let send = conn.pinned.send(instance, limits.connect_timeout, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
-                        return self.relay(resp, target, index, &limits, start, None, slot);
+                        return self.relay(resp, target, index, &limits, start, None, held);
                     }
                     Ok(Ok(Err(e))) => {
                         if let Some(again) = kept.as_mut().and_then(|k| k.again(e.unanswered())) {
@@ -404,7 +411,7 @@ impl Proxy {
             &limits,
             start,
             downstream_upgrade,
-            slot,
+            held,
         )
     }
 
@@ -418,7 +425,7 @@ impl Proxy {
         limits: &Limits,
         start: Instant,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        slot: Option<crate::upstream::InflightGuard>,
+        held: Held,
     ) -> Response<ProxyBody> {
         let status = resp.status();
         record_answer(target, index, limits, status.as_u16(), start);
@@ -433,7 +440,7 @@ impl Proxy {
                     down,
                     up,
                     target.metrics.tunnels.clone(),
-                    slot,
+                    held.slot,
                     self.tunnels.clone(),
                     close_after_flip,
                 ));
@@ -445,7 +452,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, false, false);
         headers::add_via(&mut parts.headers, parts.version);
         parts.version = http::Version::HTTP_11;
-        Response::from_parts(parts, ProxyBody::Upstream(body, slot))
+        Response::from_parts(parts, ProxyBody::Upstream(body, held))
     }
 
     /// Answers a failed upstream exchange, recorded by the side that failed (`record_error`).
