@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
 use crate::proxy::resend::{self, Unanswered};
+use crate::upstream::UpstreamStream;
 
 /// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
 /// first.
@@ -223,7 +224,7 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(UpstreamStream::plain(TokioIo::new(stream)))
         .await
         .map_err(|e| PinnedError::Http(instance.clone(), e))?;
     PINNED.fetch_add(1, Relaxed);

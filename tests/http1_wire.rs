@@ -1180,6 +1180,9 @@ async fn connection_cannot_drop_host_or_length() {
 enum OnExpect {
     /// Answers `401` with `connection: close` at once, without `100 Continue`, and closes.
     Refuse,
+    /// Answers `100 Continue`, reads 64 KiB of the body, then answers `413` with
+    /// `connection: close` and closes (the unread rest makes the close a reset).
+    ContinueThenRefuse,
 }
 
 /// A raw upstream for `Expect` requests (one request per connection); records whether each
@@ -1205,6 +1208,11 @@ async fn spawn_expect_upstream(on: OnExpect) -> (SocketAddr, Arc<Mutex<Vec<bool>
                 let answer: &[u8] = match on {
                     _ if !expect => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
                     OnExpect::Refuse => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 13\r\nconnection: close\r\n\r\nunauthorized\n",
+                    OnExpect::ContinueThenRefuse => {
+                        w.write(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                        w.exact(64 * 1024).await;
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large"
+                    }
                 };
                 let _ = w.s.write_all(answer).await;
             });
@@ -1286,6 +1294,29 @@ async fn expect_continue_early_answer_reaches_the_client() {
     gw.stop().await;
 }
 
+/// An upstream that sends `100 Continue`, then answers early (413) mid-upload and closes: the
+/// response it sent is relayed, not replaced by 502 when the rest of the body cannot be written.
+#[tokio::test]
+async fn expect_continue_answer_mid_upload_reaches_the_client() {
+    let (up, _) = spawn_expect_upstream(OnExpect::ContinueThenRefuse).await;
+    let gw = gateway(up).await;
+    let mut other = Vec::new();
+    for _ in 0..50 {
+        let (cont, r) = expect_upload(gw.addr).await;
+        if !cont || (r.status, r.text()) != (413, "too large".into()) {
+            other.push((cont, r.start));
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of 50 tries did not get 100 Continue then the upstream's answer: {other:?}",
+        other.len()
+    );
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
 /// An upstream that ignores the expectation (it waits for the body without sending `100
 /// Continue`) still gets the body: flipgate stops waiting for the upstream's `100 Continue` after
 /// `expect::WAIT`, and then asks the client for it.
@@ -1296,5 +1327,56 @@ async fn expect_continue_to_an_upstream_that_ignores_it() {
     let (cont, r) = expect_upload(gw.addr).await;
     assert!(cont, "{r:?}");
     assert_eq!((r.status, r.text()), (200, (5 * 1024 * 1024).to_string()));
+    gw.stop().await;
+}
+
+/// An upstream that answers right after the request head (401) and closes, before the client
+/// has sent its body: the answer reaches the client, though the body can no longer be written
+/// upstream (it used to be replaced by 502). Repeated: the write fails or not by timing.
+#[tokio::test]
+async fn early_answer_before_the_body_reaches_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let done = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut w = Wire { s, buf: Vec::new() };
+            if let Some((start, _)) = w.head().await {
+                let answer: &[u8] = if start.starts_with("POST") {
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 13\r\nconnection: close\r\n\r\nunauthorized\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                let _ = w.s.write_all(answer).await;
+            }
+            drop(w);
+            done.notify_one();
+        }
+    });
+    let gw = gateway(addr).await;
+    let mut other = Vec::new();
+    for _ in 0..50 {
+        let mut c = Wire::connect(gw.addr).await;
+        c.write(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 60000\r\n\r\n")
+            .await;
+        tokio::time::timeout(DEADLINE, closed.notified())
+            .await
+            .expect("the upstream answered and closed");
+        let _ = c.s.write_all(&[b'x'; 60000]).await;
+        let r = c.response(false).await;
+        if (r.status, r.text()) != (401, "unauthorized\n".into()) {
+            other.push(r.start);
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of 50 tries got another answer: {other:?}",
+        other.len()
+    );
+    still_serving(&gw).await;
     gw.stop().await;
 }

@@ -396,6 +396,8 @@ pub struct Response {
     pub framing: Framing,
     /// The upstream connection may carry another request after this response.
     pub reusable: bool,
+    /// The client's head says `connection: close`: the client connection ends after it.
+    pub close: bool,
 }
 
 /// The outcome of looking at an upstream's buffered bytes.
@@ -520,6 +522,7 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
         status,
         framing,
         reusable,
+        close,
     })
 }
 

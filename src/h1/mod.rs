@@ -22,6 +22,10 @@
 //! - A request is resent once on a fresh connection when a reused one was closed under it before
 //!   any response byte (the upstream's keep-alive timeout racing us) and the resend rule allows
 //!   it (`proxy::resend`: bodyless and idempotent).
+//! - An upstream that refuses a write (it closed or reset the connection) may have answered
+//!   already: the sending stops and that answer is relayed (else 502); that upstream connection
+//!   is never reused, and the client connection closes after the answer if its body was not all
+//!   read.
 //! - Timeouts: the head must arrive within the idle/header timeout (also the idle bound); the
 //!   exchange up to the response head within `upstream_timeout`, as on hyper's path. One timer
 //!   per connection, reset per phase.
@@ -312,7 +316,7 @@ impl Conn {
             pool::give(&mut up.buf);
             upstreams::give(up);
         }
-        done && !close && resp.framing != Framing::Close
+        done && !close && !resp.close && resp.framing != Framing::Close
     }
 
     /// Sends the request (head in `out`, then its body) and reads the response head into `out`.
@@ -383,16 +387,20 @@ impl Conn {
         const BODY_TIMEOUT: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Client(
             ClientErrorKind::BodyTimeout,
         )));
-        let wrote = tokio::select! {
+        // A write the upstream refuses (it closed or reset the connection) ends the sending, not
+        // the exchange: an upstream may answer before it has read the whole request (a 401 to an
+        // upload) and close, and that answer is what the client gets. The upstream connection is
+        // then not reused, and a client whose body was not all read is closed after the answer.
+        let mut sent = tokio::select! {
             biased;
             r = up.stream.write_all(&self.out) => r.is_ok(),
             _ = timer.as_mut() => return Err(TIMEOUT),
         };
-        if !wrote {
-            return Err(if may_resend { Attempt::Resend } else { RESET });
+        if !sent && may_resend {
+            return Err(Attempt::Resend);
         }
         // The rest of the body, as the client sends it.
-        while *body_left > 0 {
+        while sent && *body_left > 0 {
             pool::fill(&mut self.rbuf);
             let n = tokio::select! {
                 biased;
@@ -403,25 +411,25 @@ impl Conn {
                 _ = timer.as_mut() => return Err(BODY_TIMEOUT),
             };
             let take = (n as u64).min(*body_left) as usize;
-            let wrote = tokio::select! {
+            sent = tokio::select! {
                 biased;
                 r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
                 _ = timer.as_mut() => return Err(TIMEOUT),
             };
-            if !wrote {
-                return Err(RESET);
+            if sent {
+                self.rbuf.advance(take);
+                *body_left -= take as u64;
             }
-            self.rbuf.advance(take);
-            *body_left -= take as u64;
         }
         // The response head.
         loop {
             // Decided when the head is written: a shutdown meanwhile closes after it.
-            let close = close || self.stop.now();
+            let close = close || self.stop.now() || *body_left > 0;
             if !up.buf.is_empty() {
                 match head::response(&up.buf, &mut self.out, head_method, close) {
-                    UpstreamHead::Ready(r) => {
+                    UpstreamHead::Ready(mut r) => {
                         up.buf.advance(r.head_len);
+                        r.reusable &= sent;
                         return Ok(r);
                     }
                     UpstreamHead::Interim(n) => {
