@@ -388,7 +388,8 @@ async fn goaway_from_an_http2_upstream_is_not_a_client_error() {
 
 /// An h2c upstream built on the h2 crate, which can refuse a stream: a request is answered with
 /// RST_STREAM `REFUSED_STREAM` (RFC 9113 §8.7) on its first `x-refuse` attempts (per `x-id`),
-/// right away or, with `x-read-first`, after reading its whole body; otherwise its body is echoed.
+/// right away or, with `x-read-first: N` (or `all`), after reading that much of its body;
+/// otherwise its body is echoed.
 /// Returns the attempts and the processed requests by `x-id`.
 async fn spawn_refusing_upstream() -> (SocketAddr, Processed, Processed) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -413,32 +414,40 @@ async fn spawn_refusing_upstream() -> (SocketAddr, Processed, Processed) {
                         let refuse: usize = h
                             .get("x-refuse")
                             .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
-                        let read_first = h.contains_key("x-read-first");
+                        let read_first = h
+                            .get("x-read-first")
+                            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap_or(usize::MAX));
                         let n = {
                             let mut a = a.lock().unwrap();
                             let n = a.entry(id.clone()).or_default();
                             *n += 1;
                             *n
                         };
-                        if n <= refuse && !read_first {
+                        if n <= refuse && read_first.is_none() {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             return;
                         }
                         let mut body = req.into_body();
                         let mut data = Vec::new();
+                        let enough = if n <= refuse { read_first } else { None };
                         while let Some(chunk) = body.data().await {
                             let Ok(chunk) = chunk else { return };
                             let _ = body.flow_control().release_capacity(chunk.len());
                             data.extend_from_slice(&chunk);
+                            if enough.is_some_and(|e| data.len() >= e) {
+                                break;
+                            }
                         }
                         if n <= refuse {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             return;
                         }
                         *p.lock().unwrap().entry(id).or_default() += 1;
-                        let mut send = respond
-                            .send_response(http::Response::new(()), data.is_empty())
+                        let head = http::Response::builder()
+                            .header("content-length", data.len())
+                            .body(())
                             .unwrap();
+                        let mut send = respond.send_response(head, data.is_empty()).unwrap();
                         if !data.is_empty() {
                             let _ = send.send_data(Bytes::from(data), true);
                         }
@@ -470,7 +479,7 @@ async fn refused_streams_are_sent_again_when_their_body_can_be() {
     for (id, size, read_first) in [("small", 1000, false), ("read", 40 * 1024, true)] {
         let mut h = vec![("x-id", id), ("x-refuse", "1")];
         if read_first {
-            h.push(("x-read-first", "1"));
+            h.push(("x-read-first", "all"));
         }
         let sent = body(size);
         let r = send(&c, "POST", &gw.url("/"), &h, sent.clone()).await;
@@ -481,11 +490,42 @@ async fn refused_streams_are_sent_again_when_their_body_can_be() {
         );
         assert_eq!((attempts_of(id), processed_of(id)), (2, 1), "{id}");
     }
+    // Refused after 1000 bytes while the client is still sending: the resend replays what was
+    // taken, then goes on with the rest of the client's body.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sent = body(2000);
+        let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        raw.write_all(b"POST / HTTP/1.1\r\nhost: a\r\nx-id: halves\r\nx-refuse: 1\r\nx-read-first: 1000\r\ncontent-length: 2000\r\nconnection: close\r\n\r\n").await.unwrap();
+        raw.write_all(&sent[..1000]).await.unwrap();
+        wait_until(
+            "the first sending refused",
+            std::time::Duration::from_secs(10),
+            || async { attempts_of("halves") >= 1 },
+        )
+        .await;
+        raw.write_all(&sent[1000..]).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            raw.read_to_end(&mut answer),
+        )
+        .await
+        .expect("answered (failure guard)")
+        .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(answer.ends_with(&sent), "the client's body, byte for byte");
+        assert_eq!((attempts_of("halves"), processed_of("halves")), (2, 1));
+    }
     assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
     assert_eq!(metric(&gw, "flipgate_local_errors_total", "").await, 0.0);
 
     // Over the replay bound, already streamed: not sent again.
-    let h = [("x-id", "big"), ("x-refuse", "1"), ("x-read-first", "1")];
+    let h = [("x-id", "big"), ("x-refuse", "1"), ("x-read-first", "all")];
     let r = send(&c, "POST", &gw.url("/"), &h, body(200 * 1024)).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!((attempts_of("big"), processed_of("big")), (1, 0));

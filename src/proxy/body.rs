@@ -231,6 +231,7 @@ impl Drop for Replay {
     fn drop(&mut self) {
         let mut s = lock(&self.0);
         s.keeping = false;
+        s.complete = false;
         if s.attempt == 0 {
             s.kept = Vec::new();
         }
@@ -319,10 +320,11 @@ impl Body for RequestBody {
                 if let Some(f) = s.kept.get(*next) {
                     let f = f.frame();
                     *next += 1;
-                    if !s.keeping && *next == s.kept.len() {
-                        s.kept = Vec::new();
-                    }
                     return Poll::Ready(Some(Ok(f)));
+                }
+                if !s.keeping && !s.kept.is_empty() {
+                    // Replayed, and no resend can come any more.
+                    s.kept = Vec::new();
                 }
                 let r = s.client.poll_frame(cx);
                 match &r {
