@@ -439,8 +439,9 @@ impl UpstreamStream {
     }
 }
 
-/// Whether a write failed because the peer closed or reset the connection.
-fn peer_gone(e: &std::io::Error) -> bool {
+/// Whether a write failed because the peer closed or reset the connection (so it may have
+/// answered already): the one test of both engines.
+pub(crate) fn peer_gone(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
     matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
 }

@@ -59,6 +59,7 @@ use tokio::time::{Instant, Sleep};
 use crate::proxy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
 use crate::proxy::resend::{self, Unanswered};
 use crate::proxy::{record_answer, record_error, ConnInfo, Proxy};
+use crate::upstream::peer_gone;
 use head::{Framing, Head, Plan, UpstreamHead};
 
 /// The head buffer is kept between requests up to this size (a small head costs no allocation;
@@ -387,13 +388,18 @@ impl Conn {
         const BODY_TIMEOUT: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Client(
             ClientErrorKind::BodyTimeout,
         )));
-        // A write the upstream refuses (it closed or reset the connection) ends the sending, not
-        // the exchange: an upstream may answer before it has read the whole request (a 401 to an
+        // A write the upstream refuses (it closed or reset the connection: `peer_gone`) ends the
+        // sending, not the exchange: an upstream may answer before it has read the whole request (a 401 to an
         // upload) and close, and that answer is what the client gets. The upstream connection is
         // then not reused, and a client whose body was not all read is closed after the answer.
+        let sent_or_gone = |r: std::io::Result<()>| match r {
+            Ok(()) => Ok(true),
+            Err(e) if peer_gone(&e) => Ok(false),
+            Err(_) => Err(RESET),
+        };
         let mut sent = tokio::select! {
             biased;
-            r = up.stream.write_all(&self.out) => r.is_ok(),
+            r = up.stream.write_all(&self.out) => sent_or_gone(r)?,
             _ = timer.as_mut() => return Err(TIMEOUT),
         };
         if !sent && may_resend {
@@ -413,7 +419,7 @@ impl Conn {
             let take = (n as u64).min(*body_left) as usize;
             sent = tokio::select! {
                 biased;
-                r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
+                r = up.stream.write_all(&self.rbuf[..take]) => sent_or_gone(r)?,
                 _ = timer.as_mut() => return Err(TIMEOUT),
             };
             if sent {
