@@ -21,7 +21,7 @@
 //!   again), except after `REFUSED_STREAM`, whose connection stays usable and may carry it again.
 //!   Every sending is within the exchange's one `upstream_timeout`.
 //! - A failure that was resent is not recorded anywhere; the resend's outcome is recorded like any
-//!   other. A request still unprocessed after its resend, or whose body could not be replayed, is
+//!   other. A request still unprocessed after its resends, or whose body could not be replayed, is
 //!   `classify`'d as `LocalErrorKind::Refused` (503), never against the target.
 //! - A request never written at all (hyper hands it back, `pinned`) is not a resend: it is written
 //!   on another connection as hyper's own pool does.
