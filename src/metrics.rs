@@ -49,9 +49,9 @@ pub struct TargetMetrics {
     /// Indexed by `UpstreamErrorKind as usize`.
     errors: [IntCounter; 4],
     /// The route's `client_errors_total`, indexed by `ClientErrorKind as usize`.
-    client: [IntCounter; 5],
+    client: [IntCounter; ClientErrorKind::ALL.len()],
     /// The route's `local_errors_total`, indexed by `LocalErrorKind as usize`.
-    local: [IntCounter; 2],
+    local: [IntCounter; LocalErrorKind::ALL.len()],
     /// gRPC calls by status code (indexed by code).
     grpc: [IntCounter; 17],
     /// Open upgraded tunnels (WebSockets) to this target.

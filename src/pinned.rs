@@ -33,6 +33,8 @@ use tokio::net::TcpStream;
 
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
+use crate::proxy::resend::{self, Unanswered};
+use crate::upstream::UpstreamStream;
 
 /// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
 /// first.
@@ -56,10 +58,12 @@ pub enum PinnedError {
 }
 
 impl PinnedError {
-    /// Whether the upstream closed the connection before answering (its keep-alive timeout
-    /// racing our reuse): a bodyless idempotent request may be resent once.
-    pub fn is_idle_race(&self) -> bool {
-        matches!(self, PinnedError::Http(_, e) if e.is_incomplete_message() || e.is_canceled())
+    /// How the request failed, if in a way the resend rule may allow (`resend::allowed`).
+    pub fn unanswered(&self) -> Option<Unanswered> {
+        match self {
+            PinnedError::Http(_, e) => resend::unanswered(e),
+            _ => None,
+        }
     }
 
     /// Which side failed: the client's request body (too large, or the client went away) or
@@ -221,7 +225,7 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
-        .handshake(TokioIo::new(stream))
+        .handshake(UpstreamStream::plain(TokioIo::new(stream)))
         .await
         .map_err(|e| PinnedError::Http(instance.clone(), e))?;
     PINNED.fetch_add(1, Relaxed);

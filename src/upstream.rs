@@ -371,7 +371,7 @@ impl tower_service::Service<http::Uri> for Connector {
         Box::pin(async move {
             let tcp = tcp.await.map_err(|e| ConnectError::Tcp(Box::new(e)))?;
             let Some(tls) = tls else {
-                return Ok(UpstreamStream::Plain(tcp));
+                return Ok(UpstreamStream::plain(tcp));
             };
             let name = tls.sni.unwrap_or(host);
             let server_name = ServerName::try_from(name.trim_matches(['[', ']']).to_string())
@@ -383,23 +383,75 @@ impl tower_service::Service<http::Uri> for Connector {
             .await
             .map_err(|_| ConnectError::TlsTimeout)?
             .map_err(ConnectError::Tls)?;
-            Ok(UpstreamStream::Tls(Box::new(TokioIo::new(stream))))
+            Ok(UpstreamStream::tls(Box::new(TokioIo::new(stream))))
         })
     }
 }
 
 /// A connection to an upstream, plain or TLS.
-pub enum UpstreamStream {
+///
+/// An upstream may answer before it has read the whole request (a 401 or 413 to an upload) and
+/// close; its kernel then resets the connection, and the next write fails while the answer is
+/// still waiting to be read. hyper's client fails the whole exchange on that write error, so the
+/// client would get 502 instead of the answer. So once a write fails because the peer is gone
+/// (reset, broken pipe), this stream takes every further write as done and drops the bytes: hyper
+/// goes on to read whatever the upstream sent before it closed, and relays it, or fails on the
+/// read when there is nothing, as one closed under its request (`proxy::resend`). Such a
+/// connection ends with that exchange: the peer has reset it, so hyper's next read sees its end,
+/// as for any connection an upstream closed.
+pub struct UpstreamStream {
+    io: Io,
+    /// A write failed because the peer is gone; later writes are dropped.
+    write_gone: bool,
+}
+
+enum Io {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS session is ~1 KiB and plain connections should not pay for it.
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
+impl UpstreamStream {
+    /// A plain TCP connection.
+    pub fn plain(tcp: TokioIo<TcpStream>) -> UpstreamStream {
+        UpstreamStream {
+            io: Io::Plain(tcp),
+            write_gone: false,
+        }
+    }
+
+    fn tls(tls: Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>) -> UpstreamStream {
+        UpstreamStream {
+            io: Io::Tls(tls),
+            write_gone: false,
+        }
+    }
+
+    /// Applies the rule above to a write's outcome: a peer that is gone took `n` bytes.
+    fn written<T>(&mut self, r: Poll<std::io::Result<T>>, n: T) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(Err(e)) if peer_gone(&e) => {
+                tracing::debug!(error = %e, "upstream stopped reading; reading its answer");
+                self.write_gone = true;
+                Poll::Ready(Ok(n))
+            }
+            r => r,
+        }
+    }
+}
+
+/// Whether a write failed because the peer closed or reset the connection (so it may have
+/// answered already): the one test of both engines.
+pub(crate) fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+}
+
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            UpstreamStream::Plain(s) => s.connected(),
-            UpstreamStream::Tls(s) => {
+        match &self.io {
+            Io::Plain(s) => s.connected(),
+            Io::Tls(s) => {
                 let (tcp, session) = s.inner().get_ref();
                 let c = tcp.connected();
                 if session.alpn_protocol() == Some(b"h2") {
@@ -418,9 +470,9 @@ impl hyper::rt::Read for UpstreamStream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -431,23 +483,37 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        let this = self.get_mut();
+        if this.write_gone {
+            return Poll::Ready(Ok(buf.len()));
         }
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        };
+        this.written(r, buf.len())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        let this = self.get_mut();
+        if this.write_gone {
+            return Poll::Ready(Ok(()));
         }
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        };
+        this.written(r, ())
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        let this = self.get_mut();
+        if this.write_gone {
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
@@ -456,16 +522,22 @@ impl hyper::rt::Write for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        let this = self.get_mut();
+        let all = bufs.iter().map(|b| b.len()).sum();
+        if this.write_gone {
+            return Poll::Ready(Ok(all));
         }
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        };
+        this.written(r, all)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamStream::Plain(s) => s.is_write_vectored(),
-            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }

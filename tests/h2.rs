@@ -301,3 +301,388 @@ async fn max_headers_holds_on_http2() {
     assert_eq!(ok.status(), 200);
     gw.stop().await;
 }
+
+/// What an HTTP/2 test upstream processed, by the request's `x-id`.
+type Processed = std::sync::Arc<std::sync::Mutex<HashMap<String, usize>>>;
+
+/// The upstream's side of a connection, passing its frames through except that every GOAWAY it
+/// sends names `last` (when set) as its last stream: h2's graceful shutdown first sends GOAWAY with
+/// the highest possible id and the real one only a round trip later, which leaves no stream
+/// unprocessed; nginx (every `keepalive_requests`) sends the real one at once.
+struct GoawayAt {
+    io: tokio::net::TcpStream,
+    last: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// The header of the frame being written (its first `head_len` bytes), then its payload.
+    head: [u8; 9],
+    head_len: usize,
+    payload_left: usize,
+}
+
+impl GoawayAt {
+    /// Rewrites `bytes` (the next ones written) in place, and advances the frame state over them.
+    fn rewrite(&mut self, bytes: &mut [u8]) {
+        let last = self
+            .last
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .to_be_bytes();
+        for b in bytes {
+            if self.payload_left > 0 {
+                let len = u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]);
+                let at = len as usize - self.payload_left;
+                if self.head[3] == 0x7 && at < 4 && last != [0; 4] {
+                    *b = last[at];
+                }
+                self.payload_left -= 1;
+                continue;
+            }
+            self.head[self.head_len] = *b;
+            self.head_len += 1;
+            if self.head_len == 9 {
+                self.head_len = 0;
+                self.payload_left =
+                    u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]) as usize;
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for GoawayAt {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GoawayAt {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // Rewrite a copy with a copy of the state; then advance the state over what was taken.
+        let (head, head_len, payload_left) = (self.head, self.head_len, self.payload_left);
+        let mut out = buf.to_vec();
+        self.rewrite(&mut out);
+        (self.head, self.head_len, self.payload_left) = (head, head_len, payload_left);
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, &out);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.rewrite(&mut out[..n].to_vec());
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// An h2c upstream that closes every connection as nginx does after `keepalive_requests`: once
+/// it has taken `per_conn` requests on a connection it sends GOAWAY naming the last of them,
+/// answers those, and never processes the streams the client had sent after it. `/echo` answers
+/// with the request body, anything else with `ok`; `processed` counts requests by `x-id`.
+async fn spawn_goaway_upstream(per_conn: usize) -> (SocketAddr, Processed) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let processed = Processed::default();
+    let seen = processed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let last = std::sync::Arc::new(AtomicU32::new(0));
+                let io = GoawayAt {
+                    io: tcp,
+                    last: last.clone(),
+                    head: [0; 9],
+                    head_len: 0,
+                    payload_left: 0,
+                };
+                let Ok(mut conn) = h2::server::handshake(io).await else {
+                    return;
+                };
+                let mut taken = 0;
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let id = u32::from(respond.stream_id());
+                    let limit = last.load(Ordering::SeqCst);
+                    if limit != 0 && id > limit {
+                        continue; // above the GOAWAY's last stream: never processed
+                    }
+                    taken += 1;
+                    if taken == per_conn {
+                        last.store(id, Ordering::SeqCst);
+                        conn.graceful_shutdown();
+                    }
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let x_id = req.headers()["x-id"].to_str().unwrap().to_string();
+                        let echo = req.uri().path() == "/echo";
+                        let mut body = req.into_body();
+                        let mut data = Vec::new();
+                        while let Some(chunk) = body.data().await {
+                            let Ok(chunk) = chunk else { return };
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            data.extend_from_slice(&chunk);
+                        }
+                        *seen.lock().unwrap().entry(x_id).or_default() += 1;
+                        let data = if echo { data } else { b"ok".to_vec() };
+                        let Ok(mut send) = respond.send_response(http::Response::new(()), false)
+                        else {
+                            return;
+                        };
+                        let _ = send.send_data(Bytes::from(data), true);
+                    });
+                }
+            });
+        }
+    });
+    (addr, processed)
+}
+
+/// An HTTP/2 upstream's graceful close (GOAWAY) is no client error: requests above its
+/// last-stream-id, never processed (RFC 9113 §6.8), are sent again on a new connection, GETs and
+/// POSTs alike, and nothing counts against the target. No request is processed twice.
+#[tokio::test]
+async fn goaway_from_an_http2_upstream_is_not_a_client_error() {
+    const CLIENTS: usize = 16;
+    const EACH: usize = 50;
+    let (up, processed) = spawn_goaway_upstream(10).await;
+    let gw = Gw::start(&h2_config(up)).await;
+    let url = gw.url("");
+    let run = async {
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut bad = Vec::new();
+                    for i in 0..EACH {
+                        let id = format!("{c}-{i}");
+                        let r = if i % 2 == 0 {
+                            get(&client, &format!("{url}/get"), &[("x-id", &id)]).await
+                        } else {
+                            let body = format!("body of {id}");
+                            let r = send(
+                                &client,
+                                "POST",
+                                &format!("{url}/echo"),
+                                &[("x-id", &id)],
+                                body.clone(),
+                            )
+                            .await;
+                            if r.status == 200 && r.text() != body {
+                                bad.push(format!("{id}: body {:?}", r.text()));
+                            }
+                            r
+                        };
+                        if r.status != 200 {
+                            bad.push(format!("{id}: {} {}", r.status, r.text().trim()));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        let mut bad = Vec::new();
+        for t in tasks {
+            bad.extend(t.await.unwrap());
+        }
+        bad
+    };
+    let bad = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("all requests answered (failure guard)");
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed: {:?}",
+        bad.len(),
+        CLIENTS * EACH,
+        &bad[..bad.len().min(10)]
+    );
+    let processed = processed.lock().unwrap().clone();
+    assert_eq!(
+        processed.len(),
+        CLIENTS * EACH,
+        "every request reached the upstream"
+    );
+    let twice: Vec<_> = processed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    assert_eq!(metric(&gw, "flipgate_local_errors_total", "").await, 0.0);
+    gw.stop().await;
+}
+
+/// An h2c upstream built on the h2 crate, which can refuse a stream: a request is answered with
+/// RST_STREAM `REFUSED_STREAM` (RFC 9113 §8.7) on its first `x-refuse` attempts (per `x-id`),
+/// right away or, with `x-read-first: N` (or `all`), after reading that much of its body;
+/// otherwise its body is echoed.
+/// Returns the attempts and the processed requests by `x-id`.
+async fn spawn_refusing_upstream() -> (SocketAddr, Processed, Processed) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (attempts, processed) = (Processed::default(), Processed::default());
+    let (a, p) = (attempts.clone(), processed.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (a, p) = (a.clone(), p.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let (a, p) = (a.clone(), p.clone());
+                    tokio::spawn(async move {
+                        let h = req.headers();
+                        let id = h["x-id"].to_str().unwrap().to_string();
+                        let refuse: usize = h
+                            .get("x-refuse")
+                            .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+                        let read_first = h
+                            .get("x-read-first")
+                            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap_or(usize::MAX));
+                        let n = {
+                            let mut a = a.lock().unwrap();
+                            let n = a.entry(id.clone()).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        if n <= refuse && read_first.is_none() {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let mut body = req.into_body();
+                        let mut data = Vec::new();
+                        let enough = if n <= refuse { read_first } else { None };
+                        while let Some(chunk) = body.data().await {
+                            let Ok(chunk) = chunk else { return };
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            data.extend_from_slice(&chunk);
+                            if enough.is_some_and(|e| data.len() >= e) {
+                                break;
+                            }
+                        }
+                        if n <= refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        *p.lock().unwrap().entry(id).or_default() += 1;
+                        let head = http::Response::builder()
+                            .header("content-length", data.len())
+                            .body(())
+                            .unwrap();
+                        let mut send = respond.send_response(head, data.is_empty()).unwrap();
+                        if !data.is_empty() {
+                            let _ = send.send_data(Bytes::from(data), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, attempts, processed)
+}
+
+/// A stream the upstream refused (`REFUSED_STREAM`: never processed) is sent again, for any
+/// method, when its body can be replayed: no body, or one of at most 64 KiB. A body over that
+/// already streamed cannot be: 503, counted in `local_errors_total{kind="refused"}` and never
+/// against the target, as is a request still refused after its bounded resends.
+#[tokio::test]
+async fn refused_streams_are_sent_again_when_their_body_can_be() {
+    let (up, attempts, processed) = spawn_refusing_upstream().await;
+    let gw = Gw::start(&h2_config(up)).await;
+    let c = client();
+    let body = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 251) as u8).collect() };
+    let attempts_of = |id: &str| attempts.lock().unwrap().get(id).copied().unwrap_or(0);
+    let processed_of = |id: &str| processed.lock().unwrap().get(id).copied().unwrap_or(0);
+
+    let r = get(&c, &gw.url("/"), &[("x-id", "get"), ("x-refuse", "1")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((attempts_of("get"), processed_of("get")), (2, 1));
+
+    for (id, size, read_first) in [("small", 1000, false), ("read", 40 * 1024, true)] {
+        let mut h = vec![("x-id", id), ("x-refuse", "1")];
+        if read_first {
+            h.push(("x-read-first", "all"));
+        }
+        let sent = body(size);
+        let r = send(&c, "POST", &gw.url("/"), &h, sent.clone()).await;
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        assert!(
+            r.body == sent,
+            "{id}: the replayed body is byte for byte the client's"
+        );
+        assert_eq!((attempts_of(id), processed_of(id)), (2, 1), "{id}");
+    }
+    // Refused after 1000 bytes while the client is still sending: the resend replays what was
+    // taken, then goes on with the rest of the client's body.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sent = body(2000);
+        let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        raw.write_all(b"POST / HTTP/1.1\r\nhost: a\r\nx-id: halves\r\nx-refuse: 1\r\nx-read-first: 1000\r\ncontent-length: 2000\r\nconnection: close\r\n\r\n").await.unwrap();
+        raw.write_all(&sent[..1000]).await.unwrap();
+        wait_until(
+            "the first sending refused",
+            std::time::Duration::from_secs(10),
+            || async { attempts_of("halves") >= 1 },
+        )
+        .await;
+        raw.write_all(&sent[1000..]).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            raw.read_to_end(&mut answer),
+        )
+        .await
+        .expect("answered (failure guard)")
+        .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(answer.ends_with(&sent), "the client's body, byte for byte");
+        assert_eq!((attempts_of("halves"), processed_of("halves")), (2, 1));
+    }
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    assert_eq!(metric(&gw, "flipgate_local_errors_total", "").await, 0.0);
+
+    // Over the replay bound, already streamed: not sent again.
+    let h = [("x-id", "big"), ("x-refuse", "1"), ("x-read-first", "all")];
+    let r = send(&c, "POST", &gw.url("/"), &h, body(200 * 1024)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!((attempts_of("big"), processed_of("big")), (1, 0));
+    // Refused on every sending: sent again a bounded number of times.
+    let r = get(&c, &gw.url("/"), &[("x-id", "always"), ("x-refuse", "9")]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(attempts_of("always"), 4, "sent again at most three times");
+
+    let refused = "kind=\"refused\"";
+    assert_eq!(
+        metric(&gw, "flipgate_local_errors_total", refused).await,
+        2.0
+    );
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    let r = get(&c, &gw.url("/"), &[("x-id", "after")]).await;
+    assert_eq!(r.status, 200, "still serving");
+    gw.stop().await;
+}

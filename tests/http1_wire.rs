@@ -1188,3 +1188,209 @@ async fn connection_cannot_drop_host_or_length() {
     assert_eq!(seen[0].header("host"), Some("a"));
     gw.stop().await;
 }
+
+/// How a raw upstream treats a request with `Expect: 100-continue`.
+#[derive(Clone, Copy)]
+enum OnExpect {
+    /// Answers `401` with `connection: close` at once, without `100 Continue`, and closes.
+    Refuse,
+    /// Answers `100 Continue`, reads 64 KiB of the body, then answers `413` with
+    /// `connection: close` and closes (the unread rest makes the close a reset).
+    ContinueThenRefuse,
+}
+
+/// A raw upstream for `Expect` requests (one request per connection); records whether each
+/// request head carried the expectation. A request without one gets `200 OK`.
+async fn spawn_expect_upstream(on: OnExpect) -> (SocketAddr, Arc<Mutex<Vec<bool>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expects: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let log = expects.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut w = Wire { s, buf: Vec::new() };
+                let Some((_, headers)) = w.head().await else {
+                    return;
+                };
+                let expect = all(&headers, "expect").contains(&"100-continue");
+                log.lock().unwrap().push(expect);
+                let answer: &[u8] = match on {
+                    _ if !expect => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    OnExpect::Refuse => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 13\r\nconnection: close\r\n\r\nunauthorized\n",
+                    OnExpect::ContinueThenRefuse => {
+                        w.write(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                        w.exact(64 * 1024).await;
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large"
+                    }
+                };
+                let _ = w.s.write_all(answer).await;
+            });
+        }
+    });
+    (addr, expects)
+}
+
+/// Sends a 5 MB upload with `Expect: 100-continue` as curl does: the head, then the body only
+/// after a `100 Continue`, reading the answer meanwhile (a write error ends the upload, not the
+/// exchange). Returns whether a `100 Continue` came, and the final response.
+async fn expect_upload(addr: SocketAddr) -> (bool, Resp1) {
+    const SIZE: usize = 5 * 1024 * 1024;
+    let mut c = Wire::connect(addr).await;
+    c.write(format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {SIZE}\r\nexpect: 100-continue\r\n\r\n").as_bytes())
+        .await;
+    let first = c.response(false).await;
+    if first.status != 100 {
+        return (false, first);
+    }
+    let body = vec![b'x'; SIZE];
+    let mut sent = 0;
+    let upload = async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let (mut rd, mut wr) = c.s.split();
+            tokio::select! {
+                r = wr.write(&body[sent..]), if sent < SIZE => match r {
+                    Ok(n) if n > 0 => sent += n,
+                    _ => sent = SIZE,
+                },
+                r = rd.read(&mut chunk) => match r {
+                    Ok(n) if n > 0 => c.buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                },
+            }
+            if sent == SIZE || c.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, upload)
+        .await
+        .expect("upload ended or answered within the deadline");
+    (true, c.response(false).await)
+}
+
+/// An upstream that answers an `Expect: 100-continue` request at once (401) and closes, without
+/// `100 Continue`: the client gets that answer, and no `100 Continue` flipgate made up, so it
+/// never starts its upload (it used to, and then sometimes got 502). Repeated: it is a race.
+#[tokio::test]
+async fn expect_continue_early_answer_reaches_the_client() {
+    let (up, expects) = spawn_expect_upstream(OnExpect::Refuse).await;
+    let gw = gateway(up).await;
+    let (mut continued, mut other) = (0, Vec::new());
+    for _ in 0..50 {
+        let (cont, r) = expect_upload(gw.addr).await;
+        continued += usize::from(cont);
+        if (r.status, r.text()) != (401, "unauthorized\n".into()) {
+            other.push(r.start);
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of 50 tries got another answer than the upstream's: {other:?}",
+        other.len()
+    );
+    assert_eq!(
+        continued, 0,
+        "tries with a 100 Continue the upstream never sent"
+    );
+    let expects = expects.lock().unwrap().clone();
+    assert!(
+        expects.iter().all(|e| *e),
+        "the upstream gets the expectation"
+    );
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+/// An upstream that sends `100 Continue`, then answers early (413) mid-upload and closes: the
+/// response it sent is relayed, not replaced by 502 when the rest of the body cannot be written.
+#[tokio::test]
+async fn expect_continue_answer_mid_upload_reaches_the_client() {
+    let (up, _) = spawn_expect_upstream(OnExpect::ContinueThenRefuse).await;
+    let gw = gateway(up).await;
+    let mut other = Vec::new();
+    for _ in 0..50 {
+        let (cont, r) = expect_upload(gw.addr).await;
+        if !cont || (r.status, r.text()) != (413, "too large".into()) {
+            other.push((cont, r.start));
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of 50 tries did not get 100 Continue then the upstream's answer: {other:?}",
+        other.len()
+    );
+    assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
+    still_serving(&gw).await;
+    gw.stop().await;
+}
+
+/// An upstream that ignores the expectation (it waits for the body without sending `100
+/// Continue`) still gets the body: flipgate stops waiting for the upstream's `100 Continue` after
+/// `expect::WAIT`, and then asks the client for it.
+#[tokio::test]
+async fn expect_continue_to_an_upstream_that_ignores_it() {
+    let up = spawn_raw(|s| ok(&s.body.len().to_string())).await;
+    let gw = gateway(up.addr).await;
+    let (cont, r) = expect_upload(gw.addr).await;
+    assert!(cont, "{r:?}");
+    assert_eq!((r.status, r.text()), (200, (5 * 1024 * 1024).to_string()));
+    gw.stop().await;
+}
+
+/// An upstream that answers right after the request head (401) and closes, before the client
+/// has sent its body: the answer reaches the client, though the body can no longer be written
+/// upstream (it used to be replaced by 502). Repeated: the write fails or not by timing.
+#[tokio::test]
+async fn early_answer_before_the_body_reaches_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let done = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut w = Wire { s, buf: Vec::new() };
+            if let Some((start, _)) = w.head().await {
+                let answer: &[u8] = if start.starts_with("POST") {
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 13\r\nconnection: close\r\n\r\nunauthorized\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                let _ = w.s.write_all(answer).await;
+            }
+            drop(w);
+            done.notify_one();
+        }
+    });
+    let gw = gateway(addr).await;
+    let mut other = Vec::new();
+    for _ in 0..50 {
+        let mut c = Wire::connect(gw.addr).await;
+        c.write(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 60000\r\n\r\n")
+            .await;
+        tokio::time::timeout(DEADLINE, closed.notified())
+            .await
+            .expect("the upstream answered and closed");
+        let _ = c.s.write_all(&[b'x'; 60000]).await;
+        let r = c.response(false).await;
+        if (r.status, r.text()) != (401, "unauthorized\n".into()) {
+            other.push(r.start);
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of 50 tries got another answer: {other:?}",
+        other.len()
+    );
+    still_serving(&gw).await;
+    gw.stop().await;
+}

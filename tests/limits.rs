@@ -25,14 +25,6 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 }
 
 /// Sum of a metric family's samples whose labels contain `filter`.
-async fn metric(gw: &Gw, family: &str, filter: &str) -> f64 {
-    let text = get(&client(), &gw.admin_url("/metrics"), &[]).await.text();
-    text.lines()
-        .filter(|l| l.starts_with(family) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn still_serving(gw: &Gw) {
     assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
 }

@@ -23,6 +23,7 @@ use crate::access_log::Pending;
 use crate::config::Sticky;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers::{new_request_id, request_authority, request_id_ok};
+use crate::proxy::resend;
 use crate::proxy::{admit, ConnInfo, Limits, Proxy};
 use crate::snapshot::TargetEntry;
 use crate::split::{cookie_value, random_bucket, Reason};
@@ -66,9 +67,8 @@ pub struct Forward {
     pub close: bool,
     /// A HEAD request: the response has no body whatever its headers say.
     pub head_method: bool,
-    /// Bodyless and idempotent: may be resent once if a kept-alive upstream connection was
-    /// closed under it.
-    pub resendable: bool,
+    /// The method's part in whether the request may be resent (`resend::idempotent`).
+    pub idempotent: bool,
     pub reason: Reason,
     pub access: Option<Pending>,
     /// The in-flight slot (`max_upstream_connections`), released when the exchange ends.
@@ -360,7 +360,7 @@ fn plan(
         )
     });
     let head_method = method == "HEAD";
-    let resendable = body_len == 0 && matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE");
+    let idempotent = resend::idempotent(method.as_bytes());
     Plan::Forward(Forward {
         head_len,
         body_len,
@@ -370,7 +370,7 @@ fn plan(
         limits,
         close,
         head_method,
-        resendable,
+        idempotent,
         reason,
         access,
         slot,
@@ -404,6 +404,8 @@ pub struct Response {
     pub framing: Framing,
     /// The upstream connection may carry another request after this response.
     pub reusable: bool,
+    /// The client's head says `connection: close`: the client connection ends after it.
+    pub close: bool,
 }
 
 /// The outcome of looking at an upstream's buffered bytes.
@@ -528,6 +530,7 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
         status,
         framing,
         reusable,
+        close,
     })
 }
 

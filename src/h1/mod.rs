@@ -19,8 +19,13 @@
 //!   buffer. The upstream response's framing (`Content-Length`, chunked via `chunked::Scanner`,
 //!   or until close) decides where it ends; an upstream connection is reused only when its
 //!   response ended cleanly with nothing after it, and is checked for a close before reuse.
-//! - A bodyless idempotent request is resent once on a fresh connection when a reused one was
-//!   closed under it before any response byte (the upstream's keep-alive timeout racing us).
+//! - A request is resent once on a fresh connection when a reused one was closed under it before
+//!   any response byte (the upstream's keep-alive timeout racing us) and the resend rule allows
+//!   it (`proxy::resend`: bodyless and idempotent).
+//! - An upstream that refuses a write (it closed or reset the connection) may have answered
+//!   already: the sending stops and that answer is relayed (else 502); that upstream connection
+//!   is never reused, and the client connection closes after the answer if its body was not all
+//!   read.
 //! - Timeouts: the head must arrive within the idle/header timeout (also the idle bound); the
 //!   exchange up to the response head within `upstream_timeout`, as on hyper's path. One timer
 //!   per connection, reset per phase.
@@ -52,7 +57,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
+use crate::proxy::resend::{self, Unanswered};
 use crate::proxy::{record_answer, record_error, ConnInfo, Proxy};
+use crate::upstream::peer_gone;
 use head::{Framing, Head, Plan, UpstreamHead};
 
 /// The head buffer is kept between requests up to this size (a small head costs no allocation;
@@ -324,7 +331,7 @@ impl Conn {
             pool::give(&mut up.buf);
             upstreams::give(up);
         }
-        done && !close && resp.framing != Framing::Close
+        done && !close && !resp.close && resp.framing != Framing::Close
     }
 
     /// Sends the request (head in `out`, then its body) and reads the response head into `out`.
@@ -334,16 +341,23 @@ impl Conn {
         mut timer: Pin<&mut Sleep>,
     ) -> Result<(Up, head::Response), Failed> {
         let instance = &f.instance;
-        let (head_method, close, resendable) = (f.head_method, f.close, f.resendable);
+        let (head_method, close) = (f.head_method, f.close);
         let mut body_left = f.body_len;
         let take = body_left.min(self.rbuf.len() as u64) as usize;
         self.out.extend_from_slice(&self.rbuf[..take]);
         self.rbuf.advance(take);
         body_left -= take as u64;
-        let mut retried = false;
+        let mut resent = 0;
         loop {
             let (mut up, fresh) = self.upstream(instance, &f.limits, timer.as_mut()).await?;
-            let may_resend = !fresh && resendable && !retried;
+            // Only a reused connection can be closed under a request by the keep-alive race.
+            let may_resend = !fresh
+                && resend::allowed(
+                    Unanswered::ClosedUnder,
+                    f.idempotent,
+                    f.body_len == 0,
+                    resent,
+                );
             match self
                 .attempt(
                     &mut up,
@@ -359,8 +373,8 @@ impl Conn {
                 // The connection is in an unknown state: never reused (`up` is dropped).
                 Err(e) => match e {
                     Attempt::Resend => {
-                        tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending once");
-                        retried = true;
+                        tracing::debug!(%instance, "kept-alive upstream connection closed under a request; resending");
+                        resent += 1;
                     }
                     Attempt::Failed(f) => return Err(f),
                 },
@@ -388,16 +402,25 @@ impl Conn {
         const BODY_TIMEOUT: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Client(
             ClientErrorKind::BodyTimeout,
         )));
-        let wrote = tokio::select! {
+        // A write the upstream refuses (it closed or reset the connection: `peer_gone`) ends the
+        // sending, not the exchange: an upstream may answer before it has read the whole request (a 401 to an
+        // upload) and close, and that answer is what the client gets. The upstream connection is
+        // then not reused, and a client whose body was not all read is closed after the answer.
+        let sent_or_gone = |r: std::io::Result<()>| match r {
+            Ok(()) => Ok(true),
+            Err(e) if peer_gone(&e) => Ok(false),
+            Err(_) => Err(RESET),
+        };
+        let mut sent = tokio::select! {
             biased;
-            r = up.stream.write_all(&self.out) => r.is_ok(),
+            r = up.stream.write_all(&self.out) => sent_or_gone(r)?,
             _ = timer.as_mut() => return Err(TIMEOUT),
         };
-        if !wrote {
-            return Err(if may_resend { Attempt::Resend } else { RESET });
+        if !sent && may_resend {
+            return Err(Attempt::Resend);
         }
         // The rest of the body, as the client sends it.
-        while *body_left > 0 {
+        while sent && *body_left > 0 {
             pool::fill(&mut self.rbuf);
             let n = tokio::select! {
                 biased;
@@ -408,25 +431,25 @@ impl Conn {
                 _ = timer.as_mut() => return Err(BODY_TIMEOUT),
             };
             let take = (n as u64).min(*body_left) as usize;
-            let wrote = tokio::select! {
+            sent = tokio::select! {
                 biased;
-                r = up.stream.write_all(&self.rbuf[..take]) => r.is_ok(),
+                r = up.stream.write_all(&self.rbuf[..take]) => sent_or_gone(r)?,
                 _ = timer.as_mut() => return Err(TIMEOUT),
             };
-            if !wrote {
-                return Err(RESET);
+            if sent {
+                self.rbuf.advance(take);
+                *body_left -= take as u64;
             }
-            self.rbuf.advance(take);
-            *body_left -= take as u64;
         }
         // The response head.
         loop {
             // Decided when the head is written: a shutdown meanwhile closes after it.
-            let close = close || self.stop.now();
+            let close = close || self.stop.now() || *body_left > 0;
             if !up.buf.is_empty() {
                 match head::response(&up.buf, &mut self.out, head_method, close) {
-                    UpstreamHead::Ready(r) => {
+                    UpstreamHead::Ready(mut r) => {
                         up.buf.advance(r.head_len);
+                        r.reusable &= sent;
                         return Ok(r);
                     }
                     UpstreamHead::Interim(n) => {

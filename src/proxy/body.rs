@@ -1,5 +1,6 @@
-//! Body types: the request body sent upstream (with the size limit) and the response body sent
-//! downstream (the upstream's streamed through, or a small local one).
+//! Body types: the request body sent upstream (with the size limit, and for HTTP/2 upstreams a
+//! replay for a resend) and the response body sent downstream (the upstream's streamed through,
+//! or a small local one).
 //!
 //! Invariants: no boxing and no buffering: frames (data and trailers, so gRPC trailers survive)
 //! pass through as they come; a local body is one `Bytes` chunk. The request limit is checked by
@@ -9,18 +10,42 @@
 //! `BodyWatch` tells, when the exchange's deadline passes, whether flipgate was waiting on the
 //! client's body (the client's fault: 408) or on the upstream (504): the last poll of the client's
 //! body was pending, versus the upstream not taking more.
+//!
+//! Replay (`RequestBody::replayable`, for requests to HTTP/2 upstreams, whose streams an upstream
+//! may refuse unprocessed, see `resend`): the body still streams frame by frame as the client
+//! sends it; a reference to each frame taken from the client (no copy) is kept as well, while they
+//! total at most `REPLAY_MAX` data bytes, until the exchange has its response head (`Replay` is
+//! dropped). `Replay::again` gives the body from its first byte (the kept frames, then the rest of
+//! the client's body, the limit counting each byte once) as long as nothing taken from the client
+//! was let go; the body it replaces ends with `RequestBodyError::Withdrawn` if it is polled again.
+//! Past `REPLAY_MAX` nothing is kept and a refused request with that body is not sent again.
+//!
+//! An `Expect: 100-continue` request's body is not polled while its `expect::Gate` is closed.
+//! The response body holds the exchange's side of that gate (`Held`), so the gate is shut only
+//! once the response is through.
+//!
+//! A response body that moves no byte for `server.body_idle_timeout` is cut (its timer is made
+//! only once it first has to wait); a gRPC call whose status comes in the trailers is recorded
+//! against its target when they arrive (`GrpcOutcome`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::expect::{Expectation, Gate};
 use crate::upstream::InflightGuard;
+
+/// Request body bytes kept to send a request again (HTTP/2 upstreams): the size up to which the
+/// HTTP/1.1 engine relays bodies itself (`h1::head::MAX_BODY`), as nginx's default
+/// `client_body_buffer_size` is a few pages.
+pub const REPLAY_MAX: usize = 64 * 1024;
 
 /// Why the request body could not be relayed: the client's side, never the target's.
 #[derive(Debug, thiserror::Error)]
@@ -31,78 +56,74 @@ pub enum RequestBodyError {
     /// The client's body stream failed (aborted upload, bad chunking).
     #[error("client body: {0}")]
     Client(#[from] hyper::Error),
+    /// flipgate withdrew the body from a sending whose exchange is over: it was sent again, or
+    /// the upstream answered an `Expect: 100-continue` request without asking for it. Only ever
+    /// seen by that sending's connection, never by a live exchange.
+    #[error("request body withdrawn from a finished sending")]
+    Withdrawn,
 }
 
 /// The body of every request flipgate sends upstream.
-pub struct RequestBody {
-    /// `None` for a retry of a request that had no body.
+pub struct RequestBody(Src);
+
+enum Src {
+    /// No body (a bodyless request sent again).
+    Empty,
+    /// The client's body, streamed through.
+    Client(Client),
+    /// The client's body shared with its `Replay`: this body is the `attempt`-th sending of it
+    /// (0 the first) and replays kept frame `next` next.
+    Kept {
+        shared: Arc<Mutex<Shared>>,
+        attempt: u32,
+        next: usize,
+    },
+}
+
+/// The client's body, with the size limit and the watch.
+struct Client {
+    /// `None` once cut off at the limit.
     inner: Option<Incoming>,
     /// Bytes still allowed; `u64::MAX` when unlimited.
     remaining: u64,
     /// Whether the last poll of the client's body was pending (shared with `BodyWatch`).
     waiting: Option<Arc<AtomicBool>>,
+    /// `Expect: 100-continue`: the body is not polled until this opens (`expect`).
+    gate: Option<Gate>,
 }
 
-/// Whether an exchange is waiting on the client's request body. Empty (no allocation) for a
-/// request without a body.
-#[derive(Default)]
-pub struct BodyWatch(Option<Arc<AtomicBool>>);
-
-impl BodyWatch {
-    /// True when the body is unfinished and the client has not sent what was last asked for.
-    pub fn waiting_on_client(&self) -> bool {
-        self.0.as_ref().is_some_and(|w| w.load(Ordering::Relaxed))
-    }
-}
-
-impl RequestBody {
-    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited), and a watch on it.
-    pub fn new(inner: Incoming, limit: u64) -> (RequestBody, BodyWatch) {
-        let waiting = (!inner.is_end_stream()).then(Arc::default);
-        let watch = BodyWatch(waiting.clone());
-        let body = RequestBody {
-            inner: Some(inner),
-            remaining: if limit == 0 { u64::MAX } else { limit },
-            waiting,
-        };
-        (body, watch)
-    }
-
-    /// No body (used to resend a bodyless request once after an idle-connection race).
-    pub fn empty() -> RequestBody {
-        RequestBody {
-            inner: None,
-            remaining: 0,
-            waiting: None,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = RequestBodyError;
-
+impl Client {
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
-        let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
+        if let Some(gate) = &mut self.gate {
+            match gate.poll_open(cx) {
+                // Waiting on the upstream, not the client: `waiting` stays false.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => self.gate = None,
+                Poll::Ready(Err(_)) => {
+                    self.inner = None;
+                    return Poll::Ready(Some(Err(RequestBodyError::Withdrawn)));
+                }
+            }
+        }
+        let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
         let r = Pin::new(inner).poll_frame(cx);
-        if let Some(w) = &this.waiting {
+        if let Some(w) = &self.waiting {
             w.store(r.is_pending(), Ordering::Relaxed);
         }
         match r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
-                    if n > this.remaining {
-                        this.inner = None;
+                    if n > self.remaining {
+                        self.inner = None;
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
                     }
-                    this.remaining -= n;
+                    self.remaining -= n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -123,6 +144,261 @@ impl Body for RequestBody {
     }
 }
 
+/// A kept frame of the client's body.
+#[derive(Clone)]
+enum KeptFrame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl KeptFrame {
+    fn frame(&self) -> Frame<Bytes> {
+        match self {
+            KeptFrame::Data(d) => Frame::data(d.clone()),
+            KeptFrame::Trailers(t) => Frame::trailers(t.clone()),
+        }
+    }
+}
+
+/// A replayable body's state, shared by its sendings and its `Replay`.
+struct Shared {
+    client: Client,
+    /// Every frame taken from the client so far, while `complete`.
+    kept: Vec<KeptFrame>,
+    kept_bytes: usize,
+    /// Nothing taken from the client was let go: `kept` replays the body so far.
+    complete: bool,
+    /// New frames are kept (the body is `complete` and its `Replay` alive).
+    keeping: bool,
+    /// The client's body failed (too large, aborted): there is nothing to send again.
+    failed: bool,
+    /// The current sending; earlier ones are withdrawn.
+    attempt: u32,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Keeps a frame just taken from the client, or lets everything go past `REPLAY_MAX`.
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        if !self.keeping {
+            return;
+        }
+        let kept = match frame.data_ref() {
+            Some(d) => {
+                self.kept_bytes += d.len();
+                KeptFrame::Data(d.clone())
+            }
+            None => match frame.trailers_ref() {
+                Some(t) => KeptFrame::Trailers(t.clone()),
+                None => return,
+            },
+        };
+        if self.kept_bytes > REPLAY_MAX {
+            self.let_go();
+            return;
+        }
+        self.kept.push(kept);
+    }
+
+    fn let_go(&mut self) {
+        self.complete = false;
+        self.keeping = false;
+        self.kept = Vec::new();
+    }
+}
+
+/// Sends a replayable request body again (see the module doc); dropping it ends the keeping.
+pub struct Replay(Arc<Mutex<Shared>>);
+
+impl Replay {
+    /// The body again from its first byte, withdrawing it from the sending before; `None` when
+    /// part of what was taken from the client is no longer kept, or the client's body failed.
+    pub fn again(&self) -> Option<RequestBody> {
+        let mut s = lock(&self.0);
+        if !s.complete || s.failed {
+            return None;
+        }
+        s.attempt += 1;
+        Some(RequestBody(Src::Kept {
+            shared: self.0.clone(),
+            attempt: s.attempt,
+            next: 0,
+        }))
+    }
+}
+
+impl Drop for Replay {
+    /// No resend can come any more: nothing new is kept, and what is kept goes unless a resend
+    /// is still replaying it (then that body lets it go as it passes).
+    fn drop(&mut self) {
+        let mut s = lock(&self.0);
+        s.keeping = false;
+        s.complete = false;
+        if s.attempt == 0 {
+            s.kept = Vec::new();
+        }
+    }
+}
+
+/// Whether an exchange is waiting on the client's request body. Empty (no allocation) for a
+/// request without a body.
+#[derive(Default)]
+pub struct BodyWatch(Option<Arc<AtomicBool>>);
+
+impl BodyWatch {
+    /// True when the body is unfinished and the client has not sent what was last asked for.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.as_ref().is_some_and(|w| w.load(Ordering::Relaxed))
+    }
+}
+
+impl RequestBody {
+    /// Wraps the client's body with `limit` bytes allowed (0 = unlimited), and a watch on it;
+    /// with `gate`, the body is not polled until the gate opens.
+    pub fn new(inner: Incoming, limit: u64, gate: Option<Gate>) -> (RequestBody, BodyWatch) {
+        let (mut client, watch) = Self::client(inner, limit);
+        client.gate = gate;
+        (RequestBody(Src::Client(client)), watch)
+    }
+
+    /// As `new`, keeping what a resend needs (see the module doc).
+    pub fn replayable(inner: Incoming, limit: u64) -> (RequestBody, BodyWatch, Replay) {
+        let (client, watch) = Self::client(inner, limit);
+        let shared = Arc::new(Mutex::new(Shared {
+            client,
+            kept: Vec::new(),
+            kept_bytes: 0,
+            complete: true,
+            keeping: true,
+            failed: false,
+            attempt: 0,
+        }));
+        let body = RequestBody(Src::Kept {
+            shared: shared.clone(),
+            attempt: 0,
+            next: 0,
+        });
+        (body, watch, Replay(shared))
+    }
+
+    fn client(inner: Incoming, limit: u64) -> (Client, BodyWatch) {
+        let waiting = (!inner.is_end_stream()).then(Arc::default);
+        let watch = BodyWatch(waiting.clone());
+        let client = Client {
+            inner: Some(inner),
+            remaining: if limit == 0 { u64::MAX } else { limit },
+            waiting,
+            gate: None,
+        };
+        (client, watch)
+    }
+
+    /// No body (used to resend a bodyless request).
+    pub fn empty() -> RequestBody {
+        RequestBody(Src::Empty)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match &mut self.get_mut().0 {
+            Src::Empty => Poll::Ready(None),
+            Src::Client(c) => c.poll_frame(cx),
+            Src::Kept {
+                shared,
+                attempt,
+                next,
+            } => {
+                let mut s = lock(shared);
+                if s.attempt != *attempt {
+                    return Poll::Ready(Some(Err(RequestBodyError::Withdrawn)));
+                }
+                if let Some(f) = s.kept.get(*next) {
+                    let f = f.frame();
+                    *next += 1;
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                if !s.keeping && !s.kept.is_empty() {
+                    // Replayed, and no resend can come any more.
+                    s.kept = Vec::new();
+                }
+                let r = s.client.poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => s.keep(frame),
+                    Poll::Ready(Some(Err(_))) => {
+                        s.failed = true;
+                        s.let_go();
+                    }
+                    _ => {}
+                }
+                *next = s.kept.len();
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Src::Empty => true,
+            Src::Client(c) => c.is_end_stream(),
+            Src::Kept {
+                shared,
+                attempt,
+                next,
+            } => {
+                let s = lock(shared);
+                s.attempt != *attempt || (*next >= s.kept.len() && s.client.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Src::Empty => SizeHint::with_exact(0),
+            Src::Client(c) => c.size_hint(),
+            Src::Kept { shared, next, .. } => {
+                let s = lock(shared);
+                let ahead: u64 = s
+                    .kept
+                    .get(*next..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|f| match f {
+                        KeptFrame::Data(d) => d.len() as u64,
+                        KeptFrame::Trailers(_) => 0,
+                    })
+                    .sum();
+                let rest = s.client.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(ahead + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(ahead + upper);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// What an upstream's response body holds until it is finished or dropped.
+#[derive(Default)]
+pub struct Held {
+    /// The in-flight slot (`max_upstream_connections`), if limits are on.
+    pub slot: Option<InflightGuard>,
+    /// An `Expect: 100-continue` exchange's side of the gate: shut when the response is through,
+    /// ending a body the upstream never asked for (and so its connection) only then.
+    pub expect: Option<Expectation>,
+}
+
 /// Why a response body ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseBodyError {
@@ -135,7 +411,7 @@ pub enum ResponseBodyError {
 
 /// Body of every response flipgate sends.
 pub enum ProxyBody {
-    /// The upstream's body, holding its in-flight slot (if limits are on) until done.
+    /// The upstream's body, with what it holds until done.
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
@@ -145,7 +421,7 @@ pub enum ProxyBody {
 /// costs none.
 pub struct UpstreamBody {
     body: Incoming,
-    slot: Option<InflightGuard>,
+    held: Held,
     idle: std::time::Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A gRPC call whose status comes in the trailers: recorded when they arrive.
@@ -176,13 +452,13 @@ impl ProxyBody {
     /// The upstream's body, cut after `idle` without a byte.
     pub fn upstream(
         body: Incoming,
-        slot: Option<InflightGuard>,
+        held: Held,
         idle: std::time::Duration,
         grpc: Option<GrpcOutcome>,
     ) -> ProxyBody {
         ProxyBody::Upstream(UpstreamBody {
             body,
-            slot,
+            held,
             idle,
             timer: None,
             grpc,
@@ -218,7 +494,7 @@ impl Body for ProxyBody {
                             .timer
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                         if timer.as_mut().poll(cx).is_ready() {
-                            u.slot.take();
+                            u.held = Held::default();
                             if let Some(g) = u.grpc.take() {
                                 g.finish(super::grpc::UNKNOWN);
                             }
@@ -237,7 +513,7 @@ impl Body for ProxyBody {
                         }
                     }
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                        u.slot.take();
+                        u.held = Held::default();
                         // Ended (or broke) without a status: UNKNOWN, as gRPC clients see it.
                         if let Some(g) = u.grpc.take() {
                             g.finish(super::grpc::UNKNOWN);

@@ -71,16 +71,26 @@ pub enum LocalErrorKind {
     /// The process or the host ran out of something a connection needs (descriptors, memory,
     /// ephemeral ports): `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL`.
     Resources = 1,
+    /// The upstream refused the request unprocessed (HTTP/2 GOAWAY or `REFUSED_STREAM`, a normal
+    /// part of its life) and flipgate could not send it again (`resend`): its body was over the
+    /// replay bound (`body::REPLAY_MAX`) and already partly streamed, or the resend was refused
+    /// too. Safe for the client to retry.
+    Refused = 2,
 }
 
 impl LocalErrorKind {
-    pub const ALL: [LocalErrorKind; 2] = [LocalErrorKind::Busy, LocalErrorKind::Resources];
+    pub const ALL: [LocalErrorKind; 3] = [
+        LocalErrorKind::Busy,
+        LocalErrorKind::Resources,
+        LocalErrorKind::Refused,
+    ];
 
     /// The `kind` label.
     pub fn label(self) -> &'static str {
         match self {
             LocalErrorKind::Busy => "busy",
             LocalErrorKind::Resources => "resources",
+            LocalErrorKind::Refused => "refused",
         }
     }
 }
@@ -142,6 +152,9 @@ impl ProxyError {
                 "flipgate: too many requests in flight to the upstream\n"
             }
             ProxyError::Local(LocalErrorKind::Resources) => "flipgate: out of local resources\n",
+            ProxyError::Local(LocalErrorKind::Refused) => {
+                "flipgate: upstream refused the request without processing it; it can be retried\n"
+            }
         }
     }
 }
@@ -175,24 +188,31 @@ pub fn connect_error(e: &std::io::Error) -> ProxyError {
     }
 }
 
-/// The error for a failed request body, by its cause: the client's side either way.
+/// The error for a failed request body, by its cause: the client's side either way. (A
+/// `Withdrawn` body only ever fails an attempt that had already failed otherwise.)
 pub fn body_error(e: &RequestBodyError) -> ProxyError {
     ProxyError::Client(match e {
         RequestBodyError::TooLarge => ClientErrorKind::TooLarge,
-        RequestBodyError::Client(_) => ClientErrorKind::BodyAborted,
+        RequestBodyError::Client(_) | RequestBodyError::Withdrawn => ClientErrorKind::BodyAborted,
     })
 }
 
 /// Classifies a failed upstream exchange by side: a fault of the client's request body (too
 /// large, aborted) is the client's and never counts against the target, nor does running out of
-/// local resources on connect; everything else is the upstream's: connect failures, timeouts (TCP
-/// or TLS), and resets or early closes.
+/// local resources on connect, nor a request the upstream refused unprocessed (`Refused`, see
+/// `resend`); everything else is the upstream's: connect failures, timeouts (TCP or TLS), and
+/// resets or early closes.
 pub fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let mut timed_out = false;
     while let Some(s) = src {
         if let Some(b) = s.downcast_ref::<RequestBodyError>() {
             return body_error(b);
+        }
+        if s.downcast_ref::<h2::Error>()
+            .is_some_and(super::resend::refused)
+        {
+            return ProxyError::Local(LocalErrorKind::Refused);
         }
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             timed_out |= matches!(c, ConnectError::TlsTimeout);
@@ -212,17 +232,4 @@ pub fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         _ if e.is_connect() => UpstreamErrorKind::Connect,
         _ => UpstreamErrorKind::Reset,
     })
-}
-
-/// Whether the upstream closed a (pooled) connection before answering, the race between its
-/// keep-alive timeout and our reuse: safe to resend once when the request had no body.
-pub fn is_idle_race(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled();
-        }
-        src = s.source();
-    }
-    false
 }

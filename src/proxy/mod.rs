@@ -4,12 +4,15 @@
 //! (the chosen target is kept alive by its own `Arc`), so a flip published mid-request never moves
 //! a request already in flight. No locks; the routing and split decision allocates nothing. Request
 //! bodies are streamed to the upstream untouched (webhook signatures depend on the exact bytes).
-//! Only upstream faults are recorded against a target.
+//! A failed attempt is sent again only as `resend` allows. Only upstream faults are recorded
+//! against a target.
 
 pub mod body;
 pub mod error;
+pub mod expect;
 pub mod grpc;
 pub mod headers;
+pub mod resend;
 pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +30,7 @@ use crate::snapshot::{Snapshot, TargetEntry};
 use crate::split::{random_bucket, Reason};
 use crate::upstream::{Clients, InflightGuard};
 pub use body::ProxyBody;
-use body::RequestBody;
+use body::{Held, RequestBody};
 use error::{classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind};
 use http::uri::Authority;
 
@@ -351,21 +354,29 @@ impl Proxy {
         };
         *req.version_mut() = upstream_version;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        // A bodyless idempotent request can be resent once if a pooled connection was closed
-        // under it (upstream keep-alive race); keep what is needed to rebuild it. (A request
-        // hyper never wrote is handed back and resent by `pinned` without this copy.)
-        let mut resend =
-            (!upgrade && http_body::Body::is_end_stream(req.body()) && is_idempotent(req.method()))
-                .then(|| {
-                    (
-                        req.method().clone(),
-                        req.uri().clone(),
-                        req.headers().clone(),
-                    )
-                });
+        // `Expect: 100-continue`: the body waits for the upstream's own `100 Continue`.
+        let (expect, gate) = match !upgrade && !upstream.http2 {
+            true => expect::watch(&mut req).unzip(),
+            false => (None, None),
+        };
+        let held = Held { slot, expect };
         let (parts, body) = req.into_parts();
-        let (body, watch) = RequestBody::new(body, limits.max_body_bytes);
+        // A request to an HTTP/2 upstream keeps its body for a resend (`resend`, `body::Replay`).
+        let bodyless = http_body::Body::is_end_stream(&body);
+        let (body, watch, replay) = if upstream.http2 && !bodyless {
+            let (body, watch, replay) = RequestBody::replayable(body, limits.max_body_bytes);
+            (body, watch, Some(replay))
+        } else {
+            let (body, watch) = RequestBody::new(body, limits.max_body_bytes, gate);
+            (body, watch, None)
+        };
         let mut req = Request::from_parts(parts, body);
+        // What a resend needs, when some failure could allow one (`resend`). (A request hyper
+        // never wrote is handed back and written again by `pinned` and hyper's pool without it.)
+        let mut kept = match upgrade {
+            false => resend::Kept::of(&req, upstream.http2, replay),
+            true => None,
+        };
         // The deadline passing while flipgate waits on the client's body is the client's fault.
         let timed_out = || match watch.waiting_on_client() {
             true => ProxyError::Client(ClientErrorKind::BodyTimeout),
@@ -379,14 +390,12 @@ impl Proxy {
                 let send = conn.pinned.send(instance, limits.connect_timeout, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
-                        return self.relay(resp, target, index, &limits, start, None, slot);
+                        return self.relay(resp, target, index, &limits, start, None, held);
                     }
                     Ok(Ok(Err(e))) => {
-                        if let (true, Some((method, uri, headers))) =
-                            (e.is_idle_race(), resend.take())
-                        {
-                            tracing::debug!(route = %target.route, target = %target.name, %instance, "pinned connection closed under a request; resending once");
-                            req = rebuild(method, uri, headers, http::Version::HTTP_11);
+                        if let Some(again) = kept.as_mut().and_then(|k| k.again(e.unanswered())) {
+                            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "pinned connection failed before answering; resending");
+                            req = again;
                             continue;
                         }
                         tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
@@ -398,8 +407,8 @@ impl Proxy {
                         req = back;
                         let path = req.uri().path_and_query().cloned();
                         *req.uri_mut() = upstream.uri(instance, path);
-                        if let Some((_, uri, _)) = &mut resend {
-                            *uri = req.uri().clone();
+                        if let Some(k) = &mut kept {
+                            k.uri = req.uri().clone();
                         }
                         break;
                     }
@@ -407,13 +416,14 @@ impl Proxy {
             }
         }
         let mut result = tokio::time::timeout_at(deadline, client.request(req)).await;
-        if let (Ok(Err(e)), Some((method, uri, headers))) = (&result, resend) {
-            if error::is_idle_race(e) {
-                tracing::debug!(route = %target.route, target = %target.name, %instance, "pooled connection closed under a request; resending once");
-                let again = rebuild(method, uri, headers, upstream_version);
-                result = tokio::time::timeout_at(deadline, client.request(again)).await;
-            }
+        while let (Ok(Err(e)), Some(k)) = (&result, kept.as_mut()) {
+            let Some(again) = k.again(resend::unanswered(e)) else {
+                break;
+            };
+            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream failed before answering; resending");
+            result = tokio::time::timeout_at(deadline, client.request(again)).await;
         }
+        drop(kept); // the response head is in (or the exchange failed): stop keeping the body
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -429,7 +439,7 @@ impl Proxy {
             &limits,
             start,
             downstream_upgrade,
-            slot,
+            held,
         )
     }
 
@@ -443,7 +453,7 @@ impl Proxy {
         limits: &Limits,
         start: Instant,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        slot: Option<crate::upstream::InflightGuard>,
+        held: Held,
     ) -> Response<ProxyBody> {
         let status = resp.status();
         // A 101 to a request that asked for no upgrade is an invalid response (the engine's rule
@@ -486,7 +496,7 @@ impl Proxy {
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
                 let setup = tunnel::Setup {
                     gauge: target.metrics.tunnels.clone(),
-                    slot,
+                    slot: held.slot,
                     tunnels: self.tunnels.clone(),
                     close_after_flip,
                     idle: limits.tunnel_idle_timeout,
@@ -503,7 +513,7 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         Response::from_parts(
             parts,
-            ProxyBody::upstream(body, slot, limits.body_idle_timeout, grpc),
+            ProxyBody::upstream(body, held, limits.body_idle_timeout, grpc),
         )
     }
 
@@ -519,26 +529,4 @@ impl Proxy {
         record_error(target, index, limits, e, start);
         local(e)
     }
-}
-
-/// A bodyless request rebuilt from what was kept for a resend.
-fn rebuild(
-    method: http::Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-    version: http::Version,
-) -> Request<RequestBody> {
-    let mut req = Request::new(RequestBody::empty());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    *req.version_mut() = version;
-    req
-}
-
-pub(crate) fn is_idempotent(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::DELETE
-    )
 }

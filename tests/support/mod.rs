@@ -308,3 +308,12 @@ where
 pub fn with_server(config: &str, lines: &str) -> String {
     config.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
 }
+
+/// Sums the samples of a gateway's metric family whose line contains `filter`.
+pub async fn metric(gw: &Gw, family: &str, filter: &str) -> f64 {
+    let text = get(&client(), &gw.admin_url("/metrics"), &[]).await.text();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
