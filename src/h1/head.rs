@@ -20,13 +20,13 @@ use http::uri::Authority;
 use tokio::time::Instant;
 
 use crate::access_log::Pending;
-use crate::config::Sticky;
+use crate::proxy::decide::decide;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers::{new_request_id, request_authority, request_id_ok};
 use crate::proxy::resend;
 use crate::proxy::{admit, ConnInfo, Limits, Proxy};
 use crate::snapshot::TargetEntry;
-use crate::split::{cookie_value, random_bucket, Reason};
+use crate::split::Reason;
 use crate::upstream::InflightGuard;
 
 /// Header fields parsed on the stack; a head with more goes to hyper when the configured
@@ -231,41 +231,12 @@ fn plan(
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
     let snap = proxy.snapshot.load();
-    let Some(ri) = snap.router.lookup(host_str, path) else {
+    let Some(d) = decide(&snap, host_str, path, headers, conn.peer.ip()) else {
         return local(ProxyError::NoRoute, head_len, close, body_len);
     };
-    let route = &snap.routes[ri];
-    let mut choice = None;
-    let mut preview_name: Option<&str> = None;
-    if let Some(p) = &route.preview {
-        preview_name = Some(p.header.as_str());
-        if let Some(v) = headers.iter().find(|h| is(h.name, p.header.as_str())) {
-            if p.allow_from.iter().any(|n| n.contains(&conn.peer.ip())) {
-                choice = route
-                    .targets
-                    .iter()
-                    .position(|t| t.name.as_bytes() == v.value)
-                    .map(|i| (i, Reason::Preview));
-            }
-        }
-    }
-    let (ti, reason) = choice.unwrap_or_else(|| {
-        route.split.decide_by(
-            |sticky| match sticky {
-                Sticky::None => None,
-                Sticky::Header(n) => headers
-                    .iter()
-                    .find(|h| is(h.name, n.as_str()))
-                    .map(|h| h.value)
-                    .filter(|v| !v.is_empty()),
-                Sticky::Cookie(n) => headers
-                    .iter()
-                    .filter(|h| is(h.name, "cookie"))
-                    .find_map(|h| cookie_value(h.value, n.as_bytes())),
-            },
-            random_bucket,
-        )
-    });
+    let route = &snap.routes[d.route];
+    let (ti, reason) = (d.target, d.reason);
+    let preview_name = route.preview.as_ref().map(|p| p.header.as_str());
     let target_entry = &route.targets[ti];
     let upstream = &target_entry.upstream;
     if upstream.http2 || upstream.scheme != http::uri::Scheme::HTTP || body_len > MAX_BODY {

@@ -8,6 +8,7 @@
 //! against a target.
 
 pub mod body;
+pub mod decide;
 pub mod error;
 pub mod expect;
 pub mod grpc;
@@ -27,7 +28,6 @@ use tokio::time::Instant;
 
 use crate::health::Outlier;
 use crate::snapshot::{Snapshot, TargetEntry};
-use crate::split::{random_bucket, Reason};
 use crate::upstream::{Clients, InflightGuard};
 pub use body::ProxyBody;
 use body::{Held, RequestBody};
@@ -251,10 +251,12 @@ impl Proxy {
         let (target, reason, limits, access) = {
             let snap = self.snapshot.load();
             let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-            let Some(ri) = snap.router.lookup(host_str, req.uri().path()) else {
+            let path = req.uri().path();
+            let peer = conn.peer.ip();
+            let Some(d) = decide::decide(&snap, host_str, path, req.headers(), peer) else {
                 return local(ProxyError::NoRoute);
             };
-            let route = &snap.routes[ri];
+            let route = &snap.routes[d.route];
             // `max_headers` holds on every protocol: HTTP/1.1's parsers refuse more fields, an
             // HTTP/2 request is counted here.
             if req.headers().len() > snap.config.server.max_headers {
@@ -264,20 +266,11 @@ impl Proxy {
                     .client_error(ClientErrorKind::TooManyHeaders);
                 return local(e);
             }
-            let mut choice = None;
+            // The preview header never reaches an upstream (forwarding policy).
             if let Some(p) = &route.preview {
-                if let Some(v) = req.headers_mut().remove(&p.header) {
-                    if p.allow_from.iter().any(|n| n.contains(&conn.peer.ip())) {
-                        choice = route
-                            .targets
-                            .iter()
-                            .position(|t| t.name.as_bytes() == v.as_bytes())
-                            .map(|i| (i, Reason::Preview));
-                    }
-                }
+                req.headers_mut().remove(&p.header);
             }
-            let (ti, reason) =
-                choice.unwrap_or_else(|| route.split.decide(req.headers(), random_bucket));
+            let (ti, reason) = (d.target, d.reason);
             (
                 route.targets[ti].clone(),
                 reason,
