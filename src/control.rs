@@ -7,7 +7,7 @@
 //! durable; a circuit trip publishes first, because moving traffic off a failing target must not
 //! wait for an fsync. Every route in the config has a
 //! state entry. A route's runtime state is kept across reloads and restarts only while that route's
-//! split section in the file is unchanged (newest intent wins); when the file moves `live`, the
+//! split in the file (`FileSplit`: live, canary, target names) is unchanged (newest intent wins); when the file moves `live`, the
 //! target it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it
 //! consumes `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request
 //! path; persistence does blocking I/O, so async callers use `spawn_blocking`.
@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigErrors, Route};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::state::{Persisted, RouteState, Source, Store, Trip};
+use crate::state::{FileSplit, Persisted, RouteState, Source, Store, Trip};
 
 /// Why a control call was refused; maps to an HTTP status in the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +78,8 @@ pub struct ReloadStatus {
 struct Inner {
     config: Arc<Config>,
     states: HashMap<String, RouteState>,
-    /// Fingerprint of each route's split section, as of the config in force.
-    fingerprints: HashMap<String, u64>,
+    /// Each route's split in the file in force: what its state is made against.
+    splits: HashMap<String, FileSplit>,
     generation: u64,
     store: Store,
     last_reload: ReloadStatus,
@@ -116,20 +116,19 @@ impl Control {
         let events = Events::default();
         let now = unix_ms();
         let mut states = HashMap::new();
-        let mut fingerprints = HashMap::new();
+        let mut splits = HashMap::new();
         for route in &config.routes {
-            let fp = route.split_fingerprint();
-            fingerprints.insert(route.name.clone(), fp);
             let old = persisted
                 .get(&route.name)
-                .map(|p| (&p.state, p.fingerprint));
-            if let Some((s, f)) = old {
-                if f == fp && state_fits(route, s) {
+                .map(|p| (&p.state, p.made_against(route)));
+            if let Some((s, true)) = old {
+                if state_fits(route, s) {
                     tracing::info!(route = %route.name, live = %s.live, tripped = s.tripped.is_some(), "restored runtime state");
                 }
             }
-            let s = merge(route, fp, old, now, &metrics, &events);
+            let s = merge(route, old, now, &metrics, &events);
             states.insert(route.name.clone(), s);
+            splits.insert(route.name.clone(), FileSplit::of(route));
         }
         for name in persisted.keys().filter(|n| config.route(n).is_none()) {
             tracing::info!(route = %name, "dropping runtime state of a route that is no longer in the file");
@@ -141,7 +140,7 @@ impl Control {
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 states,
-                fingerprints,
+                splits,
                 generation: 0,
                 store,
                 last_reload: ReloadStatus {
@@ -227,16 +226,16 @@ impl Control {
         }
         let now = unix_ms();
         let mut states = HashMap::new();
-        let mut fingerprints = HashMap::new();
+        let mut splits = HashMap::new();
         for route in &new.routes {
-            let fp = route.split_fingerprint();
-            fingerprints.insert(route.name.clone(), fp);
-            let old = inner
-                .states
-                .get(&route.name)
-                .zip(inner.fingerprints.get(&route.name).copied());
-            let s = merge(route, fp, old, now, &self.metrics, &self.events);
+            let split = FileSplit::of(route);
+            let old = inner.states.get(&route.name).map(|s| {
+                let same = inner.splits.get(&route.name) == Some(&split);
+                (s, same)
+            });
+            let s = merge(route, old, now, &self.metrics, &self.events);
             states.insert(route.name.clone(), s);
+            splits.insert(route.name.clone(), split);
         }
         for gone in inner.states.keys().filter(|n| new.route(n).is_none()) {
             tracing::info!(route = %gone, "route removed from the file; its runtime state is dropped");
@@ -253,10 +252,10 @@ impl Control {
         }
         // An edit that leaves every route's split alone (a new route prefix, a timeout) needs no
         // fsync: the persisted state would be byte-for-byte the same.
-        let unchanged = states == inner.states && fingerprints == inner.fingerprints;
+        let unchanged = states == inner.states && splits == inner.splits;
         inner.config = Arc::new(new);
         inner.states = states;
-        inner.fingerprints = fingerprints;
+        inner.splits = splits;
         inner.last_reload = ReloadStatus {
             result: "success",
             error: None,
@@ -299,16 +298,9 @@ impl Control {
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
         let now = unix_ms();
-        // The candidate and whether it is judged as a canary (else: baking as live).
-        let role = |s: &RouteState| current_candidate(s, now).map(|c| (c, s.canary_bp > 0));
-        let before = role(&s);
+        // A target this gives a new role (live, running canary) gets a fresh window when the
+        // snapshot is built; raising a canary's percent keeps its window.
         let (kind, message) = apply(r, &mut s, &action, now, &self.metrics)?;
-        let after = role(&s);
-        if after.is_some() && after != before {
-            // A new candidate, or one in a new role (a promoted canary), is judged on its own
-            // outcomes from the operator's action on; raising a canary's percent keeps its window.
-            self.clear_window(route, after.as_ref().map(|(c, _)| c.as_str()));
-        }
         inner.states.insert(route.to_string(), s);
         let persisted = self.persist(&inner);
         let generation = self.publish(&mut inner);
@@ -374,16 +366,6 @@ impl Control {
         true
     }
 
-    fn clear_window(&self, route: &str, target: Option<&str>) {
-        let snap = self.snapshot.load();
-        if let Some(t) = snap
-            .route(route)
-            .and_then(|e| e.targets.iter().find(|t| Some(&*t.name) == target))
-        {
-            t.window.clear();
-        }
-    }
-
     fn publish(&self, inner: &mut Inner) -> u64 {
         inner.generation += 1;
         let old = self.snapshot.load_full();
@@ -433,14 +415,9 @@ impl Control {
             .states
             .iter()
             .filter_map(|(name, state)| {
-                let fingerprint = *inner.fingerprints.get(name)?;
-                Some((
-                    name.clone(),
-                    Persisted {
-                        fingerprint,
-                        state: state.clone(),
-                    },
-                ))
+                let route = inner.config.route(name)?;
+                let split = inner.splits.get(name)?.clone();
+                Some((name.clone(), Persisted::new(route, split, state.clone())))
             })
             .collect();
         inner.store.save(&routes)
@@ -498,21 +475,21 @@ fn only_other(route: &Route, live: &str) -> Option<String> {
     }
 }
 
-/// The state of `route` after its file section is (re)read: `old` (with the fingerprint it was
-/// made against) is kept while the split section is unchanged; otherwise the file wins, and if that
-/// moved `live`, the replaced target becomes `previous` and the new live target bakes.
+/// The state of `route` after its file section is (re)read: `old` (with whether it was made
+/// against the split the file has now) is kept while the split is unchanged; otherwise the file
+/// wins, and if that moved `live`, the replaced target becomes `previous` and the new live target
+/// bakes.
 fn merge(
     route: &Route,
-    fp: u64,
-    old: Option<(&RouteState, u64)>,
+    old: Option<(&RouteState, bool)>,
     now_unix_ms: u64,
     metrics: &Metrics,
     events: &Events,
 ) -> RouteState {
-    let Some((old, old_fp)) = old else {
+    let Some((old, same_split)) = old else {
         return RouteState::from_file(route);
     };
-    if old_fp == fp && state_fits(route, old) {
+    if same_split && state_fits(route, old) {
         return old.clone();
     }
     let name = route.name.as_str();
