@@ -1,19 +1,27 @@
 //! The one writer: file config + runtime state -> new snapshot -> one `ArcSwap::store`.
 //!
-//! Invariants: every change (file reload, admin call, circuit trip) takes the same lock, edits the
-//! per-route `RouteState`, persists it (temp file + fsync + rename) and publishes a complete new
-//! snapshot with a higher generation, all before the lock is released; the data path never sees a
-//! half-applied change. Reloads and admin calls persist first, so whatever the API has shown is
-//! durable; a circuit trip publishes first, because moving traffic off a failing target must not
-//! wait for an fsync. Every route in the config has a
-//! state entry. A route's runtime state is kept across reloads and restarts only while that route's
-//! split in the file (`FileSplit`: live, canary, target names) is unchanged (newest intent wins); when the file moves `live`, the
-//! target it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it
-//! consumes `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request
-//! path; persistence does blocking I/O, so async callers use `spawn_blocking`.
+//! Invariants: every change (file reload, admin call, circuit trip, a decision taken in from the
+//! state file) takes the control lock, edits the per-route `RouteState`, publishes a complete new
+//! snapshot with a higher generation and hands the new persisted form to the state writer
+//! (`state::writer`), all before the lock is released; the data path never sees a half-applied
+//! change. The lock is never held across disk I/O: the writer writes on its own thread, so a trip,
+//! a reload or an admin call never waits behind another's fsync, and read views (admin API, status
+//! page, `/readyz`) never take the lock at all: they read the published snapshot, reload status and
+//! persistence status. A change is in force from its publish; an admin call is answered once the
+//! state file holds it, or says that it does not (a write failure leaves the decision in force and
+//! is retried). Only the process holding the state directory's lock takes admin changes; another
+//! one (a `SO_REUSEPORT` upgrade's second process) follows what the owner writes, with a three-way
+//! merge per route (the file as last read is the base: what the owner changed wins, what it did
+//! not keeps this process's own trips), and takes over when the owner exits. Every route in the
+//! config has a state entry. A route's runtime state is kept across reloads and restarts only while
+//! that route's split in the file (`FileSplit`: live, canary, target names) is unchanged (newest
+//! intent wins); when the file moves `live`, the target it replaced becomes `previous` and the new
+//! one bakes. `rollback` never toggles: it consumes `previous`, so a retried rollback cannot undo
+//! itself. Nothing here runs on the request path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -22,7 +30,9 @@ use crate::config::{Config, ConfigErrors, Route};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::state::{FileSplit, Persisted, RouteState, Source, Store, Trip};
+use crate::state::lock::{self, Attempt};
+use crate::state::writer::{pid_text, Ownership, PersistStatus, Writer};
+use crate::state::{FileSplit, Loaded, Persisted, RouteState, Routes, Source, Store, Trip};
 
 /// Why a control call was refused; maps to an HTTP status in the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +47,10 @@ pub enum ControlError {
     },
     #[error("{0}")]
     Rejected(String),
-    #[error("applied, but the runtime state could not be persisted (it will not survive a restart): {0}")]
-    Persist(std::io::Error),
+    #[error("runtime state is owned by flipgate process {}, which runs on the same state.dir; this process follows its decisions and takes changes once it has exited: send this one there, or retry then", pid_text(*.0))]
+    NotOwner(Option<u32>),
+    #[error("changes are refused: {0}")]
+    Blocked(String),
 }
 
 impl ControlError {
@@ -47,9 +59,18 @@ impl ControlError {
         match self {
             ControlError::UnknownRoute(_) => 404,
             ControlError::UnknownTarget { .. } | ControlError::Rejected(_) => 422,
-            ControlError::Persist(_) => 500,
+            ControlError::NotOwner(_) | ControlError::Blocked(_) => 503,
         }
     }
+}
+
+/// A state file that exists but cannot be read: flipgate does not start (serving the route file's
+/// split instead could undo the decisions recorded there, such as a tripped circuit).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read runtime state file {}: {source}; not starting, because serving the route file's split instead could undo the decisions recorded there (a tripped circuit, a rollback). Fix the file's permissions or the disk, or move the file aside to start from the route file", path.display())]
+pub struct StateError {
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
 }
 
 /// What a reload did.
@@ -75,21 +96,48 @@ pub struct ReloadStatus {
     pub at: u64,
 }
 
+/// An applied operator action: the generation that serves it, and the state version whose write
+/// makes it durable (`Control::durable`).
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub generation: u64,
+    pub version: u64,
+}
+
+/// Whether a state version reached the state file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Durability {
+    Persisted,
+    /// The write failed (why); the writer retries in the background.
+    Failed(String),
+    /// Not written within the wait (a slow or hung disk); the write goes on.
+    Pending,
+}
+
+/// How long `Gateway` waits for the last write at shutdown.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 struct Inner {
     config: Arc<Config>,
     states: HashMap<String, RouteState>,
     /// Each route's split in the file in force: what its state is made against.
     splits: HashMap<String, FileSplit>,
     generation: u64,
-    store: Store,
-    last_reload: ReloadStatus,
+    /// The persisted form last handed to the writer: an unchanged state is not written again.
+    submitted: Option<Arc<Routes>>,
+    /// The state file as this process last read it: the base of the three-way merge while
+    /// another process owns it.
+    base: Routes,
 }
 
 /// The control plane's single entry point.
 pub struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Published, so reading it never waits for a change in progress.
+    last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
-    pub events: Events,
+    pub events: Arc<Events>,
+    writer: Writer,
     inner: Mutex<Inner>,
 }
 
@@ -109,11 +157,71 @@ pub enum Action {
 }
 
 impl Control {
-    /// Starts from a validated config, restoring runtime state from `config.state.dir`.
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Control> {
+    /// Starts from a validated config, restoring runtime state from `config.state.dir`, and starts
+    /// the state writer. Fails only when the state file exists but cannot be read.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Control>, StateError> {
         let store = Store::new(&config.state.dir);
-        let persisted = store.load();
-        let events = Events::default();
+        let events = Arc::new(Events::default());
+        let attempt = lock::try_lock(store.dir());
+        let owner = !matches!(attempt, Attempt::HeldBy(_));
+        match &attempt {
+            Attempt::Locked(_) => {
+                let n = store.remove_stale_tmp();
+                if n > 0 {
+                    tracing::info!(dir = %store.dir().display(), removed = n, "removed temp files left by earlier writers");
+                }
+            }
+            Attempt::HeldBy(pid) => tracing::warn!(
+                dir = %store.dir().display(),
+                owner = %pid_text(*pid),
+                "runtime state is owned by another flipgate process on the same state.dir; this process serves its decisions, writes nothing and refuses changes until it exits, then takes over"
+            ),
+            Attempt::Failed(e) => tracing::warn!(
+                dir = %store.dir().display(),
+                error = %e,
+                "cannot lock the state directory; every write will try again"
+            ),
+        }
+        let (persisted, seen) = match store.read() {
+            Err(source) => {
+                return Err(StateError {
+                    path: store.file(),
+                    source,
+                })
+            }
+            Ok(Loaded::Absent) => (Routes::new(), None),
+            Ok(Loaded::Routes(routes, hash)) => (routes, Some(hash)),
+            Ok(Loaded::Corrupt(why, hash)) => {
+                // A file that reads but does not parse can never be used: keep a copy, start from
+                // the route file. (A follower leaves the file to its owner.)
+                let kept = if owner {
+                    store
+                        .quarantine()
+                        .map_or_else(|e| format!("not kept: {e}"), |p| p.display().to_string())
+                } else {
+                    "left to the owning process".into()
+                };
+                tracing::error!(
+                    path = %store.file().display(),
+                    error = why,
+                    kept_copy = kept,
+                    "CORRUPT runtime state file ignored; serving the route file's split"
+                );
+                events.push(
+                    "state_corrupt",
+                    None,
+                    format!("runtime state file {} is corrupt ({why}); serving the route file's split (copy: {kept})", store.file().display()),
+                );
+                (Routes::new(), Some(hash))
+            }
+        };
+        let writer = Writer::spawn(
+            store,
+            attempt,
+            seen,
+            metrics.state_persist_failures.clone(),
+            events.clone(),
+        );
         let now = unix_ms();
         let mut states = HashMap::new();
         let mut splits = HashMap::new();
@@ -135,30 +243,40 @@ impl Control {
         }
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            last_reload: ArcSwap::from_pointee(ReloadStatus {
+                result: "success",
+                error: None,
+                at: crate::clock::unix_secs(),
+            }),
             metrics,
             events,
+            writer,
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 states,
                 splits,
                 generation: 0,
-                store,
-                last_reload: ReloadStatus {
-                    result: "success",
-                    error: None,
-                    at: crate::clock::unix_secs(),
-                },
+                submitted: None,
+                base: persisted,
             }),
         });
+        let weak = Arc::downgrade(&control);
+        control
+            .writer
+            .set_adopter(Box::new(move |disk, takeover| match weak.upgrade() {
+                Some(c) => {
+                    c.adopt(disk, takeover);
+                    true
+                }
+                None => false,
+            }));
         {
             let mut inner = control.lock();
-            if let Err(e) = control.persist(&inner) {
-                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
-            }
             control.publish(&mut inner);
+            control.record(&mut inner);
         }
         control.metrics.config_last_reload_success.set(1);
-        control
+        Ok(control)
     }
 
     /// The handle the data path loads from.
@@ -166,14 +284,57 @@ impl Control {
         self.snapshot.clone()
     }
 
-    /// The config in force.
+    /// The config in force (from the published snapshot: never waits for a change in progress).
     pub fn config(&self) -> Arc<Config> {
-        self.lock().config.clone()
+        self.snapshot.load().config.clone()
     }
 
     /// The last reload attempt.
     pub fn last_reload(&self) -> ReloadStatus {
-        self.lock().last_reload.clone()
+        (**self.last_reload.load()).clone()
+    }
+
+    /// Where persistence of the runtime state stands.
+    pub fn persist_status(&self) -> PersistStatus {
+        self.writer.status()
+    }
+
+    /// Waits (at most `within`) until state `version` is in the state file, or its write failed.
+    pub async fn durable(&self, version: u64, within: Duration) -> Durability {
+        let mut rx = self.writer.subscribe();
+        let outcome = tokio::time::timeout(
+            within,
+            rx.wait_for(|s| s.durable >= version || s.failed >= version || s.stopped),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(s)) if s.durable >= version => Durability::Persisted,
+            Ok(Ok(s)) => Durability::Failed(
+                s.error
+                    .clone()
+                    .unwrap_or_else(|| "the state writer has stopped".into()),
+            ),
+            Ok(Err(_)) => Durability::Failed("the state writer has stopped".into()),
+            Err(_) => Durability::Pending,
+        }
+    }
+
+    /// Waits (at most `within`) for the outcome of the first write after start, so a process that
+    /// says it is serving has its state on disk or knows it has not. A follower writes nothing.
+    pub async fn settle(&self, within: Duration) -> Durability {
+        if !self.writer.writes() {
+            return Durability::Persisted;
+        }
+        let latest = self.writer.status().latest;
+        self.durable(latest, within).await
+    }
+
+    /// Stops the state writer after it has written what is pending, releasing the state
+    /// directory's lock (waits at most a few seconds for a slow disk).
+    pub async fn close(&self) {
+        self.writer.stop();
+        let mut rx = self.writer.subscribe();
+        let _ = tokio::time::timeout(CLOSE_WAIT, rx.wait_for(|s| s.stopped)).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -192,11 +353,11 @@ impl Control {
                     .inc();
                 self.metrics.config_last_reload_success.set(0);
                 let text = errors.to_string();
-                inner.last_reload = ReloadStatus {
+                self.last_reload.store(Arc::new(ReloadStatus {
                     result: "failure",
                     error: Some(text.clone()),
                     at: crate::clock::unix_secs(),
-                };
+                }));
                 self.events.push(
                     "reload_rejected",
                     None,
@@ -206,13 +367,13 @@ impl Control {
             }
         };
         if new.content_hash == inner.config.content_hash && new.path == inner.config.path {
-            if inner.last_reload.result != "success" {
+            if self.last_reload.load().result != "success" {
                 // The file is back to the config in force: the failure is over.
-                inner.last_reload = ReloadStatus {
+                self.last_reload.store(Arc::new(ReloadStatus {
                     result: "success",
                     error: None,
                     at: crate::clock::unix_secs(),
-                };
+                }));
                 self.metrics.config_last_reload_success.set(1);
             }
             return ReloadOutcome::Unchanged;
@@ -250,23 +411,18 @@ impl Control {
                 }
             }
         }
-        // An edit that leaves every route's split alone (a new route prefix, a timeout) needs no
-        // fsync: the persisted state would be byte-for-byte the same.
-        let unchanged = states == inner.states && splits == inner.splits;
         inner.config = Arc::new(new);
         inner.states = states;
         inner.splits = splits;
-        inner.last_reload = ReloadStatus {
+        self.last_reload.store(Arc::new(ReloadStatus {
             result: "success",
             error: None,
             at: crate::clock::unix_secs(),
-        };
-        if !unchanged {
-            if let Err(e) = self.persist(&inner) {
-                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
-            }
-        }
+        }));
         let generation = self.publish(&mut inner);
+        // An edit that leaves every route's split alone (a new route prefix, a timeout) changes
+        // nothing persisted, and `record` writes nothing.
+        self.record(&mut inner);
         self.metrics
             .config_reloads
             .with_label_values(&["success"])
@@ -283,35 +439,43 @@ impl Control {
         }
     }
 
-    /// Applies an operator action to a route; returns the new generation. The change is persisted
-    /// and published before this returns, so the very next request follows it. A persistence
-    /// failure still applies the change (the route must follow the operator) but is reported.
-    pub fn act(&self, route: &str, action: Action) -> Result<u64, ControlError> {
+    /// Applies an operator action to a route: published before this returns, so the very next
+    /// request follows it, and handed to the state writer; `Control::durable` with the returned
+    /// version says when it is on disk. Refused (nothing changes) while another process owns the
+    /// state, or while the state file left by one cannot be read.
+    pub fn act(&self, route: &str, action: Action) -> Result<Applied, ControlError> {
         let mut inner = self.lock();
         let config = inner.config.clone();
         let r = config
             .route(route)
             .ok_or_else(|| ControlError::UnknownRoute(route.into()))?;
+        match self.writer.status().ownership {
+            Ownership::Owner => {}
+            Ownership::Follower { pid } => return Err(ControlError::NotOwner(pid)),
+            Ownership::Blocked { reason } => return Err(ControlError::Blocked(reason)),
+        }
         let mut s = inner
             .states
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
         let now = unix_ms();
-        // A target this gives a new role (live, running canary) gets a fresh window when the
-        // snapshot is built; raising a canary's percent keeps its window.
         let (kind, message) = apply(r, &mut s, &action, now, &self.metrics)?;
         inner.states.insert(route.to_string(), s);
-        let persisted = self.persist(&inner);
         let generation = self.publish(&mut inner);
+        let version = self.record(&mut inner);
         self.events.push(kind, Some(route), message);
-        persisted.map_err(ControlError::Persist)?;
-        Ok(generation)
+        Ok(Applied {
+            generation,
+            version,
+        })
     }
 
     /// Rolls a route back on behalf of its circuit. `seen` is the route state the verdict was
     /// reached on: if anything changed since (an operator acted, a reload), the verdict is stale and
-    /// dropped; the next evaluation judges the new state. Returns whether it tripped.
+    /// dropped; the next evaluation judges the new state. Returns whether it tripped. Never waits
+    /// for the disk: the trip is published, then handed to the state writer. A process that does
+    /// not own the state trips too (its traffic must move), but only in memory.
     pub fn trip(
         &self,
         route: &str,
@@ -356,14 +520,59 @@ impl Control {
         );
         s.tripped = Some(trip);
         inner.states.insert(route.to_string(), s);
-        // Traffic first: a rollback must not wait for an fsync. (Crashing in between loses only the
-        // record of the trip; the candidate then restarts with an empty window and trips again.)
         self.publish(&mut inner);
-        if let Err(e) = self.persist(&inner) {
-            tracing::error!(error = %e, "cannot persist the circuit's rollback; it will not survive a restart");
-        }
+        self.record(&mut inner);
         self.events.push("trip", Some(route), message);
         true
+    }
+
+    /// Takes in what the state file's owner wrote (`disk`, when read) with a three-way merge per
+    /// route, and at `takeover` makes this process the owner, handing the writer the state in
+    /// force. Called by the writer thread.
+    fn adopt(&self, disk: Option<Routes>, takeover: bool) {
+        let mut inner = self.lock();
+        let mut changed = false;
+        if let Some(disk) = disk {
+            let config = inner.config.clone();
+            let now = unix_ms();
+            for route in &config.routes {
+                let theirs = disk.get(&route.name);
+                // Unchanged in the file since this process last read it: the owner decided
+                // nothing new there, so this process's own decisions (trips) stand.
+                if theirs == inner.base.get(&route.name) {
+                    continue;
+                }
+                let old = theirs.map(|p| (&p.state, p.made_against(route)));
+                let s = merge(route, old, now, &self.metrics, &self.events);
+                if inner.states.get(&route.name) != Some(&s) {
+                    self.events.push(
+                        "adopt",
+                        Some(&route.name),
+                        format!(
+                            "followed the state file's owner: live `{}`, canary {}",
+                            s.live,
+                            match (&s.canary_target, s.canary_bp) {
+                                (Some(t), bp) if bp > 0 =>
+                                    format!("`{t}` at {:.2}%", bp as f64 / 100.0),
+                                _ => "off".into(),
+                            }
+                        ),
+                    );
+                    inner.states.insert(route.name.clone(), s);
+                    changed = true;
+                }
+            }
+            inner.base = disk;
+        }
+        if takeover {
+            self.writer.became_owner();
+            // Written now even if unchanged: until now this process wrote nothing.
+            inner.submitted = None;
+        }
+        if changed {
+            self.publish(&mut inner);
+        }
+        self.record(&mut inner);
     }
 
     fn publish(&self, inner: &mut Inner) -> u64 {
@@ -410,8 +619,10 @@ impl Control {
         inner.generation
     }
 
-    fn persist(&self, inner: &Inner) -> std::io::Result<()> {
-        let routes = inner
+    /// Hands the persisted form of the state in force to the writer unless it is unchanged;
+    /// returns the version that makes it durable.
+    fn record(&self, inner: &mut Inner) -> u64 {
+        let routes: Routes = inner
             .states
             .iter()
             .filter_map(|(name, state)| {
@@ -420,7 +631,14 @@ impl Control {
                 Some((name.clone(), Persisted::new(route, split, state.clone())))
             })
             .collect();
-        inner.store.save(&routes)
+        if inner.submitted.as_deref() == Some(&routes) {
+            return self.writer.status().latest;
+        }
+        // A follower whose state is exactly what the owner wrote has nothing unpersisted.
+        let on_disk = !self.writer.writes() && routes == inner.base;
+        let routes = Arc::new(routes);
+        inner.submitted = Some(routes.clone());
+        self.writer.submit(routes, on_disk)
     }
 }
 

@@ -16,7 +16,10 @@ const CAPACITY: usize = 100;
 pub struct Event {
     /// Unix seconds.
     pub at: u64,
-    /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`.
+    /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`;
+    /// about the state file: `persist_failed`, `persisted` (again, after failures),
+    /// `state_corrupt`, `takeover` (this process became its writer), `adopt` (a follower took in
+    /// what the owner wrote).
     pub kind: &'static str,
     /// The route, when the event concerns one.
     pub route: Option<String>,
@@ -32,7 +35,9 @@ pub struct Events {
 impl Events {
     /// Appends an event and logs it; control-plane events are always logged.
     pub fn push(&self, kind: &'static str, route: Option<&str>, message: String) {
-        if kind == "reload_rejected" || kind == "trip" {
+        if kind == "persist_failed" {
+            tracing::error!(event = kind, route = route.unwrap_or(""), "{message}");
+        } else if kind == "reload_rejected" || kind == "trip" {
             tracing::warn!(event = kind, route = route.unwrap_or(""), "{message}");
         } else {
             tracing::info!(event = kind, route = route.unwrap_or(""), "{message}");

@@ -3,10 +3,16 @@
 //! Invariants: a `RouteState` always names targets that exist in the route it belongs to (the
 //! control plane checks before it writes, and restore drops entries made against another split of
 //! the file). Each persisted route records the file split it was made against (`FileSplit`: the
-//! split's own fields, never instance lists or other target options), compared by value. The state file is replaced atomically (temp file, fsync, rename, fsync of the
-//! directory), so a crash leaves the old or the new file, never a torn one. A file that cannot be
-//! read or parsed never stops serving: it is copied (or, unreadable, moved) aside and flipgate starts
-//! from the route file.
+//! split's own fields, never instance lists or other target options), compared by value. The state
+//! file is replaced atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
+//! the old or the new file, never a torn one; only the holder of the directory's lock (`lock`)
+//! writes it, from the writer thread (`writer`), and it removes the temp files earlier writers left.
+//! A state file that cannot be *read* (an I/O or permission error) is never moved aside or
+//! replaced: the decisions in it may still be needed. One that reads but does not parse (corrupt,
+//! unknown version) is copied aside, because it can never be used.
+
+pub mod lock;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -172,16 +178,40 @@ impl Persisted {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The persisted routes, by route name.
+pub type Routes = BTreeMap<String, Persisted>;
+
+#[derive(Debug, Deserialize)]
 struct StateFile {
     version: u32,
-    routes: BTreeMap<String, Persisted>,
+    routes: Routes,
+}
+
+#[derive(Serialize)]
+struct StateFileRef<'a> {
+    version: u32,
+    routes: &'a Routes,
+}
+
+/// What the state file held when it was read.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No state file (first start, or the directory does not exist).
+    Absent,
+    /// The routes, and a hash of the file's bytes (to notice when it changes).
+    Routes(Routes, u64),
+    /// Read, but not usable: why, and the hash of its bytes.
+    Corrupt(String, u64),
 }
 
 /// Reads and writes `state.json` in the state directory.
+#[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
 }
+
+/// Prefix of the temp files a write goes through (`.state.json.tmp-<pid>`).
+const TMP_PREFIX: &str = ".state.json.tmp-";
 
 impl Store {
     pub fn new(dir: &Path) -> Store {
@@ -190,71 +220,88 @@ impl Store {
         }
     }
 
-    fn file(&self) -> PathBuf {
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state file.
+    pub fn file(&self) -> PathBuf {
         self.dir.join("state.json")
     }
 
-    /// Loads persisted routes. A missing file is an empty state; an unreadable or corrupt one is
-    /// logged, copied to `state.json.bad-<unix>` and treated as empty.
-    pub fn load(&self) -> BTreeMap<String, Persisted> {
-        let path = self.file();
-        let text = match std::fs::read(&path) {
+    /// Reads the state file. `Err` means it exists but cannot be read (permissions, I/O error, not a
+    /// file): the caller must not treat that as "no state".
+    pub fn read(&self) -> std::io::Result<Loaded> {
+        let text = match std::fs::read(self.file()) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
-            Err(e) => {
-                self.quarantine(&path, &format!("unreadable: {e}"));
-                return BTreeMap::new();
+            // No directory, or a path component that is a file: there is no state file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(Loaded::Absent)
             }
+            Err(e) => return Err(e),
         };
-        match serde_json::from_slice::<StateFile>(&text) {
-            Ok(f) if f.version == 1 => f.routes,
-            Ok(f) => {
-                self.quarantine(&path, &format!("unsupported version {}", f.version));
-                BTreeMap::new()
-            }
-            Err(e) => {
-                self.quarantine(&path, &e.to_string());
-                BTreeMap::new()
-            }
-        }
+        let hash = xxhash_rust::xxh3::xxh3_64(&text);
+        Ok(match serde_json::from_slice::<StateFile>(&text) {
+            Ok(f) if f.version == 1 => Loaded::Routes(f.routes, hash),
+            Ok(f) => Loaded::Corrupt(format!("unsupported version {}", f.version), hash),
+            Err(e) => Loaded::Corrupt(e.to_string(), hash),
+        })
     }
 
-    fn quarantine(&self, path: &Path, why: &str) {
+    /// Keeps a copy of a corrupt state file as `state.json.bad-<unix>`, so the next write does not
+    /// destroy what an operator may want to inspect. Returns the copy's path.
+    pub fn quarantine(&self) -> std::io::Result<PathBuf> {
         let bad = self
             .dir
             .join(format!("state.json.bad-{}", crate::clock::unix_secs()));
-        // Copy when it can be read; otherwise move it aside so the next save cannot destroy it.
-        let copied = std::fs::copy(path, &bad).is_ok() || std::fs::rename(path, &bad).is_ok();
-        tracing::error!(
-            path = %path.display(),
-            error = why,
-            kept_copy = %if copied { bad.display().to_string() } else { "failed".into() },
-            "CORRUPT or unreadable runtime state file ignored; serving the route file's split"
-        );
+        std::fs::copy(self.file(), &bad)?;
+        Ok(bad)
     }
 
-    /// Atomically replaces the state file.
-    pub fn save(&self, routes: &BTreeMap<String, Persisted>) -> std::io::Result<()> {
+    /// Removes the temp files of earlier writers (killed mid-write). Only the lock holder calls
+    /// this: no other process writes, so none of them is in use. Returns how many were removed.
+    pub fn remove_stale_tmp(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX))
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    /// Atomically replaces the state file. On failure the temp file is removed.
+    pub fn save(&self, routes: &Routes) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let body = serde_json::to_vec_pretty(&StateFile {
-            version: 1,
-            routes: routes.clone(),
-        })
-        .map_err(std::io::Error::other)?;
-        let tmp = self
-            .dir
-            .join(format!(".state.json.tmp-{}", std::process::id()));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
+        let body = serde_json::to_vec_pretty(&StateFileRef { version: 1, routes })
+            .map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
+        if let Err(e) = write_then_rename(&tmp, &body, &self.file()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, self.file())?;
+        // The rename is durable once the directory is.
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
         Ok(())
     }
+}
+
+/// Writes `body` to `tmp`, fsyncs it and renames it to `to`.
+fn write_then_rename(tmp: &Path, body: &[u8], to: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, to)
 }
 
 #[cfg(test)]
@@ -307,9 +354,39 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("state.json"), old).unwrap();
-        let routes = Store::new(dir.path()).load();
+        let Loaded::Routes(routes, _) = Store::new(dir.path()).read().unwrap() else {
+            panic!("readable")
+        };
         assert!(routes["bot"].made_against(&r));
         let scaled = route(&BASE.replace("\"10.0.0.1:80\"", "\"10.0.0.1:81\""));
         assert!(!routes["bot"].made_against(&scaled));
+    }
+
+    #[test]
+    fn unreadable_is_an_error_and_absent_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert!(matches!(store.read(), Ok(Loaded::Absent)));
+        std::fs::create_dir(store.file()).unwrap();
+        assert!(store.read().is_err());
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        assert!(matches!(
+            Store::new(&dir.path().join("file/state")).read(),
+            Ok(Loaded::Absent)
+        ));
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // The rename fails: a non-empty directory stands where the file goes.
+        std::fs::create_dir_all(store.file().join("x")).unwrap();
+        assert!(store.save(&Routes::new()).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
     }
 }
