@@ -36,6 +36,7 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     pub config_generation: IntGauge,
     pub open_tunnels: IntGaugeVec,
+    pub state_persist_failures: IntCounter,
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -200,6 +201,11 @@ impl Metrics {
             ),
             &["route", "target"],
         ));
+        let state_persist_failures = must(IntCounter::with_opts(opts(
+            "state_persist_failures_total",
+            "Failed attempts to write the runtime state file (every retry counts). While it grows, \
+             decisions are in force but would not survive a restart.",
+        )));
         let build_info = must(IntGaugeVec::new(
             opts("build_info", "Build information; always 1."),
             &["version"],
@@ -223,6 +229,7 @@ impl Metrics {
             Box::new(config_last_reload_success.clone()),
             Box::new(config_generation.clone()),
             Box::new(open_tunnels.clone()),
+            Box::new(state_persist_failures.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -252,6 +259,7 @@ impl Metrics {
             config_last_reload_success,
             config_generation,
             open_tunnels,
+            state_persist_failures,
         }
     }
 
