@@ -267,6 +267,9 @@ pub fn table(routes: &[RouteView]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    if routes.iter().any(|r| !r.persisted) {
+        out.push_str("warning: runtime state not persisted: the decisions shown are in force but would not survive a restart (see /readyz)\n");
+    }
     out
 }
 

@@ -1,29 +1,38 @@
 //! The one writer: file config + runtime state -> new snapshot -> one `ArcSwap::store`.
 //!
-//! Invariants: every change (file reload, admin call, circuit trip) takes the same lock, edits the
-//! per-route `RouteState`, persists it (temp file + fsync + rename) and publishes a complete new
-//! snapshot with a higher generation, all before the lock is released; the data path never sees a
-//! half-applied change. Reloads and admin calls persist first, so whatever the API has shown is
-//! durable; a circuit trip publishes first, because moving traffic off a failing target must not
-//! wait for an fsync. Every route in the config has a
-//! state entry. A route's runtime state is kept across reloads and restarts only while that route's
-//! split section in the file is unchanged (newest intent wins); when the file moves `live`, the
-//! target it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it
-//! consumes `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request
-//! path; persistence does blocking I/O, so async callers use `spawn_blocking`.
+//! Invariants: every change (file reload, admin call, circuit trip, a decision taken in from the
+//! state file, parked state expiring) takes the control lock, edits the per-route `RouteState`,
+//! publishes a complete new snapshot with a higher generation and hands the new persisted form to
+//! the state writer (`state::writer`), all before the lock is released; the data path never sees a
+//! half-applied change. The lock is never held across disk I/O: the writer writes on its own
+//! thread, so a trip, a reload or an admin call never waits behind another's fsync, and read views
+//! (admin API, status page, `/readyz`) never take the lock at all: they read the published
+//! snapshot, reload status and persistence status. A change is in force from its publish; an admin
+//! call is answered once the state file holds it, or says that it does not (a write failure leaves
+//! the decision in force and is retried). Only the process holding the state directory's lock
+//! takes admin changes; another one (a `SO_REUSEPORT` upgrade's second process) follows what the
+//! owner writes, with a three-way merge per route (the file as last read is the base: what the
+//! owner changed wins, what it did not keeps this process's own trips), and takes over when the
+//! owner exits. Every route in the config has a state entry. A route's runtime state is kept
+//! across reloads and restarts only while that route's split in the file (`FileSplit`: live,
+//! canary, target names) is unchanged (newest intent wins); when the file moves `live`, the target
+//! it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it consumes
+//! `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request path.
 //!
 //! Runtime state is never lost to one read of a half-written file: when a reload (or a start)
-//! would drop a route's runtime state (the route left the file, or its split section changed), the
-//! state is *parked*, persisted beside the live states with the split fingerprint it was made
-//! against and the length and hash of the file that set it aside, and an event says so
-//! (`route_removed`, a warning). If a later file *begins with* that file (the writer was still
-//! writing) and has the route back with the same split section, the state is restored
-//! (`state_restored`). A deliberate edit is never undone this way: a file that does not extend the
-//! one that set the state aside drops it, as does `PARKED_GRACE`, and an operator action or a
-//! circuit trip on the route (they are newer decisions). Dropping for good a state set aside by a
-//! route's removal is a warning and a `state_dropped` event.
+//! would drop a route's runtime state (the route left the file, or its split changed), the state
+//! is *parked*: kept beside the live states, and persisted with them through the state writer,
+//! with the `FileSplit` it was made against and the length and hash of the file that set it aside,
+//! and an event says so (`route_removed`, a warning). If a later file *begins with* that file (the
+//! writer was still writing) and has the route back with the same split (compared by value, as
+//! for the live states), the state is restored (`state_restored`). A deliberate edit is never
+//! undone this way: a file that does not extend the one that set the state aside drops it, as does
+//! `PARKED_GRACE`, and an operator action or a circuit trip on the route (they are newer
+//! decisions). Dropping for good a state set aside by a route's removal is a warning and a
+//! `state_dropped` event. A follower takes in the owner's parked states with the same three-way
+//! merge (per route name) as its live states.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +43,11 @@ use crate::config::{Config, ConfigErrors, Route};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::state::{Parked, Persisted, RouteState, Saved, Source, Store, Trip};
+use crate::state::lock::{self, Attempt};
+use crate::state::writer::{pid_text, Ownership, PersistStatus, Writer};
+use crate::state::{
+    FileSplit, Loaded, Parked, Persisted, RouteState, Routes, Saved, Source, Store, Trip,
+};
 
 /// How long runtime state set aside by a reload is kept for its route to come back: long enough for
 /// any writer that pauses mid-file and for an operator to undo a mistaken edit, short enough that a
@@ -54,8 +67,10 @@ pub enum ControlError {
     },
     #[error("{0}")]
     Rejected(String),
-    #[error("applied, but the runtime state could not be persisted (it will not survive a restart): {0}")]
-    Persist(std::io::Error),
+    #[error("runtime state is owned by flipgate process {}, which runs on the same state.dir; this process follows its decisions and takes changes once it has exited: send this one there, or retry then", pid_text(*.0))]
+    NotOwner(Option<u32>),
+    #[error("changes are refused: {0}")]
+    Blocked(String),
 }
 
 impl ControlError {
@@ -64,9 +79,18 @@ impl ControlError {
         match self {
             ControlError::UnknownRoute(_) => 404,
             ControlError::UnknownTarget { .. } | ControlError::Rejected(_) => 422,
-            ControlError::Persist(_) => 500,
+            ControlError::NotOwner(_) | ControlError::Blocked(_) => 503,
         }
     }
+}
+
+/// A state file that exists but cannot be read: flipgate does not start (serving the route file's
+/// split instead could undo the decisions recorded there, such as a tripped circuit).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read runtime state file {}: {source}; not starting, because serving the route file's split instead could undo the decisions recorded there (a tripped circuit, a rollback). Fix the file's permissions or the disk, or move the file aside to start from the route file", path.display())]
+pub struct StateError {
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
 }
 
 /// What a reload did.
@@ -92,23 +116,50 @@ pub struct ReloadStatus {
     pub at: u64,
 }
 
+/// An applied operator action: the generation that serves it, and the state version whose write
+/// makes it durable (`Control::durable`).
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub generation: u64,
+    pub version: u64,
+}
+
+/// Whether a state version reached the state file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Durability {
+    Persisted,
+    /// The write failed (why); the writer retries in the background.
+    Failed(String),
+    /// Not written within the wait (a slow or hung disk); the write goes on.
+    Pending,
+}
+
+/// How long `Gateway` waits for the last write at shutdown.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 struct Inner {
     config: Arc<Config>,
     states: HashMap<String, RouteState>,
-    /// Fingerprint of each route's split section, as of the config in force.
-    fingerprints: HashMap<String, u64>,
+    /// Each route's split in the file in force: what its state is made against.
+    splits: HashMap<String, FileSplit>,
     /// Runtime state the file stopped matching, by route name (see the module doc).
-    parked: HashMap<String, Parked>,
+    parked: BTreeMap<String, Parked>,
     generation: u64,
-    store: Store,
-    last_reload: ReloadStatus,
+    /// The persisted form last handed to the writer: an unchanged state is not written again.
+    submitted: Option<Arc<Saved>>,
+    /// The state file as this process last read it: the base of the three-way merge while
+    /// another process owns it.
+    base: Saved,
 }
 
 /// The control plane's single entry point.
 pub struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Published, so reading it never waits for a change in progress.
+    last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
-    pub events: Events,
+    pub events: Arc<Events>,
+    writer: Writer,
     inner: Mutex<Inner>,
 }
 
@@ -128,61 +179,127 @@ pub enum Action {
 }
 
 impl Control {
-    /// Starts from a validated config, restoring runtime state from `config.state.dir`.
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Control> {
+    /// Starts from a validated config, restoring runtime state from `config.state.dir`, and starts
+    /// the state writer. Fails only when the state file exists but cannot be read.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Control>, StateError> {
         let store = Store::new(&config.state.dir);
-        let saved = store.load();
-        let events = Events::default();
+        let events = Arc::new(Events::default());
+        let attempt = lock::try_lock(store.dir());
+        let owner = !matches!(attempt, Attempt::HeldBy(_));
+        match &attempt {
+            Attempt::Locked(_) => {
+                let n = store.remove_stale_tmp();
+                if n > 0 {
+                    tracing::info!(dir = %store.dir().display(), removed = n, "removed temp files left by earlier writers");
+                }
+            }
+            Attempt::HeldBy(pid) => tracing::warn!(
+                dir = %store.dir().display(),
+                owner = %pid_text(*pid),
+                "runtime state is owned by another flipgate process on the same state.dir; this process serves its decisions, writes nothing and refuses changes until it exits, then takes over"
+            ),
+            Attempt::Failed(e) => tracing::warn!(
+                dir = %store.dir().display(),
+                error = %e,
+                "cannot lock the state directory; every write will try again"
+            ),
+        }
+        let (persisted, seen) = match store.read() {
+            Err(source) => {
+                return Err(StateError {
+                    path: store.file(),
+                    source,
+                })
+            }
+            Ok(Loaded::Absent) => (Saved::default(), None),
+            Ok(Loaded::Saved(saved, hash)) => (saved, Some(hash)),
+            Ok(Loaded::Corrupt(why, hash)) => {
+                // A file that reads but does not parse can never be used: keep a copy, start from
+                // the route file. (A follower leaves the file to its owner.)
+                let kept = if owner {
+                    store
+                        .quarantine()
+                        .map_or_else(|e| format!("not kept: {e}"), |p| p.display().to_string())
+                } else {
+                    "left to the owning process".into()
+                };
+                tracing::error!(
+                    path = %store.file().display(),
+                    error = why,
+                    kept_copy = kept,
+                    "CORRUPT runtime state file ignored; serving the route file's split"
+                );
+                events.push(
+                    "state_corrupt",
+                    None,
+                    format!("runtime state file {} is corrupt ({why}); serving the route file's split (copy: {kept})", store.file().display()),
+                );
+                (Saved::default(), Some(hash))
+            }
+        };
+        let writer = Writer::spawn(
+            store,
+            attempt,
+            seen,
+            metrics.state_persist_failures.clone(),
+            events.clone(),
+        );
         let now = unix_ms();
-        let (old_states, old_fps): (HashMap<_, _>, HashMap<_, _>) = saved
-            .routes
-            .into_iter()
-            .map(|(name, p)| ((name.clone(), p.state), (name, p.fingerprint)))
-            .unzip();
         for route in &config.routes {
-            let restored = old_states.get(&route.name).filter(|s| {
-                old_fps.get(&route.name) == Some(&route.split_fingerprint()) && state_fits(route, s)
-            });
-            if let Some(s) = restored {
+            let restored = persisted
+                .routes
+                .get(&route.name)
+                .filter(|p| p.made_against(route) && state_fits(route, &p.state));
+            if let Some(p) = restored {
+                let s = &p.state;
                 tracing::info!(route = %route.name, live = %s.live, tripped = s.tripped.is_some(), "restored runtime state");
             }
         }
-        let (states, fingerprints, parked) = reconcile(
+        let (states, splits, parked) = reconcile(
             &config,
-            &old_states,
-            &old_fps,
-            saved.parked.into_iter().collect(),
+            &persisted.routes,
+            persisted.parked.clone(),
             now,
             &metrics,
             &events,
         );
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            last_reload: ArcSwap::from_pointee(ReloadStatus {
+                result: "success",
+                error: None,
+                at: crate::clock::unix_secs(),
+            }),
             metrics,
             events,
+            writer,
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 states,
-                fingerprints,
+                splits,
                 parked,
                 generation: 0,
-                store,
-                last_reload: ReloadStatus {
-                    result: "success",
-                    error: None,
-                    at: crate::clock::unix_secs(),
-                },
+                submitted: None,
+                base: persisted,
             }),
         });
+        let weak = Arc::downgrade(&control);
+        control
+            .writer
+            .set_adopter(Box::new(move |disk, takeover| match weak.upgrade() {
+                Some(c) => {
+                    c.adopt(disk, takeover);
+                    true
+                }
+                None => false,
+            }));
         {
             let mut inner = control.lock();
-            if let Err(e) = control.persist(&inner) {
-                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
-            }
             control.publish(&mut inner);
+            control.record(&mut inner);
         }
         control.metrics.config_last_reload_success.set(1);
-        control
+        Ok(control)
     }
 
     /// The handle the data path loads from.
@@ -190,14 +307,57 @@ impl Control {
         self.snapshot.clone()
     }
 
-    /// The config in force.
+    /// The config in force (from the published snapshot: never waits for a change in progress).
     pub fn config(&self) -> Arc<Config> {
-        self.lock().config.clone()
+        self.snapshot.load().config.clone()
     }
 
     /// The last reload attempt.
     pub fn last_reload(&self) -> ReloadStatus {
-        self.lock().last_reload.clone()
+        (**self.last_reload.load()).clone()
+    }
+
+    /// Where persistence of the runtime state stands.
+    pub fn persist_status(&self) -> PersistStatus {
+        self.writer.status()
+    }
+
+    /// Waits (at most `within`) until state `version` is in the state file, or its write failed.
+    pub async fn durable(&self, version: u64, within: Duration) -> Durability {
+        let mut rx = self.writer.subscribe();
+        let outcome = tokio::time::timeout(
+            within,
+            rx.wait_for(|s| s.durable >= version || s.failed >= version || s.stopped),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(s)) if s.durable >= version => Durability::Persisted,
+            Ok(Ok(s)) => Durability::Failed(
+                s.error
+                    .clone()
+                    .unwrap_or_else(|| "the state writer has stopped".into()),
+            ),
+            Ok(Err(_)) => Durability::Failed("the state writer has stopped".into()),
+            Err(_) => Durability::Pending,
+        }
+    }
+
+    /// Waits (at most `within`) for the outcome of the first write after start, so a process that
+    /// says it is serving has its state on disk or knows it has not. A follower writes nothing.
+    pub async fn settle(&self, within: Duration) -> Durability {
+        if !self.writer.writes() {
+            return Durability::Persisted;
+        }
+        let latest = self.writer.status().latest;
+        self.durable(latest, within).await
+    }
+
+    /// Stops the state writer after it has written what is pending, releasing the state
+    /// directory's lock (waits at most a few seconds for a slow disk).
+    pub async fn close(&self) {
+        self.writer.stop();
+        let mut rx = self.writer.subscribe();
+        let _ = tokio::time::timeout(CLOSE_WAIT, rx.wait_for(|s| s.stopped)).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -216,11 +376,11 @@ impl Control {
                     .inc();
                 self.metrics.config_last_reload_success.set(0);
                 let text = errors.to_string();
-                inner.last_reload = ReloadStatus {
+                self.last_reload.store(Arc::new(ReloadStatus {
                     result: "failure",
                     error: Some(text.clone()),
                     at: crate::clock::unix_secs(),
-                };
+                }));
                 // The event holds the first error only: events are kept (and polled by the
                 // status page) long after; the whole, bounded list is in `last_reload`.
                 let more = match errors.0.len() {
@@ -239,13 +399,13 @@ impl Control {
             }
         };
         if new.content_hash == inner.config.content_hash && new.path == inner.config.path {
-            if inner.last_reload.result != "success" {
+            if self.last_reload.load().result != "success" {
                 // The file is back to the config in force: the failure is over.
-                inner.last_reload = ReloadStatus {
+                self.last_reload.store(Arc::new(ReloadStatus {
                     result: "success",
                     error: None,
                     at: crate::clock::unix_secs(),
-                };
+                }));
                 self.metrics.config_last_reload_success.set(1);
             }
             return ReloadOutcome::Unchanged;
@@ -257,10 +417,10 @@ impl Control {
                 "changed in the route file but only takes effect after a restart"
             );
         }
-        let (states, fingerprints, parked) = reconcile(
+        let current = persisted_routes(&inner);
+        let (states, splits, parked) = reconcile(
             &new,
-            &inner.states,
-            &inner.fingerprints,
+            &current,
             inner.parked.clone(),
             unix_ms(),
             &self.metrics,
@@ -276,25 +436,19 @@ impl Control {
                 }
             }
         }
-        // An edit that leaves every route's split alone (a new route prefix, a timeout) needs no
-        // fsync: the persisted state would be byte-for-byte the same.
-        let unchanged =
-            states == inner.states && fingerprints == inner.fingerprints && parked == inner.parked;
         inner.config = Arc::new(new);
         inner.states = states;
-        inner.fingerprints = fingerprints;
+        inner.splits = splits;
         inner.parked = parked;
-        inner.last_reload = ReloadStatus {
+        self.last_reload.store(Arc::new(ReloadStatus {
             result: "success",
             error: None,
             at: crate::clock::unix_secs(),
-        };
-        if !unchanged {
-            if let Err(e) = self.persist(&inner) {
-                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
-            }
-        }
+        }));
         let generation = self.publish(&mut inner);
+        // An edit that leaves every route's split alone (a new route prefix, a timeout) changes
+        // nothing persisted, and `record` writes nothing.
+        self.record(&mut inner);
         self.metrics
             .config_reloads
             .with_label_values(&["success"])
@@ -311,44 +465,45 @@ impl Control {
         }
     }
 
-    /// Applies an operator action to a route; returns the new generation. The change is persisted
-    /// and published before this returns, so the very next request follows it. A persistence
-    /// failure still applies the change (the route must follow the operator) but is reported.
-    pub fn act(&self, route: &str, action: Action) -> Result<u64, ControlError> {
+    /// Applies an operator action to a route: published before this returns, so the very next
+    /// request follows it, and handed to the state writer; `Control::durable` with the returned
+    /// version says when it is on disk. Refused (nothing changes) while another process owns the
+    /// state, or while the state file left by one cannot be read.
+    pub fn act(&self, route: &str, action: Action) -> Result<Applied, ControlError> {
         let mut inner = self.lock();
         let config = inner.config.clone();
         let r = config
             .route(route)
             .ok_or_else(|| ControlError::UnknownRoute(route.into()))?;
+        match self.writer.status().ownership {
+            Ownership::Owner => {}
+            Ownership::Follower { pid } => return Err(ControlError::NotOwner(pid)),
+            Ownership::Blocked { reason } => return Err(ControlError::Blocked(reason)),
+        }
         let mut s = inner
             .states
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
         let now = unix_ms();
-        // The candidate and whether it is judged as a canary (else: baking as live).
-        let role = |s: &RouteState| current_candidate(s, now).map(|c| (c, s.canary_bp > 0));
-        let before = role(&s);
         let (kind, message) = apply(r, &mut s, &action, now, &self.metrics)?;
-        let after = role(&s);
-        if after.is_some() && after != before {
-            // A new candidate, or one in a new role (a promoted canary), is judged on its own
-            // outcomes from the operator's action on; raising a canary's percent keeps its window.
-            self.clear_window(route, after.as_ref().map(|(c, _)| c.as_str()));
-        }
         inner.states.insert(route.to_string(), s);
         // The operator decided on the state in force: a parked, older one must not come back.
         inner.parked.remove(route);
-        let persisted = self.persist(&inner);
         let generation = self.publish(&mut inner);
+        let version = self.record(&mut inner);
         self.events.push(kind, Some(route), message);
-        persisted.map_err(ControlError::Persist)?;
-        Ok(generation)
+        Ok(Applied {
+            generation,
+            version,
+        })
     }
 
     /// Rolls a route back on behalf of its circuit. `seen` is the route state the verdict was
     /// reached on: if anything changed since (an operator acted, a reload), the verdict is stale and
-    /// dropped; the next evaluation judges the new state. Returns whether it tripped.
+    /// dropped; the next evaluation judges the new state. Returns whether it tripped. Never waits
+    /// for the disk: the trip is published, then handed to the state writer. A process that does
+    /// not own the state trips too (its traffic must move), but only in memory.
     pub fn trip(
         &self,
         route: &str,
@@ -393,25 +548,80 @@ impl Control {
         );
         s.tripped = Some(trip);
         inner.states.insert(route.to_string(), s);
+        // A newer decision than any parked state of the route: it must not come back.
         inner.parked.remove(route);
-        // Traffic first: a rollback must not wait for an fsync. (Crashing in between loses only the
-        // record of the trip; the candidate then restarts with an empty window and trips again.)
         self.publish(&mut inner);
-        if let Err(e) = self.persist(&inner) {
-            tracing::error!(error = %e, "cannot persist the circuit's rollback; it will not survive a restart");
-        }
+        self.record(&mut inner);
         self.events.push("trip", Some(route), message);
         true
     }
 
-    fn clear_window(&self, route: &str, target: Option<&str>) {
-        let snap = self.snapshot.load();
-        if let Some(t) = snap
-            .route(route)
-            .and_then(|e| e.targets.iter().find(|t| Some(&*t.name) == target))
-        {
-            t.window.clear();
+    /// Takes in what the state file's owner wrote (`disk`, when read) with a three-way merge per
+    /// route (its state, and its parked state), and at `takeover` makes this process the owner,
+    /// handing the writer the state in force. Called by the writer thread.
+    fn adopt(&self, disk: Option<Saved>, takeover: bool) {
+        let mut inner = self.lock();
+        let mut changed = false;
+        if let Some(disk) = disk {
+            let config = inner.config.clone();
+            let now = unix_ms();
+            for route in &config.routes {
+                let theirs = disk.routes.get(&route.name);
+                // Unchanged in the file since this process last read it: the owner decided
+                // nothing new there, so this process's own decisions (trips) stand.
+                if theirs == inner.base.routes.get(&route.name) {
+                    continue;
+                }
+                let old = theirs.map(|p| (&p.state, p.made_against(route)));
+                let s = merge(route, old, now, &self.metrics, &self.events);
+                if inner.states.get(&route.name) != Some(&s) {
+                    self.events.push(
+                        "adopt",
+                        Some(&route.name),
+                        format!(
+                            "followed the state file's owner: live `{}`, canary {}",
+                            s.live,
+                            match (&s.canary_target, s.canary_bp) {
+                                (Some(t), bp) if bp > 0 =>
+                                    format!("`{t}` at {:.2}%", bp as f64 / 100.0),
+                                _ => "off".into(),
+                            }
+                        ),
+                    );
+                    inner.states.insert(route.name.clone(), s);
+                    changed = true;
+                }
+            }
+            // Parked state likewise: what the owner set aside, restored or dropped since this
+            // process last read the file wins; where it did nothing new, this process's own
+            // stands. (Parked state serves no traffic: nothing to publish.)
+            let names: BTreeSet<String> = disk
+                .parked
+                .keys()
+                .chain(inner.base.parked.keys())
+                .cloned()
+                .collect();
+            for name in names {
+                let theirs = disk.parked.get(&name);
+                if theirs == inner.base.parked.get(&name) {
+                    continue;
+                }
+                match theirs {
+                    Some(p) => inner.parked.insert(name, p.clone()),
+                    None => inner.parked.remove(&name),
+                };
+            }
+            inner.base = disk;
         }
+        if takeover {
+            self.writer.became_owner();
+            // Written now even if unchanged: until now this process wrote nothing.
+            inner.submitted = None;
+        }
+        if changed {
+            self.publish(&mut inner);
+        }
+        self.record(&mut inner);
     }
 
     fn publish(&self, inner: &mut Inner) -> u64 {
@@ -458,44 +668,49 @@ impl Control {
         inner.generation
     }
 
-    fn persist(&self, inner: &Inner) -> std::io::Result<()> {
-        let routes = inner
-            .states
-            .iter()
-            .filter_map(|(name, state)| {
-                let fingerprint = *inner.fingerprints.get(name)?;
-                Some((
-                    name.clone(),
-                    Persisted {
-                        fingerprint,
-                        state: state.clone(),
-                    },
-                ))
-            })
-            .collect();
-        let parked = inner
-            .parked
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        inner.store.save(&Saved { routes, parked })
+    /// Hands the persisted form of the state in force to the writer unless it is unchanged;
+    /// returns the version that makes it durable.
+    fn record(&self, inner: &mut Inner) -> u64 {
+        let saved = Saved {
+            routes: persisted_routes(inner),
+            parked: inner.parked.clone(),
+        };
+        if inner.submitted.as_deref() == Some(&saved) {
+            return self.writer.status().latest;
+        }
+        // A follower whose state is exactly what the owner wrote has nothing unpersisted.
+        let on_disk = !self.writer.writes() && saved == inner.base;
+        let saved = Arc::new(saved);
+        inner.submitted = Some(saved.clone());
+        self.writer.submit(saved, on_disk)
     }
 
     /// Drops parked runtime state older than `PARKED_GRACE` (a warning and a `state_dropped` event
-    /// for each state a route's removal set aside) and persists the rest. The reload watcher calls
-    /// it on every poll, so nothing stays parked long past its grace when the file never changes
-    /// again. Returns how many were dropped.
+    /// for each state a route's removal set aside) and hands the rest to the state writer (nothing
+    /// here waits for the disk). The reload watcher calls it on every poll, so nothing stays parked
+    /// long past its grace when the file never changes again. Returns how many were dropped.
     pub fn expire_parked(&self, now_unix_ms: u64) -> usize {
         let mut inner = self.lock();
         let config = inner.config.clone();
         let dropped = expire(&mut inner.parked, &config, now_unix_ms, &self.events);
         if dropped > 0 {
-            if let Err(e) = self.persist(&inner) {
-                tracing::error!(error = %e, "cannot write runtime state; changes will not survive a restart");
-            }
+            self.record(&mut inner);
         }
         dropped
     }
+}
+
+/// The persisted form of the route states in force: each with the split it was made against.
+fn persisted_routes(inner: &Inner) -> Routes {
+    inner
+        .states
+        .iter()
+        .filter_map(|(name, state)| {
+            let route = inner.config.route(name)?;
+            let split = inner.splits.get(name)?.clone();
+            Some((name.clone(), Persisted::new(route, split, state.clone())))
+        })
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch (bake deadlines survive restarts, so they are wall-clock).
@@ -549,58 +764,57 @@ fn only_other(route: &Route, live: &str) -> Option<String> {
     }
 }
 
-/// Route states, their split fingerprints and parked states, after reading `config`.
+/// Route states, the splits they are made against and parked states, after reading `config`.
 type Reconciled = (
     HashMap<String, RouteState>,
-    HashMap<String, u64>,
-    HashMap<String, Parked>,
+    HashMap<String, FileSplit>,
+    BTreeMap<String, Parked>,
 );
 
-/// The runtime state that follows from reading `config` over the state in force (`states` with the
-/// fingerprints they were made against) and the parked states. Unchanged routes keep their state.
-/// A route whose parked state was set aside by a file that `config`'s file begins with (it was
-/// written in steps, and the earlier steps were applied) and that is back with the same split
-/// section gets that state back. Every other route follows the file (`merge`), and runtime state
-/// the file no longer matches is parked, not dropped. A parked state whose file was not completed
-/// but replaced, or whose grace has passed, is dropped.
+/// The runtime state that follows from reading `config` over the state in force (`current`: each
+/// route's state with the split it was made against, as persisted) and the parked states.
+/// Unchanged routes (same `FileSplit`) keep their state. A route whose parked state was set aside
+/// by a file that `config`'s file begins with (it was written in steps, and the earlier steps were
+/// applied) and that is back with the same split gets that state back. Every other route follows
+/// the file (`merge`), and runtime state the file no longer matches is parked, not dropped. A
+/// parked state whose file was not completed but replaced, or whose grace has passed, is dropped.
 fn reconcile(
     config: &Config,
-    states: &HashMap<String, RouteState>,
-    fingerprints: &HashMap<String, u64>,
-    mut parked: HashMap<String, Parked>,
+    current: &Routes,
+    mut parked: BTreeMap<String, Parked>,
     now_unix_ms: u64,
     metrics: &Metrics,
     events: &Events,
 ) -> Reconciled {
     expire(&mut parked, config, now_unix_ms, events);
     let grace = humantime::format_duration(PARKED_GRACE);
-    let park = |s: &RouteState, fingerprint: u64, route_removed: bool| Parked {
-        fingerprint,
-        state: s.clone(),
-        since_unix_ms: now_unix_ms,
-        displaced_by_len: config.text.len(),
-        displaced_by_hash: config.content_hash,
-        route_removed,
+    let park = |p: &Persisted, route_removed: bool| {
+        Parked::of(
+            p,
+            now_unix_ms,
+            config.text.len(),
+            config.content_hash,
+            route_removed,
+        )
     };
     let mut new_states = HashMap::new();
-    let mut new_fps = HashMap::new();
+    let mut new_splits = HashMap::new();
     for route in &config.routes {
         let name = route.name.as_str();
-        let fp = route.split_fingerprint();
-        new_fps.insert(name.to_string(), fp);
-        let cur = states.get(name).zip(fingerprints.get(name).copied());
-        if let Some((s, f)) = cur {
-            if f == fp && state_fits(route, s) {
-                new_states.insert(name.to_string(), s.clone());
+        new_splits.insert(name.to_string(), FileSplit::of(route));
+        let cur = current.get(name);
+        if let Some(c) = cur {
+            if c.made_against(route) && state_fits(route, &c.state) {
+                new_states.insert(name.to_string(), c.state.clone());
                 continue;
             }
         }
         let comes_back = parked
             .get(name)
-            .is_some_and(|p| p.fingerprint == fp && state_fits(route, &p.state));
+            .is_some_and(|p| p.made_against(route) && state_fits(route, &p.state));
         let s = if comes_back {
             let p = parked.remove(name).expect("checked above");
-            if cur.is_some_and(|(s, _)| s.live != p.state.live) {
+            if cur.is_some_and(|c| c.state.live != p.state.live) {
                 metrics.flips.with_label_values(&[name]).inc();
             }
             events.push(
@@ -614,44 +828,39 @@ fn reconcile(
             p.state
         } else {
             // Back with another split, it follows the file as if it had never left.
-            let old = cur.or_else(|| parked.get(name).map(|p| (&p.state, p.fingerprint)));
-            merge(route, fp, old, now_unix_ms, metrics, events)
+            let old = cur
+                .map(|c| (&c.state, c.made_against(route)))
+                .or_else(|| parked.get(name).map(|p| (&p.state, p.made_against(route))));
+            merge(route, old, now_unix_ms, metrics, events)
         };
         // The state in force no longer matches the file: newest intent wins, but if this file
         // turns out to be only the beginning of the next one, the state comes back. A state
         // already parked for the route came from an earlier step of the same writing (`expire`
         // dropped any other): it is the one to keep.
-        if let Some((old, f)) = cur.filter(|(s, _)| has_runtime_state(s)) {
+        if let Some(c) = cur.filter(|c| has_runtime_state(&c.state)) {
             if !comes_back {
-                tracing::info!(route = %name, "runtime state ({}) set aside for {grace} in case the route file was only half-written", describe(old));
+                tracing::info!(route = %name, "runtime state ({}) set aside for {grace} in case the route file was only half-written", describe(&c.state));
             }
             parked
                 .entry(name.to_string())
-                .or_insert_with(|| park(old, f, false));
+                .or_insert_with(|| park(c, false));
         }
         new_states.insert(name.to_string(), s);
     }
-    let mut gone: Vec<_> = states
-        .iter()
-        .filter(|(n, _)| config.route(n).is_none())
-        .collect();
-    gone.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, s) in gone {
-        let message = if has_runtime_state(s) {
-            let fp = fingerprints.get(name).copied().unwrap_or_default();
-            parked
-                .entry(name.clone())
-                .or_insert_with(|| park(s, fp, true));
+    // `current` is sorted by name, so the events are too.
+    for (name, c) in current.iter().filter(|(n, _)| config.route(n).is_none()) {
+        let message = if has_runtime_state(&c.state) {
+            parked.entry(name.clone()).or_insert_with(|| park(c, true));
             format!(
                 "route `{name}` removed from the route file; its runtime state ({}) is kept for {grace} in case the file was only half-written and the route returns (write the file by rename)",
-                describe(s)
+                describe(&c.state)
             )
         } else {
             format!("route `{name}` removed from the route file (it had no runtime state)")
         };
         events.push("route_removed", Some(name), message);
     }
-    (new_states, new_fps, parked)
+    (new_states, new_splits, parked)
 }
 
 /// Drops parked states that can no longer come back: their grace has passed, or `config`'s file
@@ -659,13 +868,13 @@ fn reconcile(
 /// aside because its route left the file is lost for good here: a warning and a `state_dropped`
 /// event (the `route_removed` event said it was kept). Returns how many were dropped.
 fn expire(
-    parked: &mut HashMap<String, Parked>,
+    parked: &mut BTreeMap<String, Parked>,
     config: &Config,
     now_unix_ms: u64,
     events: &Events,
 ) -> usize {
     let grace = humantime::format_duration(PARKED_GRACE);
-    let mut dropped: Vec<(String, &'static str)> = parked
+    let dropped: Vec<(String, &'static str)> = parked
         .iter()
         .filter_map(|(n, p)| {
             if crate::clock::add_ms(p.since_unix_ms, PARKED_GRACE) <= now_unix_ms {
@@ -683,7 +892,6 @@ fn expire(
             }
         })
         .collect();
-    dropped.sort();
     for (name, why) in &dropped {
         let Some(p) = parked.remove(name) else {
             continue;
@@ -738,21 +946,21 @@ fn describe(s: &RouteState) -> String {
     out
 }
 
-/// The state of `route` after its file section is (re)read: `old` (with the fingerprint it was
-/// made against) is kept while the split section is unchanged; otherwise the file wins, and if that
-/// moved `live`, the replaced target becomes `previous` and the new live target bakes.
+/// The state of `route` after its file section is (re)read: `old` (with whether it was made
+/// against the split the file has now) is kept while the split is unchanged; otherwise the file
+/// wins, and if that moved `live`, the replaced target becomes `previous` and the new live target
+/// bakes.
 fn merge(
     route: &Route,
-    fp: u64,
-    old: Option<(&RouteState, u64)>,
+    old: Option<(&RouteState, bool)>,
     now_unix_ms: u64,
     metrics: &Metrics,
     events: &Events,
 ) -> RouteState {
-    let Some((old, old_fp)) = old else {
+    let Some((old, same_split)) = old else {
         return RouteState::from_file(route);
     };
-    if old_fp == fp && state_fits(route, old) {
+    if same_split && state_fits(route, old) {
         return old.clone();
     }
     let name = route.name.as_str();

@@ -17,7 +17,9 @@ pub struct Event {
     /// Unix seconds.
     pub at: u64,
     /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`,
-    /// `route_removed`, `state_restored`, `state_dropped`.
+    /// `route_removed`, `state_restored`, `state_dropped`; about the state file: `persist_failed`,
+    /// `persisted` (again, after failures), `state_corrupt`, `takeover` (this process became its
+    /// writer), `adopt` (a follower took in what the owner wrote).
     pub kind: &'static str,
     /// The route, when the event concerns one.
     pub route: Option<String>,
@@ -31,11 +33,13 @@ pub struct Events {
 }
 
 impl Events {
-    /// Appends an event and logs it; control-plane events are always logged, those that need an
-    /// operator's eye (a rejected file, a trip, a route gone from the file with what it held) as
-    /// warnings.
+    /// Appends an event and logs it; control-plane events are always logged, a failed state write
+    /// as an error, those that need an operator's eye (a rejected file, a trip, a route gone from
+    /// the file with what it held) as warnings.
     pub fn push(&self, kind: &'static str, route: Option<&str>, message: String) {
-        if matches!(
+        if kind == "persist_failed" {
+            tracing::error!(event = kind, route = route.unwrap_or(""), "{message}");
+        } else if matches!(
             kind,
             "reload_rejected" | "trip" | "route_removed" | "state_dropped"
         ) {

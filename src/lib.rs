@@ -4,12 +4,15 @@
 //! immutable `Snapshot` loaded once per request from an `ArcSwap`: no locks, no per-request config
 //! lookups. The *control plane* has one writer, `control::Control`: file reloads (`reload`), admin
 //! calls (`admin`) and circuit trips (`circuit`) all edit the per-route runtime state there, which
-//! is persisted (`state`) and compiled with the validated route file (`config`) into a new snapshot,
-//! published with a single `store`. Requests in flight keep the snapshot (and target) they started
+//! is compiled with the validated route file (`config`) into a new snapshot, published with a
+//! single `store`, and handed to the state writer (`state::writer`), which persists it on its own
+//! thread: nothing on the runtime waits for the disk, and of all processes sharing a `state.dir`
+//! only the one holding its lock writes. Requests in flight keep the snapshot (and target) they started
 //! with; the next request sees the new one. Per-target counters, metric handles and upstream pools
 //! outlive snapshots, so reloads and flips lose neither counts nor connections.
 //!
-//! Lifecycle: `Gateway::start` validates the file, restores runtime state, loads the TLS
+//! Lifecycle: `Gateway::start` validates the file, restores runtime state (refusing to start if
+//! the state file exists but cannot be read), waits for its first write, loads the TLS
 //! certificates, binds every listener (so a bad address or certificate fails fast), then spawns the
 //! accept loops, the reload watcher, the certificate watcher (`tls`) and the circuit task, all of
 //! which stop on one shutdown signal. Shutdown drains connections, then tunnels, within
@@ -79,7 +82,13 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error("TLS certificates: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    State(#[from] control::StateError),
 }
+
+/// How long start waits for the first write of the runtime state (a hung disk must not keep the
+/// gateway from serving; the write goes on and `/readyz` says it is pending).
+const START_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Gateway {
     /// Loads `path`, binds the listeners and starts serving. Must run inside a tokio runtime.
@@ -99,7 +108,16 @@ impl Gateway {
             config.server.connect_timeout,
             config.server.pool_idle_timeout,
         );
-        let control = Control::new(config, metrics);
+        let control = Control::new(config, metrics)?;
+        match control.settle(START_WRITE_WAIT).await {
+            control::Durability::Persisted => {}
+            control::Durability::Failed(e) => {
+                tracing::error!(error = %e, "runtime state not persisted at start; decisions made now will not survive a restart until a retry succeeds")
+            }
+            control::Durability::Pending => tracing::warn!(
+                "runtime state still being written after {START_WRITE_WAIT:?}; serving anyway"
+            ),
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin::new(control.clone(), ready.clone());
         let admin_listener = admin.bind(admin_listen, reuse_port).await?;
@@ -172,11 +190,13 @@ impl Gateway {
         })
     }
 
-    /// Stops accepting, drains in-flight requests (bounded by `server.drain_timeout`), and returns
-    /// when every task has stopped.
+    /// Stops accepting, drains in-flight requests (bounded by `server.drain_timeout`), writes the
+    /// runtime state if anything is pending and releases the state directory (so a process waiting
+    /// for it takes over), and returns when every task has stopped.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.control.close().await;
     }
 }
 

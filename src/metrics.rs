@@ -38,6 +38,7 @@ pub struct Metrics {
     pub open_tunnels: IntGaugeVec,
     /// Admin requests refused before any handler ran, by `admin::guard::Refusal::reason`.
     pub admin_refusals: IntCounterVec,
+    pub state_persist_failures: IntCounter,
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -209,6 +210,11 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let state_persist_failures = must(IntCounter::with_opts(opts(
+            "state_persist_failures_total",
+            "Failed attempts to write the runtime state file (every retry counts). While it grows, \
+             decisions are in force but would not survive a restart.",
+        )));
         let build_info = must(IntGaugeVec::new(
             opts("build_info", "Build information; always 1."),
             &["version"],
@@ -233,6 +239,7 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(open_tunnels.clone()),
             Box::new(admin_refusals.clone()),
+            Box::new(state_persist_failures.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -266,6 +273,7 @@ impl Metrics {
             config_generation,
             open_tunnels,
             admin_refusals,
+            state_persist_failures,
         }
     }
 

@@ -4,7 +4,12 @@
 //! names the control plane has checked); published with one `ArcSwap::store`, so a request sees
 //! either the whole old or the whole new routing, split and circuit view; carries a generation that
 //! grows with every publish. Per-target counters, metric handles and upstream round-robin cursors
-//! are carried over between snapshots by (route, target) name, so a reload loses no counts.
+//! are carried over between snapshots by (route, target) name, so a reload loses no counts. So is
+//! each target's circuit window, except when the target takes a new role (becomes live or the
+//! running canary, by whatever change): then it starts a fresh window, so it is judged only on
+//! what it does in that role, never on outcomes from before (a re-armed canary is not tripped again
+//! by the errors that tripped it). Requests still in flight record into the window they started
+//! with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use crate::config::{Circuit, Config, Preview, Route};
 use crate::metrics::{Metrics, TargetMetrics};
 use crate::router::Router;
 use crate::split::Split;
-use crate::state::RouteState;
+use crate::state::{Role, RouteState};
 use crate::upstream::Upstream;
 
 /// One published generation of routing.
@@ -104,6 +109,11 @@ fn build_route(
 ) -> RouteEntry {
     let name: Arc<str> = route.name.as_str().into();
     let old = previous.route(&route.name);
+    // A target that now takes a share in a role it did not have is judged afresh.
+    let new_role = |target: &str| {
+        let role = state.role(target);
+        role != Role::Idle && old.is_some_and(|o| o.state.role(target) != role)
+    };
     let targets = route
         .targets
         .iter()
@@ -117,7 +127,8 @@ fn build_route(
             let window = match old_t {
                 Some(o)
                     if o.window.length() == Window::new(window_len, slow).length()
-                        && old_slow(old, slow) =>
+                        && old_slow(old, slow)
+                        && !new_role(&t.name) =>
                 {
                     o.window.clone()
                 }

@@ -310,7 +310,7 @@ fn paused_control(dir: &std::path::Path, circuit: &str) -> Arc<Control> {
     let path = dir.join("flipgate.toml");
     std::fs::write(&path, &text).unwrap();
     let config = flipgate::config::Config::load(&path).unwrap();
-    Control::new(config, Arc::new(flipgate::metrics::Metrics::new()))
+    Control::new(config, Arc::new(flipgate::metrics::Metrics::new())).unwrap()
 }
 
 fn record(control: &Control, target: &str, n: u64, error: bool, latency_ms: u64) {

@@ -379,7 +379,13 @@ async fn unwritable_state_dir_still_applies_and_says_so() {
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
     let r = post(&c, &gw, "/api/v1/routes/bot/flip", None, "").await;
     assert_json_error(&r, 500, "will not survive a restart");
-    // The operator's change is in force anyway.
+    assert_eq!(r.json()["persisted"], false);
+    // The operator's change is in force anyway, and the views say it is not on disk.
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+    let v = get(&c, &gw.admin_url("/api/v1/routes/bot"), &[])
+        .await
+        .json();
+    assert_eq!(v["live"], "green");
+    assert_eq!(v["persisted"], false, "{v}");
     gw.stop().await;
 }

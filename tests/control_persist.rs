@@ -1,19 +1,43 @@
 //! Runtime overlay persistence: survives `kill -9` of the real binary, is dropped when the file's
 //! split for a route changes (newest intent wins) or the route goes away, and a corrupt state file
-//! never stops flipgate from serving the file's config. A route file written in several steps does
-//! not cost a route its runtime state: what a half-written file would drop is set aside, with a
-//! warning and an event, and restored when the rest of the file arrives.
+//! never stops flipgate from serving the file's config. (A state file that cannot be read at all
+//! is another matter: see `durability.rs`.) A route file written in several steps does not cost a
+//! route its runtime state: what a half-written file would drop is set aside, with a warning and an
+//! event, persisted like the rest of the state, and restored when the rest of the file arrives.
 mod support;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flipgate::control::{Action, Control, Durability, ReloadOutcome};
+use flipgate::state::writer::Ownership;
+use flipgate::state::{RouteState, Source};
 use support::proc::Proc;
 use support::*;
 
 fn read_state(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("state/state.json")).unwrap()).unwrap()
+}
+
+/// Waits until the state file satisfies `ok`, and returns it: the state writer writes on its own
+/// thread, just after a change is published, so a change seen in the snapshot may not be on disk yet.
+async fn wait_state(
+    dir: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let read = || {
+        std::fs::read_to_string(dir.join("state/state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    wait_until(what, Duration::from_secs(10), || async {
+        read().is_some_and(|v| ok(&v))
+    })
+    .await;
+    read().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +144,7 @@ async fn corrupt_state_file_is_kept_aside_and_the_file_config_serves() {
 
     let p = Proc::start(&file);
     assert!(
-        p.logged("CORRUPT or unreadable runtime state file ignored"),
+        p.logged("CORRUPT runtime state file ignored"),
         "{:?}",
         p.log.lock().unwrap()
     );
@@ -224,9 +248,12 @@ async fn overlay_follows_the_file_newest_intent_wins() {
     assert!(s.bake_until_unix_ms.is_some());
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
     // The removed route's overlay is out of the routes in force, only set aside (in case the file
-    // was half-written) until its grace ends or a file that does not complete this one arrives.
-    let saved = read_state(gw.dir.path());
-    assert!(saved["routes"]["other"].is_null(), "{saved}");
+    // was half-written) until its grace ends or a file that does not complete this one arrives; the
+    // state file says so once the writer has written it (just after publish).
+    let saved = wait_state(gw.dir.path(), "the removal persisted", |v| {
+        v["routes"]["other"].is_null()
+    })
+    .await;
     assert_eq!(saved["parked"]["other"]["state"]["live"], "b", "{saved}");
     assert_eq!(saved["routes"]["bot"]["state"]["live"], "blue");
     gw.stop().await;
@@ -326,26 +353,6 @@ async fn admin_token_from_the_named_env_var_and_the_loopback_rule() {
     p.kill9();
 }
 
-#[tokio::test]
-async fn unreadable_state_file_is_moved_aside() {
-    let blue = spawn_upstream("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    // A directory where the state file should be: reading it fails.
-    std::fs::create_dir_all(dir.path().join("state/state.json/junk")).unwrap();
-    let gw = Gw::start_in(dir, &config("blue", &[("blue", blue.addr)], "")).await;
-    assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
-    let names: Vec<String> = std::fs::read_dir(gw.dir.path().join("state"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(
-        names.iter().any(|n| n.starts_with("state.json.bad-")),
-        "{names:?}"
-    );
-    assert_eq!(read_state(gw.dir.path())["version"], 1);
-    gw.stop().await;
-}
-
 fn events(v: &serde_json::Value) -> Vec<(String, String)> {
     v["events"]
         .as_array()
@@ -400,8 +407,10 @@ async fn a_route_file_written_in_two_steps_keeps_the_flipped_routes_state() {
         || async { ctl.snapshots().load().route("other").is_none() },
     )
     .await;
-    let saved = read_state(gw.dir.path());
-    assert_eq!(saved["parked"]["other"]["state"]["live"], "b", "{saved}");
+    wait_state(gw.dir.path(), "the set-aside state persisted", |v| {
+        v["parked"]["other"]["state"]["live"] == "b" && v["routes"]["other"].is_null()
+    })
+    .await;
     f.write_all(part2.as_bytes()).unwrap();
     drop(f);
     wait_until(
@@ -417,7 +426,10 @@ async fn a_route_file_written_in_two_steps_keeps_the_flipped_routes_state() {
     assert_eq!(s.live_source, flipgate::state::Source::Admin);
     assert_eq!(s.previous.as_deref(), Some("a"));
     assert_eq!(get(&c, &gw.url("/other"), &[]).await.text(), "green");
-    let saved = read_state(gw.dir.path());
+    let saved = wait_state(gw.dir.path(), "the restored state persisted", |v| {
+        v["routes"]["other"].is_object()
+    })
+    .await;
     assert_eq!(saved["routes"]["other"]["state"]["live"], "b", "{saved}");
     assert_eq!(saved["routes"]["other"]["state"]["live_source"], "admin");
     assert!(saved["parked"].is_null(), "{saved}");
@@ -483,10 +495,10 @@ async fn a_removed_route_warns_and_its_set_aside_state_survives_kill_9() {
         },
     )
     .await;
-    assert_eq!(
-        read_state(dir.path())["parked"]["other"]["state"]["live"],
-        "b"
-    );
+    wait_state(dir.path(), "the set-aside state persisted", |v| {
+        v["parked"]["other"]["state"]["live"] == "b"
+    })
+    .await;
     p.kill9();
 
     // The rest of the file arrives while flipgate is down: the state comes back at start.
@@ -555,7 +567,11 @@ async fn a_deliberate_edit_is_never_undone_by_a_set_aside_state() {
             && m.contains("does not complete")),
         "{ev:?}"
     );
-    assert!(read_state(gw.dir.path())["parked"].is_null());
+    let saved = wait_state(gw.dir.path(), "the edit persisted", |v| {
+        v["routes"]["other"]["state"]["live_source"] == "file"
+    })
+    .await;
+    assert!(saved["parked"].is_null(), "{saved}");
     gw.stop().await;
 }
 
@@ -580,6 +596,10 @@ async fn a_set_aside_state_is_dropped_with_a_warning_after_its_grace() {
     let g = gw.generation();
     gw.rewrite(part1);
     wait_generation(&gw, g).await;
+    wait_state(gw.dir.path(), "the set-aside state persisted", |v| {
+        v["parked"]["other"].is_object()
+    })
+    .await;
 
     // Within the grace nothing is dropped; past it, the state goes, reported.
     let now = flipgate::control::unix_ms();
@@ -593,7 +613,11 @@ async fn a_set_aside_state_is_dropped_with_a_warning_after_its_grace() {
             && m.contains("did not come back")),
         "{ev:?}"
     );
-    assert!(read_state(gw.dir.path())["parked"].is_null());
+    // Handed to the state writer like every change, without holding the control lock for the disk.
+    wait_state(gw.dir.path(), "the drop persisted", |v| {
+        v["parked"].is_null()
+    })
+    .await;
 
     // The rest of the file now brings the route back as the file says.
     let g = gw.generation();
@@ -652,4 +676,151 @@ async fn a_route_cut_inside_its_targets_gets_its_flip_back() {
     assert_eq!(s.live_source, flipgate::state::Source::Admin);
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
     gw.stop().await;
+}
+
+// ---- Set-aside state through the state writer, compared by the file's split ----
+
+/// A route file with route `bot` and, after it, route `other` whose target `b` has `b_instances`.
+fn in_process_file(b_instances: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"state\"\n\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:9\"]\ngreen = [\"127.0.0.1:9\"]\n\n[[routes]]\nname = \"other\"\npath_prefix = \"/other\"\nlive = \"a\"\n[routes.targets]\na = [\"127.0.0.1:9\"]\nb = [{b_instances}]\n"
+    )
+}
+
+/// A control plane on `dir/flipgate.toml` holding `text` (no listener, no reload watcher).
+fn control_in(dir: &Path, text: &str) -> Arc<Control> {
+    let path = dir.join("flipgate.toml");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+        write_atomic(&path, text);
+    }
+    let config = flipgate::config::Config::load(&path).unwrap();
+    Control::new(config, Arc::new(flipgate::metrics::Metrics::new())).unwrap()
+}
+
+/// What the reload watcher does when `dir/flipgate.toml` holds `text`.
+fn apply_file(control: &Control, dir: &Path, text: &str) {
+    let path = dir.join("flipgate.toml");
+    write_atomic(&path, text);
+    match control.reload(flipgate::config::Config::load(&path)) {
+        ReloadOutcome::Applied { .. } => {}
+        other => panic!("reload not applied: {other:?}"),
+    }
+}
+
+fn other_state(control: &Control) -> Option<RouteState> {
+    control
+        .snapshots()
+        .load()
+        .route("other")
+        .map(|r| r.state.clone())
+}
+
+async fn flip_other(control: &Control) {
+    let applied = control.act("other", Action::Flip { target: None }).unwrap();
+    assert_eq!(
+        control
+            .durable(applied.version, Duration::from_secs(10))
+            .await,
+        Durability::Persisted
+    );
+}
+
+#[tokio::test]
+async fn a_set_aside_state_comes_back_when_the_rest_of_the_file_scales_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = in_process_file("\"127.0.0.1:9\"");
+    let ctl = control_in(dir.path(), &full);
+    flip_other(&ctl).await;
+
+    // The writer pauses before `other`; what it then writes scales `other`'s target `b` out. The
+    // split (live, target names) is the one the flip was made against: scaling states no new intent.
+    let (part1, _) = split_before_other(&full);
+    apply_file(&ctl, dir.path(), part1);
+    assert!(other_state(&ctl).is_none());
+    let saved = wait_state(dir.path(), "the set-aside state persisted", |v| {
+        v["parked"]["other"].is_object()
+    })
+    .await;
+    let parked = &saved["parked"]["other"];
+    assert_eq!(parked["state"]["live"], "b", "{saved}");
+    assert_eq!(parked["split"]["targets"], serde_json::json!(["a", "b"]));
+    assert!(parked["fingerprint"].is_u64(), "{saved}");
+    let scaled = full.replace(
+        "b = [\"127.0.0.1:9\"]",
+        "b = [\"127.0.0.1:9\", \"127.0.0.1:10\"]",
+    );
+    assert!(scaled.starts_with(part1) && scaled != full);
+    apply_file(&ctl, dir.path(), &scaled);
+    let s = other_state(&ctl).unwrap();
+    assert_eq!((s.live.as_str(), s.live_source), ("b", Source::Admin));
+    assert!(ctl
+        .events
+        .recent()
+        .iter()
+        .any(|e| e.kind == "state_restored" && e.route.as_deref() == Some("other")));
+    let saved = wait_state(dir.path(), "the restored state persisted", |v| {
+        v["routes"]["other"].is_object()
+    })
+    .await;
+    assert_eq!(saved["routes"]["other"]["state"]["live"], "b", "{saved}");
+    assert!(saved["parked"].is_null(), "{saved}");
+    ctl.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_takes_in_what_the_owner_set_aside_and_keeps_it_at_takeover() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = in_process_file("\"127.0.0.1:9\"");
+    // Two processes on one state dir, as in a SO_REUSEPORT upgrade (the lock is per open file,
+    // so two control planes in one test process exclude each other the same way).
+    let owner = control_in(dir.path(), &full);
+    let follower = control_in(dir.path(), &full);
+    assert!(matches!(
+        follower.persist_status().ownership,
+        Ownership::Follower { .. }
+    ));
+    flip_other(&owner).await;
+    wait_until(
+        "the follower follows the flip",
+        Duration::from_secs(10),
+        || async { other_state(&follower).is_some_and(|s| s.live == "b") },
+    )
+    .await;
+
+    // Both read the half-written file (each watches it) and set the flip aside, each at its own
+    // moment; the follower takes in what the owner set aside, so it has nothing unpersisted.
+    let (part1, part2) = split_before_other(&full);
+    apply_file(&owner, dir.path(), part1);
+    apply_file(&follower, dir.path(), part1);
+    wait_state(dir.path(), "the owner persisted the set-aside state", |v| {
+        v["parked"]["other"].is_object()
+    })
+    .await;
+    wait_until(
+        "the follower has what the owner wrote",
+        Duration::from_secs(10),
+        || async { follower.persist_status().persisted() },
+    )
+    .await;
+
+    // The owner exits; the follower takes over and writes what it holds, the set-aside flip
+    // included, and the rest of the file brings the flip back.
+    owner.close().await;
+    wait_until("takeover", Duration::from_secs(10), || async {
+        let s = follower.persist_status();
+        s.ownership == Ownership::Owner && s.persisted()
+    })
+    .await;
+    let saved = read_state(dir.path());
+    assert_eq!(saved["parked"]["other"]["state"]["live"], "b", "{saved}");
+    apply_file(&follower, dir.path(), &format!("{part1}{part2}"));
+    let s = other_state(&follower).unwrap();
+    assert_eq!((s.live.as_str(), s.live_source), ("b", Source::Admin));
+    let saved = wait_state(dir.path(), "the restored state persisted", |v| {
+        v["routes"]["other"].is_object()
+    })
+    .await;
+    assert_eq!(saved["routes"]["other"]["state"]["live"], "b", "{saved}");
+    assert!(saved["parked"].is_null(), "{saved}");
+    follower.close().await;
 }

@@ -139,6 +139,11 @@ async fn page_is_self_contained_and_its_json_has_what_it_shows() {
 
     let routes = get(&c, &gw.admin_url("/api/v1/routes"), &[]).await.json();
     assert!(routes["generation"].as_u64().unwrap() >= 1);
+    // What the page's persistence banner and badges read.
+    assert_eq!(routes["state"]["role"], "owner", "{routes}");
+    assert!(routes["state"]["persisted"].is_boolean(), "{routes}");
+    assert!(routes["routes"][0]["persisted"].is_boolean(), "{routes}");
+    assert!(html.contains("st.persisted") && html.contains("r.persisted"));
     assert!(routes["config"]["path"].is_string());
     let last = &routes["config"]["last_reload"];
     assert_eq!(last["result"], "failure");

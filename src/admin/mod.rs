@@ -17,8 +17,14 @@
 //!   `flipgate_admin_refusals_total{reason}`; refusal logs are rate-limited per reason.
 //! - Every error is JSON `{"error": ...}` with 400 (bad JSON), 401 (token), 403 (Host, Origin),
 //!   404 (unknown route or path), 405, 415 (not JSON), 422 (refused change), 500 (applied but not
-//!   persisted) or 503 (token source yields no token).
-//! - Control calls run on the blocking pool, because they persist state with fsync.
+//!   persisted; the body also says `"persisted": false`) or 503 (token source yields no token,
+//!   another process owns the runtime state, or the state file cannot be read: nothing changes).
+//! - Reads (`GET`) never wait for a change in progress: they serve the published snapshot, reload
+//!   status and persistence status. A mutation is applied on the blocking pool (it takes the
+//!   control lock) and answered once the state file holds it, or after `PERSIST_WAIT` at most.
+//! - `/readyz` stays 200 while state is not persisted or owned by another process (traffic is
+//!   served correctly; taking the instance out of rotation would turn a disk problem into an
+//!   outage) and says so in its body, one `state: ...` line per problem.
 
 pub mod guard;
 pub mod token;
@@ -39,7 +45,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::{Action, Control};
+use crate::control::{Action, Control, Durability};
+use crate::state::writer::{pid_text, Ownership, PersistStatus};
 use guard::{Access, Refusal, TokenState};
 use token::TokenSource;
 use view::{RouteView, RoutesView};
@@ -48,6 +55,8 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 /// How often one kind of refusal is logged at most (the counter sees every one).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Longest wait for a mutation's state to reach the disk before answering that it has not yet.
+pub const PERSIST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shared state of the admin listener.
 pub struct Admin {
@@ -300,7 +309,12 @@ impl Admin {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, ["readyz"]) => {
                 if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "text/plain", "ready\n")
+                    let mut body = String::from("ready\n");
+                    for line in state_lines(&self.control.persist_status()) {
+                        body.push_str(&line);
+                        body.push('\n');
+                    }
+                    text(StatusCode::OK, "text/plain", body)
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
                 }
@@ -314,7 +328,11 @@ impl Admin {
                 let snap = self.control.snapshots().load_full();
                 json(
                     StatusCode::OK,
-                    &RoutesView::new(&snap, &self.control.last_reload()),
+                    &RoutesView::new(
+                        &snap,
+                        &self.control.last_reload(),
+                        &self.control.persist_status(),
+                    ),
                 )
             }
             (&Method::GET, ["api", "v1", "events"]) => json(
@@ -334,7 +352,10 @@ impl Admin {
     fn route_view(&self, name: &str) -> Resp {
         let snap = self.control.snapshots().load_full();
         match snap.route(name) {
-            Some(r) => json(StatusCode::OK, &RouteView::new(&snap, r)),
+            Some(r) => json(
+                StatusCode::OK,
+                &RouteView::new(&snap, r, self.control.persist_status().persisted()),
+            ),
             None => error(StatusCode::NOT_FOUND, format!("unknown route `{name}`")),
         }
     }
@@ -362,7 +383,16 @@ impl Admin {
         let route = name.clone();
         let result = tokio::task::spawn_blocking(move || control.act(&route, action)).await;
         match result {
-            Ok(Ok(_)) => self.route_view(&name),
+            Ok(Ok(applied)) => match self.control.durable(applied.version, PERSIST_WAIT).await {
+                Durability::Persisted => self.route_view(&name),
+                Durability::Failed(e) => not_persisted(format!(
+                    "applied, but the runtime state could not be persisted: {e}; flipgate retries in the background, and until a retry succeeds the change will not survive a restart"
+                )),
+                Durability::Pending => not_persisted(format!(
+                    "applied, but not yet persisted after {}s (the state write is still in progress); until it is, the change will not survive a restart",
+                    PERSIST_WAIT.as_secs()
+                )),
+            },
             Ok(Err(e)) => error(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 e.to_string(),
@@ -370,6 +400,35 @@ impl Admin {
             Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "control task failed"),
         }
     }
+}
+
+/// A 500 for a change that is in force but not (yet) in the state file.
+fn not_persisted(msg: String) -> Resp {
+    json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &serde_json::json!({ "error": msg, "persisted": false }),
+    )
+}
+
+/// The `/readyz` detail: one `state: ...` line per persistence problem, none when all is well.
+pub fn state_lines(s: &PersistStatus) -> Vec<String> {
+    let mut lines = Vec::new();
+    match &s.ownership {
+        Ownership::Owner => {}
+        Ownership::Follower { pid } => lines.push(format!(
+            "state: owned by flipgate process {} on the same state.dir; this process follows its decisions and refuses changes until it exits",
+            pid_text(*pid)
+        )),
+        Ownership::Blocked { reason } => lines.push(format!("state: changes refused: {reason}")),
+    }
+    if !s.persisted() {
+        lines.push(match (&s.ownership, &s.error) {
+            (Ownership::Follower { .. }, _) => "state: not persisted: decisions this process made itself (circuit trips, reloads) are not in the state file".to_string(),
+            (_, Some(e)) => format!("state: not persisted: {e}; decisions are in force, retrying"),
+            (_, None) => "state: not persisted yet: a write is in progress".to_string(),
+        });
+    }
+    lines
 }
 
 /// Serves the admin API on `listener` until shutdown.

@@ -1,13 +1,15 @@
 //! JSON views of the routing in force, shared by the admin API, the CLI and the status page.
 //!
 //! Invariants: built from one snapshot load, so a view is consistent with itself; every value says
-//! where it came from (file, admin, circuit).
+//! where it came from (file, admin, circuit), and whether it is in the state file (`persisted`).
+//! Building a view never waits for the control plane or the disk.
 
 use serde::{Deserialize, Serialize};
 
 use crate::circuit::window::Totals;
 use crate::control::{current_candidate, unix_ms, ReloadStatus};
 use crate::snapshot::{RouteEntry, Snapshot};
+use crate::state::writer::{Ownership, PersistStatus};
 use crate::state::{Source, Trip};
 
 /// `GET /api/v1/routes`.
@@ -15,7 +17,41 @@ use crate::state::{Source, Trip};
 pub struct RoutesView {
     pub generation: u64,
     pub config: ConfigView,
+    /// Persistence of the runtime state (absent from servers that predate it).
+    #[serde(default)]
+    pub state: Option<StateView>,
     pub routes: Vec<RouteView>,
+}
+
+/// Whether the runtime state in force is in the state file, and which process writes it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateView {
+    /// Every decision in force is in the state file (it would survive a restart).
+    pub persisted: bool,
+    /// `owner`: this process writes the state file. `follower`: another process (`owner_pid`)
+    /// holds the state directory's lock; this one follows its decisions and refuses changes.
+    /// `blocked`: this process took over but cannot read the state file; changes are refused.
+    pub role: String,
+    /// The process that writes the state file, when known.
+    pub owner_pid: Option<u32>,
+    /// Why the state is not persisted, or why changes are refused.
+    pub error: Option<String>,
+}
+
+impl StateView {
+    pub fn new(s: &PersistStatus) -> StateView {
+        let (role, owner_pid) = match &s.ownership {
+            Ownership::Owner => ("owner", Some(std::process::id())),
+            Ownership::Follower { pid } => ("follower", *pid),
+            Ownership::Blocked { .. } => ("blocked", Some(std::process::id())),
+        };
+        StateView {
+            persisted: s.persisted(),
+            role: role.into(),
+            owner_pid,
+            error: s.error.clone(),
+        }
+    }
 }
 
 /// The route file in force and the last reload attempt.
@@ -47,6 +83,13 @@ pub struct RouteView {
     pub split: Vec<Share>,
     pub targets: Vec<TargetView>,
     pub circuit: CircuitView,
+    /// This route's state is in the state file (false while any decision in force is not).
+    #[serde(default = "yes")]
+    pub persisted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,7 +139,7 @@ pub struct CircuitView {
 }
 
 impl RoutesView {
-    pub fn new(snap: &Snapshot, last: &ReloadStatus) -> RoutesView {
+    pub fn new(snap: &Snapshot, last: &ReloadStatus, state: &PersistStatus) -> RoutesView {
         RoutesView {
             generation: snap.generation,
             config: ConfigView {
@@ -107,17 +150,18 @@ impl RoutesView {
                     at: last.at,
                 },
             },
+            state: Some(StateView::new(state)),
             routes: snap
                 .routes
                 .iter()
-                .map(|r| RouteView::new(snap, r))
+                .map(|r| RouteView::new(snap, r, state.persisted()))
                 .collect(),
         }
     }
 }
 
 impl RouteView {
-    pub fn new(snap: &Snapshot, r: &RouteEntry) -> RouteView {
+    pub fn new(snap: &Snapshot, r: &RouteEntry, persisted: bool) -> RouteView {
         let cfg = snap
             .config
             .route(&r.name)
@@ -238,6 +282,7 @@ impl RouteView {
             split,
             targets,
             circuit,
+            persisted,
         }
     }
 }

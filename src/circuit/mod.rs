@@ -111,7 +111,6 @@ pub fn check_all(control: &Control) -> usize {
 }
 
 /// Evaluates every route once at the given monotonic and wall-clock times (tests pass both).
-/// Blocks on persisting a trip, if any.
 pub fn check_all_at(control: &Control, now_ms: u64, now_unix_ms: u64) -> usize {
     pending(control, now_ms, now_unix_ms)
         .into_iter()
@@ -158,7 +157,8 @@ fn pending(control: &Control, now_ms: u64, now_unix_ms: u64) -> Vec<Pending> {
 
 /// The circuit task: evaluates every route every `TICK`, and within `POLL` of any new error or
 /// slow request, until shutdown. Evaluation is a few atomic loads per watched target, done inline;
-/// only an actual trip (which persists state with fsync) goes to the blocking pool.
+/// only an actual trip (which takes the control lock and builds a snapshot) goes to the blocking
+/// pool. A trip never waits for the disk: the state writer persists it afterwards.
 pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -176,13 +176,6 @@ impl Route {
     pub fn target_index(&self, name: &str) -> Option<usize> {
         self.targets.iter().position(|t| t.name == name)
     }
-
-    /// Fingerprint of the split section (live, canary, targets): a runtime overlay is dropped when
-    /// it changes, because the file then states a newer intent.
-    pub fn split_fingerprint(&self) -> u64 {
-        let text = format!("{:?}|{:?}|{:?}", self.live, self.canary, self.targets);
-        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
-    }
 }
 
 /// A host pattern: exact (`bot.example.com`) or a leading wildcard (`*.example.com`).
