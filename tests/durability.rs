@@ -52,7 +52,12 @@ async fn wait_persisted(c: &TestClient, p: &Proc) {
 
 async fn post(c: &TestClient, p: &Proc, verb: &str, body: &str) -> Resp {
     let url = p.admin_url(&format!("/api/v1/routes/bot/{verb}"));
-    send(c, "POST", &url, &[], body.to_string()).await
+    let json: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[("content-type", "application/json")]
+    };
+    send(c, "POST", &url, json, body.to_string()).await
 }
 
 /// Sends requests until one is answered by `target` (the circuit moved traffic there).
@@ -387,7 +392,16 @@ async fn reads_traffic_and_trips_go_on_while_a_flip_is_stuck_on_the_disk() {
     let flip = {
         let c = c.clone();
         let url = p.admin_url("/api/v1/routes/bot/flip");
-        tokio::spawn(async move { send(&c, "POST", &url, &[], r#"{"target":"green"}"#).await })
+        tokio::spawn(async move {
+            send(
+                &c,
+                "POST",
+                &url,
+                &[("content-type", "application/json")],
+                r#"{"target":"green"}"#,
+            )
+            .await
+        })
     };
     // The flip is in force while its write is stuck; the read view says it is not on disk yet.
     wait_until("flip applied", Duration::from_secs(10), || async {
