@@ -9,6 +9,17 @@
 //! Output: one line of `key=value` pairs (requests, rps, p50/p99/p999/max in µs, errors, non2xx)
 //! that the script parses. Any error or non-2xx makes the exit status 1.
 //!
+//! By default a connection stops at its first error (and the run reports what it had). With
+//! `--keep-going` a failed request is counted and its connection replaced (a new one is dialled
+//! until one is had or the run's time is up), so a run through restarts or reloads ends with
+//! counts rather than with fewer connections. `--expect-body a,b` reads each 2xx body and counts
+//! those that are none of the listed strings as `unexpected` (they too make the exit status 1);
+//! the line then also has `body_NAME=N` per expected body. `requests` counts the served ones
+//! (measured phase), `errors` the requests that failed on the socket (no response), `non2xx` and
+//! `unexpected` the answered ones that do not count, `connect_errors` failed attempts to dial a
+//! replacement connection (not requests). The first few errors are printed as
+//! they happen, and every kind of error with its count at the end (stderr).
+//!
 //! `--idle N` instead opens N keep-alive connections, sends one request on each, prints `ready`,
 //! and holds them until stdin closes: the script measures the proxy's memory per idle connection.
 
@@ -35,12 +46,15 @@ struct Args {
     sticky: Option<http::HeaderName>,
     ca: Option<String>,
     idle: usize,
+    keep_going: bool,
+    expect: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen --url URL [--conns N] [--rate RPS (0 = closed loop)] [--duration SECS] \
-         [--warmup SECS] [--header 'name: value']... [--sticky-header NAME] [--ca PEM] [--idle N]"
+         [--warmup SECS] [--header 'name: value']... [--sticky-header NAME] [--ca PEM] [--idle N] \
+         [--keep-going] [--expect-body A,B,...]"
     );
     std::process::exit(2)
 }
@@ -56,9 +70,15 @@ fn parse_args() -> Args {
         sticky: None,
         ca: None,
         idle: 0,
+        keep_going: false,
+        expect: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--keep-going" {
+            a.keep_going = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| usage());
         let secs = |v: &str| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage()));
         match flag.as_str() {
@@ -70,6 +90,7 @@ fn parse_args() -> Args {
             "--sticky-header" => a.sticky = Some(v.parse().unwrap_or_else(|_| usage())),
             "--ca" => a.ca = Some(v),
             "--idle" => a.idle = v.parse().unwrap_or_else(|_| usage()),
+            "--expect-body" => a.expect = v.split(',').map(str::to_string).collect(),
             "--header" => {
                 let (n, val) = v.split_once(':').unwrap_or_else(|| usage());
                 a.headers.push((
@@ -165,34 +186,123 @@ struct Counts {
     ok: AtomicU64,
     errors: AtomicU64,
     non2xx: AtomicU64,
+    unexpected: AtomicU64,
+    /// Failed attempts to replace a broken connection (`--keep-going`): not requests.
+    connect_errors: AtomicU64,
+    /// Per `--expect-body` entry, in its order.
+    bodies: Vec<AtomicU64>,
+    /// Every kind of failure with its count (the generator is single-threaded: no contention).
+    kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
-/// Sends one request; returns whether it was a complete 2xx.
-async fn one(tx: &mut Sender, req: http::Request<Empty<Bytes>>, counts: &Counts) -> bool {
+/// Errors printed as they happen; the rest only appear in the summary by kind.
+const PRINT_FIRST: u64 = 10;
+
+impl Counts {
+    fn new(args: &Args) -> Counts {
+        Counts {
+            bodies: args.expect.iter().map(|_| AtomicU64::new(0)).collect(),
+            ..Counts::default()
+        }
+    }
+
+    fn failed(&self, kind: String) {
+        let n = self.errors.load(Relaxed)
+            + self.non2xx.load(Relaxed)
+            + self.unexpected.load(Relaxed)
+            + self.connect_errors.load(Relaxed);
+        if n <= PRINT_FIRST {
+            eprintln!("loadgen: {kind}");
+        }
+        *self.kinds.lock().unwrap().entry(kind).or_default() += 1;
+    }
+}
+
+/// What became of one request.
+#[derive(PartialEq)]
+enum Outcome {
+    /// A complete 2xx (with an expected body, where `--expect-body` is given).
+    Ok,
+    /// A complete response that does not count as served (non-2xx, unexpected body): the
+    /// connection is still usable.
+    Wrong,
+    /// The exchange failed: the connection is not usable any more.
+    Broken,
+}
+
+/// Sends one request.
+async fn one(
+    tx: &mut Sender,
+    req: http::Request<Empty<Bytes>>,
+    counts: &Counts,
+    expect: &[String],
+) -> Outcome {
     let res = async {
         tx.ready().await?;
         let resp = tx.send_request(req).await?;
         let status = resp.status();
-        resp.into_body().collect().await?;
-        Ok::<_, hyper::Error>(status)
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
     }
     .await;
     match res {
-        Ok(s) if s.is_success() => {
-            counts.ok.fetch_add(1, Relaxed);
-            true
+        Ok((s, body)) if s.is_success() => {
+            if expect.is_empty() {
+                counts.ok.fetch_add(1, Relaxed);
+                return Outcome::Ok;
+            }
+            match expect
+                .iter()
+                .position(|e| e.as_bytes() == body.trim_ascii())
+            {
+                Some(i) => {
+                    counts.bodies[i].fetch_add(1, Relaxed);
+                    counts.ok.fetch_add(1, Relaxed);
+                    Outcome::Ok
+                }
+                None => {
+                    counts.unexpected.fetch_add(1, Relaxed);
+                    let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+                    counts.failed(format!("unexpected body {shown:?}"));
+                    Outcome::Wrong
+                }
+            }
         }
-        Ok(s) => {
+        Ok((s, _)) => {
             counts.non2xx.fetch_add(1, Relaxed);
-            eprintln!("loadgen: status {s}");
-            false
+            counts.failed(format!("status {s}"));
+            Outcome::Wrong
         }
         Err(e) => {
             counts.errors.fetch_add(1, Relaxed);
-            eprintln!("loadgen: request failed: {e}");
-            false
+            // hyper's message names the step ("channel closed": the connection was already
+            // gone, the request not sent); its source names the socket error, if any.
+            let mut kind = format!("request failed: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                kind.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            counts.failed(kind);
+            Outcome::Broken
         }
     }
+}
+
+/// A new connection in place of a broken one, retried (1 ms apart, each failure counted) until
+/// one is had or `end` has passed.
+async fn redial(t: &Target, counts: &Counts, end: Instant) -> Option<Sender> {
+    while Instant::now() < end {
+        match handshake(t).await {
+            Ok(tx) => return Some(tx),
+            Err(e) => {
+                counts.connect_errors.fetch_add(1, Relaxed);
+                counts.failed(format!("reconnect: {e}"));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    None
 }
 
 fn main() {
@@ -212,7 +322,7 @@ fn main() {
 }
 
 async fn idle(args: &Args, t: &Target) -> i32 {
-    let counts = Counts::default();
+    let counts = Counts::new(args);
     let mut held = Vec::with_capacity(args.idle);
     for i in 0..args.idle {
         let mut tx = match handshake(t).await {
@@ -222,7 +332,7 @@ async fn idle(args: &Args, t: &Target) -> i32 {
                 return 1;
             }
         };
-        if !one(&mut tx, request(args, i), &counts).await {
+        if one(&mut tx, request(args, i), &counts, &args.expect).await != Outcome::Ok {
             return 1;
         }
         held.push(tx);
@@ -238,7 +348,7 @@ async fn idle(args: &Args, t: &Target) -> i32 {
 }
 
 async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts::new(&args));
     let start = Instant::now() + Duration::from_millis(200);
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
@@ -252,7 +362,7 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
                 return 1;
             }
         };
-        let (args, counts) = (args.clone(), counts.clone());
+        let (args, counts, t) = (args.clone(), counts.clone(), t.clone());
         let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         if args.rate > 0 {
             pacer_tx.push(ptx);
@@ -273,8 +383,17 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
                     }
                     now
                 };
-                if !one(&mut tx, request(&args, c), &counts).await {
-                    break;
+                match one(&mut tx, request(&args, c), &counts, &args.expect).await {
+                    Outcome::Ok => {}
+                    _ if !args.keep_going => break,
+                    Outcome::Wrong => continue,
+                    Outcome::Broken => match redial(&t, &counts, end).await {
+                        Some(new) => {
+                            tx = new;
+                            continue;
+                        }
+                        None => break,
+                    },
                 }
                 if intended >= measure_from {
                     let us = intended.elapsed().as_micros() as u64;
@@ -296,16 +415,28 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     }
     let errors = counts.errors.load(Relaxed);
     let non2xx = counts.non2xx.load(Relaxed);
+    let unexpected = counts.unexpected.load(Relaxed);
+    let connect_errors = counts.connect_errors.load(Relaxed);
     let n = total.len();
+    let mut extra = format!(" connect_errors={connect_errors}");
+    if !args.expect.is_empty() {
+        extra.push_str(&format!(" unexpected={unexpected}"));
+        for (name, c) in args.expect.iter().zip(&counts.bodies) {
+            extra.push_str(&format!(" body_{name}={}", c.load(Relaxed)));
+        }
+    }
     println!(
-        "requests={n} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={errors} non2xx={non2xx}",
+        "requests={n} rps={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={errors} non2xx={non2xx}{extra}",
         n as f64 / args.duration.as_secs_f64(),
         total.value_at_quantile(0.5),
         total.value_at_quantile(0.99),
         total.value_at_quantile(0.999),
         total.max(),
     );
-    i32::from(errors > 0 || non2xx > 0)
+    for (kind, n) in counts.kinds.lock().unwrap().iter() {
+        eprintln!("loadgen: {n} x {kind}");
+    }
+    i32::from(errors > 0 || non2xx > 0 || unexpected > 0 || connect_errors > 0)
 }
 
 /// Releases request k at `start + k / rate`, round-robin over the connections.
