@@ -733,9 +733,12 @@ pub fn current_candidate(s: &RouteState, now_unix_ms: u64) -> Option<String> {
 }
 
 /// Checks that a state only names targets of `route`.
-fn state_fits(route: &Route, s: &RouteState) -> bool {
+pub(crate) fn state_fits(route: &Route, s: &RouteState) -> bool {
     let ok = |t: &str| route.target_index(t).is_some();
-    ok(&s.live) && s.canary_target.as_deref().is_none_or(ok) && s.previous.as_deref().is_none_or(ok)
+    ok(&s.live)
+        && s.canary_target.as_deref().is_none_or(ok)
+        && s.previous.as_deref().is_none_or(ok)
+        && s.canary_bp <= 10_000
 }
 
 fn target_of(route: &Route, name: &str) -> Result<String, ControlError> {
@@ -765,7 +768,7 @@ fn only_other(route: &Route, live: &str) -> Option<String> {
 }
 
 /// Route states, the splits they are made against and parked states, after reading `config`.
-type Reconciled = (
+pub(crate) type Reconciled = (
     HashMap<String, RouteState>,
     HashMap<String, FileSplit>,
     BTreeMap<String, Parked>,
@@ -778,7 +781,7 @@ type Reconciled = (
 /// applied) and that is back with the same split gets that state back. Every other route follows
 /// the file (`merge`), and runtime state the file no longer matches is parked, not dropped. A
 /// parked state whose file was not completed but replaced, or whose grace has passed, is dropped.
-fn reconcile(
+pub(crate) fn reconcile(
     config: &Config,
     current: &Routes,
     mut parked: BTreeMap<String, Parked>,

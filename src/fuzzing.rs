@@ -639,3 +639,48 @@ pub fn admin_request(data: &[u8]) -> bool {
     }
     true
 }
+
+/// Arbitrary bytes as the runtime state file (`state.json`): parsed as at start, then reconciled
+/// with a fixed route file as a start or reload does. Must not panic; whatever state comes out
+/// names only the route's targets and keeps its canary within 100 %.
+pub fn state_load(data: &[u8]) {
+    use crate::state::Saved;
+    static CONFIG: OnceLock<crate::config::Config> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        crate::config::parse(
+            Path::new("fuzz.toml"),
+            "[state]\ndir = \"/nonexistent\"\n\
+             [[routes]]\nname = \"bot\"\nlive = \"blue\"\n\
+             [routes.targets]\nblue = [\"127.0.0.1:1\"]\ngreen = [\"127.0.0.1:2\"]\n\
+             [routes.canary]\ntarget = \"green\"\npercent = 5\n\
+             [routes.circuit]\nbake = \"1m\"\n\
+             [[routes]]\nname = \"other\"\npath_prefix = \"/other\"\nlive = \"a\"\n\
+             [routes.targets]\na = [\"127.0.0.1:3\"]\n",
+        )
+        .expect("the fuzz route file is valid")
+    });
+    let Ok(saved) = Saved::parse(data) else {
+        return;
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let events = crate::events::Events::default();
+    for now in [0, u64::MAX / 2, u64::MAX] {
+        let (states, _splits, _parked) = crate::control::reconcile(
+            config,
+            &saved.routes,
+            saved.parked.clone(),
+            now,
+            &metrics,
+            &events,
+        );
+        for route in &config.routes {
+            if let Some(s) = states.get(&route.name) {
+                assert!(
+                    crate::control::state_fits(route, s),
+                    "restored state names an unknown target: {s:?}"
+                );
+                assert!(s.canary_bp <= 10_000, "canary over 100 %: {s:?}");
+            }
+        }
+    }
+}

@@ -70,3 +70,20 @@ fn admin_request_corpus() {
         "{through} let through, {refused} refused"
     );
 }
+
+#[test]
+fn state_load_corpus() {
+    assert!(replay("state_load", flipgate::fuzzing::state_load) > 0);
+}
+
+/// A state file whose canary is over 100 % (a `u16` of basis points) is not restored: the fuzz
+/// target's first seed run found that nothing bounded it.
+#[test]
+fn state_file_canary_over_100_percent_is_not_restored() {
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/state_load/canary-over-100"),
+    )
+    .unwrap();
+    flipgate::fuzzing::state_load(&bytes);
+}

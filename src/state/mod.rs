@@ -252,6 +252,20 @@ pub struct Saved {
     pub parked: BTreeMap<String, Parked>,
 }
 
+impl Saved {
+    /// Parses a state file's bytes; the error says why they are not a usable state.
+    pub fn parse(bytes: &[u8]) -> Result<Saved, String> {
+        match serde_json::from_slice::<StateFile>(bytes) {
+            Ok(f) if f.version == 1 => Ok(Saved {
+                routes: f.routes,
+                parked: f.parked,
+            }),
+            Ok(f) => Err(format!("unsupported version {}", f.version)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct StateFile {
     version: u32,
@@ -322,16 +336,9 @@ impl Store {
             Err(e) => return Err(e),
         };
         let hash = xxhash_rust::xxh3::xxh3_64(&text);
-        Ok(match serde_json::from_slice::<StateFile>(&text) {
-            Ok(f) if f.version == 1 => Loaded::Saved(
-                Saved {
-                    routes: f.routes,
-                    parked: f.parked,
-                },
-                hash,
-            ),
-            Ok(f) => Loaded::Corrupt(format!("unsupported version {}", f.version), hash),
-            Err(e) => Loaded::Corrupt(e.to_string(), hash),
+        Ok(match Saved::parse(&text) {
+            Ok(saved) => Loaded::Saved(saved, hash),
+            Err(why) => Loaded::Corrupt(why, hash),
         })
     }
 
