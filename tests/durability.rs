@@ -579,3 +579,133 @@ async fn a_state_file_unreadable_at_takeover_is_waited_for_not_overwritten() {
     );
     b.kill9();
 }
+
+// ---- the disk fills up; kill -9 in the middle of a flip ----
+
+/// A tiny tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at a new directory under `parent`; `None` (and a loud note) where
+    /// mounting is not allowed (not root, or no CAP_SYS_ADMIN in the container).
+    fn mount(parent: &Path, size: &str) -> Option<Tmpfs> {
+        let at = parent.join("tmpfs");
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+            return None;
+        }
+        Some(Tmpfs(at))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `state.dir` on a full disk (a tiny tmpfs filled up): a flip is in force and answered 500 with
+/// `persisted: false`, the failures are counted, and once space is freed a background retry
+/// writes it, so it survives `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_disk_keeps_the_decision_and_persists_it_once_space_is_freed() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), "64k") else {
+        return;
+    };
+    let state = fs.0.join("state");
+    let file = dir.path().join("flipgate.toml");
+    write_atomic(
+        &file,
+        &config("blue", &[("blue", blue.addr), ("green", green.addr)], "")
+            .replace("dir = \"state\"", &format!("dir = \"{}\"", state.display())),
+    );
+    let c = client();
+    let p = Proc::start(&file);
+    wait_persisted(&c, &p).await;
+    // Fill the disk to the last block.
+    let filler = fs.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![b'x'; 4096];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    let _ = std::io::Write::write_all(&mut f, b"x");
+    drop(f);
+
+    let r = post(&c, &p, "flip", r#"{"target": "green"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["persisted"], false, "{}", r.text());
+    until_served_by(&c, &p, "/", "green").await;
+    let metrics = get(&c, &p.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        !metrics.contains("flipgate_state_persist_failures_total 0\n"),
+        "failures counted"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(
+        "the flip persisted by a retry",
+        Duration::from_secs(60),
+        || async { routes(&c, &p).await["state"]["persisted"] == true },
+    )
+    .await;
+    p.kill9();
+    let p = Proc::start(&file);
+    until_served_by(&c, &p, "/", "green").await;
+    p.kill9();
+    drop(fs);
+}
+
+/// `kill -9` while flips are being made: after each restart the state is one of the decisions
+/// (the old live target or the new one), never a mix or a broken file, and no temp file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_flip_leaves_one_decision_or_the_other() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    write_atomic(
+        &file,
+        &config("blue", &[("blue", blue.addr), ("green", green.addr)], ""),
+    );
+    let c = client();
+    for round in 0..10 {
+        let p = Proc::start(&file);
+        let target = if round % 2 == 0 { "green" } else { "blue" };
+        let url = p.admin_url("/api/v1/routes/bot/flip");
+        let body = format!(r#"{{"target": "{target}"}}"#);
+        let json = [("content-type", "application/json")];
+        // The flip is sent, and the process killed without waiting for the answer.
+        let flip = {
+            let c = c.clone();
+            tokio::spawn(async move { send(&c, "POST", &url, &json, body).await })
+        };
+        tokio::task::yield_now().await;
+        p.kill9();
+        let _ = flip.await;
+        let p = Proc::start(&file);
+        let served = get(&c, &p.url("/"), &[]).await.text();
+        assert!(
+            served == "blue" || served == "green",
+            "round {round}: {served}"
+        );
+        if let Ok(text) = std::fs::read_to_string(dir.path().join("state/state.json")) {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("round {round}: a broken state file ({e}): {text}"));
+            assert_eq!(v["routes"]["bot"]["state"]["live"], served, "round {round}");
+        }
+        p.kill9();
+    }
+    let left: Vec<_> = names_in(&dir.path().join("state"))
+        .into_iter()
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.len() <= 1, "temp files left behind: {left:?}");
+}
