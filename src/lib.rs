@@ -27,6 +27,9 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod events;
+/// Entry points of the fuzz targets: built only for `cargo test` and for `cargo fuzz` (which
+/// sets `--cfg fuzzing`), never part of the library a build of flipgate ships.
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod h1;
 pub mod health;
