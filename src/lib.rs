@@ -18,6 +18,11 @@
 //! which stop on one shutdown signal. Shutdown drains connections, then tunnels, within
 //! `server.drain_timeout` (`server`, `proxy::tunnel`).
 
+// Safe Rust everywhere but three system-call sites, each allowed where it stands with its
+// invariant: `h1::try_read` (a `recv` into a buffer's spare room), `server::reuse_port_handover`
+// (`setsockopt` with a BPF program) and `state::lock` (`flock`).
+#![deny(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod circuit;

@@ -1,4 +1,5 @@
 //! The `flipgate` binary: parse arguments, set up logging, call the library.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -9,9 +9,9 @@
 //! and ~1.0x of nginx's throughput (see docs/BENCHMARKS.md).
 //!
 //! Invariants: used only for HTTP/1.x downstream requests without upgrade to plain-HTTP/1.1
-//! upstreams (h2, TLS and upgrades stay on the shared clients). The slot is lock-free: one atomic
-//! swap takes the connections out, one puts them back; nothing is allocated per request (the box
-//! is allocated once per downstream connection, an entry once per upstream connection). A request
+//! upstreams (h2, TLS and upgrades stay on the shared clients). The slot never waits: a `try_lock`
+//! takes the connections out, one puts them back; nothing is allocated per request (an entry is
+//! allocated once per upstream connection). No `unsafe`. A request
 //! that finds the slot empty opens a connection. A connection the upstream closed is replaced; a
 //! request that hyper reports as never sent is retried once on a fresh connection, so an upstream
 //! closing an idle keep-alive connection never becomes a client error. At most `MAX_INSTANCES`
@@ -20,8 +20,7 @@
 //! clients do not pin thousands of upstream connections and file descriptors: past the cap a
 //! request is handed back and goes through the shared pool.
 
-use std::ptr::null_mut;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -97,43 +96,24 @@ struct Conns {
     entries: Vec<(Authority, http1::SendRequest<RequestBody>)>,
 }
 
-/// A downstream connection's pinned upstream connections: a lock-free take/put slot.
-pub struct Slot {
-    /// Owns a `Box<Conns>` when non-null.
-    ptr: AtomicPtr<Conns>,
-}
-
-impl Default for Slot {
-    fn default() -> Slot {
-        Slot {
-            ptr: AtomicPtr::new(null_mut()),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        drop(self.take());
-    }
-}
-
-// SAFETY: the raw pointer is only an owned `Box<Conns>` moved in and out with atomic swaps, and
-// `Conns` is `Send`; no reference into it is ever shared.
-unsafe impl Sync for Slot {}
+/// A downstream connection's pinned upstream connections: a take/put slot that never waits. An
+/// HTTP/1 connection has one request at a time, so `try_lock` always finds it free (one atomic
+/// exchange each way, as an `AtomicPtr` swap would cost, without `unsafe`); were it ever busy, the
+/// request would simply open its own connection.
+#[derive(Default)]
+pub struct Slot(std::sync::Mutex<Conns>);
 
 impl Slot {
-    fn take(&self) -> Option<Box<Conns>> {
-        let p = self.ptr.swap(null_mut(), AcqRel);
-        // SAFETY: a non-null pointer in the slot came from `Box::into_raw` in `put`, and the swap
-        // made this call its only owner.
-        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    fn take(&self) -> Conns {
+        self.0
+            .try_lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
     }
 
-    fn put(&self, conns: Box<Conns>) {
-        let old = self.ptr.swap(Box::into_raw(conns), AcqRel);
-        if !old.is_null() {
-            // SAFETY: as in `take`: we own what we swapped out.
-            drop(unsafe { Box::from_raw(old) });
+    fn put(&self, conns: Conns) {
+        if let Ok(mut c) = self.0.try_lock() {
+            *c = conns;
         }
     }
 
@@ -147,7 +127,7 @@ impl Slot {
         connect_timeout: Duration,
         req: Request<RequestBody>,
     ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
-        let mut conns = self.take().unwrap_or_default();
+        let mut conns = self.take();
         let result = conns.send(instance, connect_timeout, req).await;
         self.put(conns);
         result

@@ -112,6 +112,7 @@ pub const HANDOVER_GRACE: Duration = Duration::from_millis(100);
 /// `net.ipv4.tcp_migrate_req` is on), so none must arrive once we stop. Out of range (we are
 /// alone), the kernel falls back to its hash, i.e. to us. Returns whether a grace period applies.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 fn reuse_port_handover(listener: &TcpListener) -> bool {
     use std::os::fd::AsRawFd;
     let sock = socket2::SockRef::from(listener);

@@ -629,6 +629,7 @@ async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<us
 /// system call on every request (nginx does the same with edge-triggered epoll). Readiness the
 /// reactor recorded after the read began is kept (tokio compares its event tick), so no wake-up is
 /// lost; a peer's close stays visible (`closed`).
+#[allow(unsafe_code)]
 fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     let mut short = None;
     let r = stream.try_io(Interest::READABLE, || {

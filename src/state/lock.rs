@@ -69,6 +69,7 @@ pub fn try_lock(dir: &Path) -> Attempt {
 
 /// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another open file holds it.
 #[cfg(unix)]
+#[allow(unsafe_code)]
 fn flock_nonblocking(file: &File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own for the duration of the call; no memory is passed.
