@@ -38,6 +38,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod h1;
 pub mod health;
+pub mod labels;
 pub mod metrics;
 pub mod pinned;
 pub mod proxy;

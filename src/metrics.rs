@@ -10,7 +10,9 @@ use prometheus::{
     Registry,
 };
 
-use crate::proxy::error::{ClientErrorKind, LocalErrorKind, UpstreamErrorKind};
+use crate::labels::{
+    ClientErrorKind, LocalErrorKind, UpstreamErrorKind, ADMIN_REFUSALS, GRPC_CODES,
+};
 
 /// Latency buckets for a proxy: 100 µs .. 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -252,7 +254,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
         }
-        for reason in crate::admin::guard::Refusal::REASONS {
+        for reason in ADMIN_REFUSALS {
             admin_refusals.with_label_values(&[reason]);
         }
         Metrics {
@@ -302,8 +304,7 @@ impl Metrics {
                 .map(|k| self.client_errors.with_label_values(&[route, k.label()])),
             local: LocalErrorKind::ALL
                 .map(|k| self.local_errors.with_label_values(&[route, k.label()])),
-            grpc: crate::proxy::grpc::NAMES
-                .map(|code| self.grpc.with_label_values(&[route, target, code])),
+            grpc: GRPC_CODES.map(|code| self.grpc.with_label_values(&[route, target, code])),
             tunnels: self.open_tunnels.with_label_values(&[route, target]),
         }
     }
@@ -319,7 +320,7 @@ impl Metrics {
                 .upstream_errors
                 .remove_label_values(&[route, target, kind]);
         }
-        for code in crate::proxy::grpc::NAMES {
+        for code in GRPC_CODES {
             let _ = self.grpc.remove_label_values(&[route, target, code]);
         }
         let _ = self.duration.remove_label_values(&[route, target]);

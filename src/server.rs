@@ -317,8 +317,12 @@ pub async fn serve(
                 body_idle_timeout: settings.body_idle_timeout,
             };
             let (proxy, stop) = (proxy.clone(), shutdown.clone());
+            let body_idle = settings.body_idle_timeout;
             conns.spawn(async move {
-                crate::h1::serve(stream, proxy, info, settings, stop, builder).await;
+                let served = crate::h1::serve(stream, proxy.clone(), info.clone(), settings, stop);
+                if let Some(h) = served.await {
+                    serve_with_hyper(h.io, proxy, info, &builder, body_idle, h.stop).await;
+                }
                 drop(permit);
             });
             continue;

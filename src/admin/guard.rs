@@ -66,13 +66,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every `reason` label of `flipgate_admin_refusals_total`.
-    pub const REASONS: [&'static str; 5] = [
-        "host",
-        "cross_origin",
-        "unauthorized",
-        "token_unusable",
-        "content_type",
-    ];
+    pub const REASONS: [&'static str; 5] = crate::labels::ADMIN_REFUSALS;
 
     /// The answer's status.
     pub fn status(&self) -> StatusCode {

@@ -10,8 +10,9 @@
 //!
 //! Invariants:
 //! - Only what `head::request` plans as `Forward` or `Local` is served here; on `Fallback` the
-//!   connection, with every unconsumed byte put back in front (`rewind`), is served by hyper
-//!   (`server::service`) until it closes. So HTTP/2 prior knowledge, upgrades, chunked or large
+//!   connection, with every unconsumed byte put back in front (`rewind`), is returned to the
+//!   server as a `HandOver`, which serves it with hyper until it closes (the engine never calls
+//!   back into the server). So HTTP/2 prior knowledge, upgrades, chunked or large
 //!   request bodies, `Expect`, HTTP/1.0, malformed heads and TLS/HTTP/2 upstreams behave exactly
 //!   as they do on hyper's path.
 //! - One request at a time: the request (head, then a `Content-Length` body of at most
@@ -94,8 +95,7 @@ pub async fn serve(
     info: Arc<ConnInfo>,
     settings: Settings,
     stop: watch::Receiver<bool>,
-    hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
-) {
+) -> Option<HandOver> {
     let stopped = *stop.borrow();
     let mut conn = Conn {
         stream,
@@ -108,26 +108,20 @@ pub async fn serve(
         served: false,
     };
     let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-    if let Next::Fallback = conn.run(timer.as_mut()).await {
-        let Conn {
-            stream,
-            rbuf,
-            proxy,
-            info,
-            stop,
-            ..
-        } = conn;
-        let io = rewind::Rewind::new(rbuf.freeze(), stream);
-        crate::server::serve_with_hyper(
-            io,
-            proxy,
-            info,
-            &hyper,
-            settings.body_idle_timeout,
-            stop.rx,
-        )
-        .await;
+    match conn.run(timer.as_mut()).await {
+        Next::Close => None,
+        Next::Fallback => Some(HandOver {
+            io: rewind::Rewind::new(conn.rbuf.freeze(), conn.stream),
+            stop: conn.stop.rx,
+        }),
     }
+}
+
+/// A connection the engine hands over to hyper (`server` serves it from here on): the socket
+/// with every byte the engine read but did not consume put back in front, and the shutdown signal.
+pub struct HandOver {
+    pub io: rewind::Rewind<TcpStream>,
+    pub stop: watch::Receiver<bool>,
 }
 
 /// Tracks the shutdown signal without taking its lock per request.

@@ -8,26 +8,7 @@
 
 use http::HeaderMap;
 
-/// The names of the gRPC status codes, by number.
-pub const NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+pub use crate::labels::GRPC_CODES as NAMES;
 
 /// `UNKNOWN`: what a call without a readable status counts as.
 pub const UNKNOWN: u8 = 2;
