@@ -604,3 +604,29 @@ async fn durations_past_the_bounds_cannot_panic_the_code_that_adds_them() {
     gw.shutdown().await;
     assert_eq!(PANICS.load(Ordering::SeqCst), 0);
 }
+
+/// Issue 17 item 2: the documented flip by editing `live` works with the shipped files: an idle
+/// canary (0 %) left on the new live target is no canary, not an error. A canary on the live
+/// target that would take traffic is still refused, saying how to fix it.
+#[test]
+fn flip_by_editing_live_is_accepted_with_the_shipped_files() {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flipgate.toml"))
+            .unwrap();
+    let edited = shipped.replacen("\nlive = \"blue\"", "\nlive = \"green\"", 1);
+    assert_ne!(shipped, edited, "the shipped file has `live = \"blue\"`");
+    let config = flipgate::config::parse(Path::new("flipgate.toml"), &edited)
+        .unwrap_or_else(|e| panic!("the edited file is refused: {e}"));
+    let route = &config.routes[0];
+    assert_eq!(route.live, "green");
+    assert!(route.canary.is_none(), "the idle canary on live is dropped");
+
+    let busy = edited.replacen("percent = 0.0", "percent = 5.0", 1);
+    let err = flipgate::config::parse(Path::new("flipgate.toml"), &busy)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already the live target; point the canary"),
+        "{err}"
+    );
+}

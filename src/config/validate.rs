@@ -493,18 +493,24 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                 ),
             );
             ok = false;
-        } else if target == live {
+        }
+        let percent = *c.percent.get_ref();
+        if target == live {
+            // An idle canary on the live target (what a flip by editing `live` leaves behind) is
+            // no canary: nothing to complain about. One that would take traffic is a mistake.
+            if percent == 0.0 {
+                return None;
+            }
             sink.push(
                 c.target.span(),
                 f("canary.target"),
                 format!(
-                    "canary target `{}` is already the live target",
+                    "canary target `{}` is already the live target; point the canary at another target, set `percent = 0`, or remove [routes.canary]",
                     quote(&target)
                 ),
             );
             ok = false;
         }
-        let percent = *c.percent.get_ref();
         let basis_points = match percent_to_bp(percent) {
             Some(bp) => bp,
             None => {
