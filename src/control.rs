@@ -399,6 +399,12 @@ impl Control {
             }
         };
         if new.content_hash == inner.config.content_hash && new.path == inner.config.path {
+            // A reload that reads the config in force (SIGHUP, an identical rewrite) succeeded:
+            // counted as such, as the gauge says.
+            self.metrics
+                .config_reloads
+                .with_label_values(&["success"])
+                .inc();
             if self.last_reload.load().result != "success" {
                 // The file is back to the config in force: the failure is over.
                 self.last_reload.store(Arc::new(ReloadStatus {

@@ -536,3 +536,33 @@ async fn access_log_json_then_logfmt_then_off() {
     assert_eq!(buf.lines().len(), 5);
     gw.stop().await;
 }
+
+/// Issue 17 item 7: a reload that reads the config in force counts as a success, as the gauge
+/// says: here the last good file written back over a broken one (SIGHUP takes the same path).
+#[tokio::test]
+async fn restoring_the_config_in_force_counts_as_a_successful_reload() {
+    let blue = spawn_upstream("blue").await;
+    let text = config("blue", &[("blue", blue.addr)], "");
+    let gw = Gw::start(&text).await;
+    let metrics = gw.gateway.as_ref().unwrap().control.metrics.clone();
+    let count = |result: &str| metrics.config_reloads.with_label_values(&[result]).get();
+    let failures = count("failure");
+    gw.rewrite("[[routes]\n");
+    wait_until(
+        "the broken file is counted",
+        Duration::from_secs(10),
+        || async { count("failure") > failures },
+    )
+    .await;
+    assert_eq!(metrics.config_last_reload_success.get(), 0);
+    let before = count("success");
+    gw.rewrite(&text);
+    wait_until(
+        "the restored file is counted",
+        Duration::from_secs(10),
+        || async { count("success") > before },
+    )
+    .await;
+    assert_eq!(metrics.config_last_reload_success.get(), 1);
+    gw.stop().await;
+}
