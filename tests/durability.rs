@@ -51,13 +51,7 @@ async fn wait_persisted(c: &TestClient, p: &Proc) {
 }
 
 async fn post(c: &TestClient, p: &Proc, verb: &str, body: &str) -> Resp {
-    let url = p.admin_url(&format!("/api/v1/routes/bot/{verb}"));
-    let json: &[(&str, &str)] = if body.is_empty() {
-        &[]
-    } else {
-        &[("content-type", "application/json")]
-    };
-    send(c, "POST", &url, json, body.to_string()).await
+    admin_post(c, &p.admin_url(&format!("/api/v1/routes/bot/{verb}")), body).await
 }
 
 /// Sends requests until one is answered by `target` (the circuit moved traffic there).

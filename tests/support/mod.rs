@@ -180,13 +180,12 @@ impl Gw {
     /// POSTs an operator action (`flip`, `canary`, …) for route `bot`, without a token, as a
     /// deploy script would (a body is declared JSON).
     pub async fn act(&self, c: &TestClient, verb: &str, body: &str) -> Resp {
-        let url = self.admin_url(&format!("/api/v1/routes/bot/{verb}"));
-        let json: &[(&str, &str)] = if body.is_empty() {
-            &[]
-        } else {
-            &[("content-type", "application/json")]
-        };
-        send(c, "POST", &url, json, body.to_string()).await
+        admin_post(
+            c,
+            &self.admin_url(&format!("/api/v1/routes/bot/{verb}")),
+            body,
+        )
+        .await
     }
 
     pub fn generation(&self) -> u64 {
@@ -255,6 +254,16 @@ impl Resp {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
+}
+
+/// POSTs an admin action as a deploy script would: without a token, a body declared JSON.
+pub async fn admin_post(c: &TestClient, url: &str, body: &str) -> Resp {
+    let json: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[("content-type", "application/json")]
+    };
+    send(c, "POST", url, json, body.to_string()).await
 }
 
 pub async fn send(
