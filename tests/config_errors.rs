@@ -233,6 +233,14 @@ const CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
         "is not an IP:port address",
     ),
     (
+        "admin on the traffic port",
+        "[server]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n",
+        4,
+        10,
+        "admin.listen",
+        "overlaps server.listen `0.0.0.0:8080`: the admin API needs a port of its own",
+    ),
+    (
         "no routes",
         "[server]\nlisten = \"127.0.0.1:0\"\n",
         1,

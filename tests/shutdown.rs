@@ -103,12 +103,14 @@ fn file_config(
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free ports (both held while the second is chosen, so they differ).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// One request on a fresh connection; the body, or why it failed.
@@ -172,9 +174,9 @@ async fn sigterm_lets_the_request_in_flight_finish() {
 async fn reuse_port_hands_over_without_a_refused_connection() {
     let blue = spawn_upstream("blue").await;
     let green = spawn_upstream("green").await;
-    let listen = format!("127.0.0.1:{}", free_port());
     // The same admin port too: a new process can start on the same route file.
-    let admin = format!("127.0.0.1:{}", free_port());
+    let (listen, admin) = free_ports();
+    let (listen, admin) = (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"));
     let targets = [("blue", blue.addr), ("green", green.addr)];
     let mut old = start(&file_config("blue", &targets, &listen, &admin, true)).await;
     let addr = old.addr;

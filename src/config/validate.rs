@@ -53,8 +53,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn build(sink: &mut Sink, base: &Path, path: &Path, text: &str, raw: RawConfig) -> Option<Config> {
+    let admin_span = raw.admin.listen.as_ref().map_or(0..0, |s| s.span());
     let server = server(sink, base, raw.server);
     let admin = admin(sink, base, raw.admin);
+    if let (Some(s), Some(a)) = (&server, &admin) {
+        distinct_listeners(sink, s, a, admin_span);
+    }
     let state = State {
         dir: resolve(base, raw.state.dir.as_deref().unwrap_or("state")),
     };
@@ -86,6 +90,44 @@ fn build(sink: &mut Sink, base: &Path, path: &Path, text: &str, raw: RawConfig) 
         log,
         routes,
     })
+}
+
+/// Two listeners on one port would both bind (with `reuse_port`, silently; the kernel then splits
+/// connections between them), so traffic could reach the admin API or the reverse.
+fn distinct_listeners(sink: &mut Sink, server: &Server, admin: &Admin, span: Range<usize>) {
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut named = vec![("server.listen", server.listen)];
+    if let Some(t) = &server.tls {
+        named.push(("server.tls.listen", t.listen));
+    }
+    for (field, a) in named {
+        if overlap(a, admin.listen) {
+            sink.push(
+                span.clone(),
+                "admin.listen",
+                format!(
+                    "`{}` overlaps {field} `{a}`: the admin API needs a port of its own",
+                    admin.listen
+                ),
+            );
+        }
+    }
+    if let Some(t) = &server.tls {
+        if overlap(server.listen, t.listen) {
+            sink.push(
+                0..0,
+                "server.tls.listen",
+                format!(
+                    "`{}` overlaps server.listen `{}`: HTTPS needs a port of its own",
+                    t.listen, server.listen
+                ),
+            );
+        }
+    }
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
