@@ -40,7 +40,13 @@ async fn spawn_grpc_upstream_with(code: &'static str, trailers_only: bool) -> So
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
                             .collect();
                         seen.insert(":version".into(), format!("{:?}", req.version()));
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let collected = req.into_body().collect().await.unwrap();
+                        // Request trailers, as `trailer NAME` entries.
+                        for (k, v) in collected.trailers().into_iter().flatten() {
+                            let v = v.to_str().unwrap_or("?").to_string();
+                            seen.insert(format!("trailer {k}"), v);
+                        }
+                        let body = collected.to_bytes();
                         let mut trailers = http::HeaderMap::new();
                         trailers.insert("grpc-status", code.parse().unwrap());
                         trailers.insert("grpc-message", "ok".parse().unwrap());
@@ -684,5 +690,183 @@ async fn refused_streams_are_sent_again_when_their_body_can_be() {
     assert_eq!(metric(&gw, "flipgate_upstream_errors_total", "").await, 0.0);
     let r = get(&c, &gw.url("/"), &[("x-id", "after")]).await;
     assert_eq!(r.status, 200, "still serving");
+    gw.stop().await;
+}
+
+/// A request body of `data` followed by `trailers`, as a client streams it.
+type Frames = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+fn frames(data: &'static [u8], trailers: &[(&'static str, &'static str)]) -> Frames {
+    let mut t = http::HeaderMap::new();
+    for (k, v) in trailers {
+        t.insert(*k, v.parse().unwrap());
+    }
+    StreamBody::new(stream::iter(vec![
+        Ok(Frame::data(Bytes::from_static(data))),
+        Ok(Frame::trailers(t)),
+    ]))
+}
+
+fn as_map(h: &http::HeaderMap) -> HashMap<String, String> {
+    h.iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+/// An HTTP/1.1 upstream (hyper's server) that answers with what it received as JSON: `headers`,
+/// `trailers` and `body`.
+async fn spawn_trailer_echo_http1() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                    let headers = as_map(req.headers());
+                    let collected = req.into_body().collect().await.unwrap();
+                    let trailers = collected.trailers().map(as_map).unwrap_or_default();
+                    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+                    let json = serde_json::json!({
+                        "headers": headers, "trailers": trailers, "body": body,
+                    });
+                    let resp = http::Response::new(Full::new(Bytes::from(json.to_string())));
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Request trailers from an h2c client reach an HTTP/1.1 upstream (issue 12): the fields the
+/// request's `trailer` header declares arrive after a chunked body, also when the client sent a
+/// `content-length` (allowed in HTTP/2, not with trailers in HTTP/1.1: it goes chunked). An
+/// undeclared field is dropped (hyper's HTTP/1 client writes only declared ones).
+#[tokio::test]
+async fn h2c_request_trailers_reach_an_http1_upstream() {
+    let up = spawn_trailer_echo_http1().await;
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    let h2c: Client<_, Frames> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let call = |length: Option<&'static str>, declare: bool| {
+        let mut b = http::Request::post(gw.url("/t"));
+        if declare {
+            b = b.header("trailer", "x-sum");
+        }
+        if let Some(n) = length {
+            b = b.header("content-length", n);
+        }
+        let body = frames(b"hello", &[("x-sum", "5"), ("x-undeclared", "1")]);
+        let req = b.body(body).unwrap();
+        let h2c = h2c.clone();
+        async move {
+            let resp = h2c.request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    for length in [None, Some("5")] {
+        let j = call(length, true).await;
+        assert_eq!(j["body"], "hello", "{j}");
+        assert_eq!(j["headers"]["transfer-encoding"], "chunked", "{j}");
+        assert!(j["headers"].get("content-length").is_none(), "{j}");
+        assert_eq!(j["headers"]["trailer"], "x-sum", "{j}");
+        assert_eq!(j["trailers"]["x-sum"], "5", "{j}");
+        assert!(j["trailers"].get("x-undeclared").is_none(), "{j}");
+    }
+    // Undeclared: the body arrives whole, the fields cannot follow it.
+    let j = call(None, false).await;
+    assert_eq!(j["body"], "hello", "{j}");
+    assert_eq!(j["trailers"], serde_json::json!({}), "{j}");
+    gw.stop().await;
+}
+
+/// Request trailers from an HTTP/1.1 client reach an HTTP/2 upstream, declared or not (HTTP/2
+/// has no such condition), on both client paths (chunked requests go to hyper's).
+#[tokio::test]
+async fn http1_request_trailers_reach_an_http2_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_grpc_upstream().await;
+    let gw = Gw::start(&h2_config(up)).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /t HTTP/1.1\r\nhost: a\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\
+          trailer: x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 5\r\nx-undeclared: 1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen_line = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-seen: "))
+        .unwrap_or_else(|| panic!("{answer}"));
+    let s: serde_json::Value = serde_json::from_str(seen_line).unwrap();
+    assert_eq!(s["trailer x-sum"], "5", "{s}");
+    assert_eq!(s["trailer x-undeclared"], "1", "{s}");
+    assert_eq!(s["trailer"], "x-sum", "{s}");
+    // The upstream's trailers (`grpc-status`, not declared in `Trailer`) cannot reach this HTTP/1.1
+    // client: hyper's server writes only declared fields, and only to a `te: trailers` client.
+    assert!(!answer.contains("grpc-status"), "{answer}");
+    gw.stop().await;
+}
+
+/// Response trailers from an HTTP/1.1 upstream reach an h2c client, declared or not.
+#[tokio::test]
+async fn http1_upstream_response_trailers_reach_an_h2c_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        let r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+                                  5\r\nhello\r\n0\r\nx-sum: 5\r\nx-undeclared: 1\r\n\r\n";
+                        if s.write_all(r).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = h2c
+        .request(
+            http::Request::get(gw.url("/t"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["trailer"], "x-sum");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers relayed");
+    assert_eq!(trailers["x-sum"], "5");
+    assert_eq!(trailers["x-undeclared"], "1");
+    assert_eq!(collected.to_bytes(), "hello");
     gw.stop().await;
 }

@@ -89,16 +89,24 @@ impl Wire {
         self.buf.drain(..n).collect()
     }
 
-    /// A chunked body, decoded (extensions and trailer fields skipped); None if it ended early.
-    async fn chunked(&mut self) -> Option<Vec<u8>> {
+    /// A chunked body, decoded (extensions skipped), and its trailer fields; None if it ended
+    /// early.
+    async fn chunked(&mut self) -> Option<(Vec<u8>, Vec<(String, String)>)> {
         let mut body = Vec::new();
         loop {
             let size = self.line().await?;
             let size = size.split(';').next().unwrap().trim();
             let size = usize::from_str_radix(size, 16).expect("chunk size is hex");
             if size == 0 {
-                while !self.line().await?.is_empty() {}
-                return Some(body);
+                let mut trailers = Vec::new();
+                loop {
+                    let line = self.line().await?;
+                    if line.is_empty() {
+                        return Some((body, trailers));
+                    }
+                    let (k, v) = line.split_once(':').expect("trailer line has a colon");
+                    trailers.push((k.to_string(), v.trim().to_string()));
+                }
             }
             let data = self.exact(size).await;
             if data.len() < size {
@@ -133,6 +141,7 @@ impl Wire {
             status,
             headers,
             body: Vec::new(),
+            trailers: Vec::new(),
             complete: true,
             close_delimited: false,
         };
@@ -141,7 +150,7 @@ impl Wire {
         }
         if r.has("transfer-encoding", "chunked") {
             match self.chunked().await {
-                Some(body) => r.body = body,
+                Some((body, trailers)) => (r.body, r.trailers) = (body, trailers),
                 None => r.complete = false,
             }
         } else if let Some(n) = r.header("content-length") {
@@ -169,6 +178,8 @@ struct Resp1 {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The trailer fields of a chunked body.
+    trailers: Vec<(String, String)>,
     /// False if the connection ended before the framed body did.
     complete: bool,
     /// The body had no framing and ran to the end of the connection.
@@ -213,6 +224,8 @@ struct Seen {
     start: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The trailer fields of a chunked body.
+    trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -272,19 +285,20 @@ where
                     let chunked = all(&headers, "transfer-encoding")
                         .iter()
                         .any(|v| v.contains("chunked"));
-                    let body = if chunked {
+                    let (body, trailers) = if chunked {
                         w.chunked().await.unwrap_or_default()
                     } else {
                         let n = all(&headers, "content-length")
                             .first()
                             .map_or(0, |v| v.parse().unwrap());
-                        w.exact(n).await
+                        (w.exact(n).await, Vec::new())
                     };
                     let seen = Seen {
                         conn,
                         start,
                         headers,
                         body,
+                        trailers,
                     };
                     let r = answer(&seen);
                     log.lock().unwrap().push(seen);
@@ -406,10 +420,92 @@ async fn chunked_response() {
         .await;
     assert_eq!((r.status, r.text()), (200, "hello, wire!".into()));
     assert!(r.complete);
-    // Trailer fields are not pinned: today they are dropped (the `Trailer` response header is
-    // stripped as hop-by-hop, so hyper does not emit the fields even to a `te: trailers` client).
+    // Response trailers reach a client that accepts them (`te: trailers`), with the `Trailer`
+    // header that names them: the engine relays the body verbatim; hyper's server writes the
+    // fields `Trailer` names.
+    assert_eq!(r.header("trailer"), Some("x-sum"), "{r:?}");
+    assert_eq!(
+        r.trailers,
+        [("x-sum".to_string(), "12".to_string())],
+        "{r:?}"
+    );
+    // A client that did not say `te: trailers`: the engine relays the chunked body as it came,
+    // trailer section included (RFC 9112 §7.1.2 lets a recipient discard it); hyper's server
+    // sends trailers only to a client that asked for them.
+    let r = c.call("GET /chunked HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_eq!((r.status, r.text()), (200, "hello, wire!".into()));
+    let expect: &[(String, String)] = if engine() {
+        &[("x-sum".to_string(), "12".to_string())]
+    } else {
+        &[]
+    };
+    assert_eq!(r.trailers, expect, "{r:?}");
     let r = c.call("GET /next HTTP/1.1\r\nhost: a\r\n\r\n").await;
     assert_eq!((r.status, r.text()), (200, "next".into()));
+    gw.stop().await;
+}
+
+/// Whether this run serves plain HTTP/1.1 with the engine (else `FLIPGATE_HTTP1=hyper`).
+fn engine() -> bool {
+    std::env::var("FLIPGATE_HTTP1").map_or(true, |v| v != "hyper")
+}
+
+/// Request trailers reach an HTTP/1.1 upstream (issue 12): a chunked request's trailer fields
+/// that its `Trailer` header declares go through, on both engines (the engine hands chunked
+/// requests to hyper). hyper's HTTP/1 client writes only declared fields: an undeclared one is
+/// dropped (docs/limits.md, "Trailers"), and without any declaration the body still arrives whole.
+#[tokio::test]
+async fn request_trailers_reach_an_http1_upstream() {
+    let up = spawn_raw(|s| ok(&String::from_utf8_lossy(&s.body))).await;
+    let gw = gateway(up.addr).await;
+    let mut c = Wire::connect(gw.addr).await;
+    let r = c
+        .call(
+            "POST /t HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ntrailer: x-sum, x-sig\r\n\r\n\
+             5\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\nx-undeclared: 1\r\nx-sig: abc\r\n\r\n",
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "hello, world".into()));
+    let s = &up.seen()[0];
+    assert_eq!(s.body, b"hello, world");
+    assert_eq!(s.header("transfer-encoding"), Some("chunked"), "{s:?}");
+    assert_eq!(s.header("trailer"), Some("x-sum, x-sig"), "{s:?}");
+    let mut got = s.trailers.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("x-sig".to_string(), "abc".to_string()),
+            ("x-sum".to_string(), "12".to_string())
+        ],
+        "{s:?}"
+    );
+    // No `Trailer` header: the fields cannot be sent (hyper's client), the body arrives whole.
+    let r = c
+        .call(
+            "POST /t HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\nx-sum: 3\r\n\r\n",
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "abc".into()));
+    let s = &up.seen()[1];
+    assert_eq!(s.body, b"abc");
+    assert!(s.trailers.is_empty(), "{s:?}");
+    // A GET with a chunked body: chunked upstream too (not `content-length: 0`), trailers kept.
+    let r = c
+        .call(
+            "GET /t HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+             2\r\nhi\r\n0\r\nx-sum: 2\r\n\r\n",
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "hi".into()));
+    let s = &up.seen()[2];
+    assert_eq!(s.header("transfer-encoding"), Some("chunked"), "{s:?}");
+    assert_eq!(
+        s.trailers,
+        [("x-sum".to_string(), "2".to_string())],
+        "{s:?}"
+    );
     gw.stop().await;
 }
 
@@ -710,9 +806,12 @@ async fn hop_by_hop_and_forwarding_headers() {
     );
 
     let s = &up.seen()[0];
-    for h in ["x-secret", "keep-alive", "te", "proxy-connection"] {
+    for h in ["x-secret", "keep-alive", "proxy-connection"] {
         assert!(s.header(h).is_none(), "{h} reached the upstream: {s:?}");
     }
+    // `te: trailers` goes on (the client takes trailers), named in `Connection` (RFC 9110 §10.1.4).
+    assert_eq!(s.header("te"), Some("trailers"), "{s:?}");
+    assert_eq!(s.header("connection"), Some("te"), "{s:?}");
     assert!(
         all(&s.headers, "connection")
             .iter()

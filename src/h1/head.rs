@@ -5,7 +5,8 @@
 //! Invariants: heads are parsed by `httparse` (strict: no obs-fold, token and value characters
 //! checked) into a stack array, and written byte for byte as received except for what a proxy
 //! must change (RFC 9110 §7.6): hop-by-hop fields (the fixed list and every name listed in
-//! `Connection`) are dropped, `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
+//! `Connection`) are dropped (of `TE`, only `te: trailers` goes on, with `connection: te`),
+//! `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
 //! `proxy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
 //! request body that is chunked or over `MAX_BODY`, `Expect`, upgrades, CONNECT, non-origin-form
 //! targets, repeated `Content-Length`, an unparsable head, an upstream over TLS or
@@ -88,11 +89,12 @@ fn is(name: &str, lower: &str) -> bool {
 }
 
 /// Fields that never cross a proxy (RFC 9110 §7.6.1, plus the proxy-auth pair as
-/// `proxy::headers` drops them).
+/// `proxy::headers` drops them). `Trailer` crosses: it names the trailer fields that follow a
+/// chunked body, which this engine relays verbatim.
 fn hop_by_hop(name: &str) -> bool {
     match name.len() {
         2 => is(name, "te"),
-        7 => is(name, "trailer") || is(name, "upgrade"),
+        7 => is(name, "upgrade"),
         10 => is(name, "connection") || is(name, "keep-alive"),
         16 => is(name, "proxy-connection"),
         17 => is(name, "transfer-encoding"),
@@ -262,11 +264,16 @@ fn plan(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff = false;
+    let mut te_trailers = false;
     let mut request_id: Option<&[u8]> = None;
     for h in headers {
         let name = h.name;
-        if hop_by_hop(name)
-            || is(name, "x-forwarded-proto")
+        if hop_by_hop(name) {
+            // `TE` (the one two-letter one): its `trailers` goes on, as on hyper's path.
+            te_trailers |= name.len() == 2 && has_token(h.value, b"trailers");
+            continue;
+        }
+        if is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
             || preview_name.is_some_and(|p| is(name, p))
             || (!conn_fields.is_empty()
@@ -309,6 +316,9 @@ fn plan(
         put_header(out, b"x-forwarded-host", h);
     }
     put_header(out, b"via", b"1.1 flipgate");
+    if te_trailers {
+        out.extend_from_slice(b"te: trailers\r\nconnection: te\r\n");
+    }
     let generated;
     let request_id = match request_id {
         Some(id) => id,

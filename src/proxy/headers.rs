@@ -11,15 +11,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::error::{ClientErrorKind, ProxyError};
 
-/// Headers that are always connection-specific.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that are always connection-specific. `Trailer` is not one (RFC 9110 §6.6.2, RFC 9113
+/// §8.2.2): it names the trailer fields the message will end with, and hyper's HTTP/1 encoders
+/// write only the fields it names (see `chunk_for_trailers`), so it must reach the next hop.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -73,7 +74,8 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 }
 
 /// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and re-sets `Connection: upgrade`.
-/// `te: trailers` is kept when `keep_te_trailers` (HTTP/2 upstreams need it for gRPC).
+/// `te: trailers` is kept when `keep_te_trailers` (requests: HTTP/2 upstreams need it for gRPC,
+/// and an HTTP/1.1 upstream may send trailers only when asked).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
     if headers.contains_key(header::CONNECTION) {
         // Names listed in Connection are hop-by-hop too, however many (the HTTP/1.1 engine drops
@@ -134,6 +136,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Frames a request body for an HTTP/1.1 upstream so that its trailers can follow it: a body of
+/// unknown length is sent chunked (explicitly: hyper's client would otherwise send a `GET` or
+/// `HEAD` body as `Content-Length: 0`), and so is an HTTP/2 request that declares trailers
+/// (`Trailer`) and also carries `Content-Length`, which HTTP/2 allows and HTTP/1.1 cannot combine
+/// with trailers. The body's bytes are unchanged. hyper's HTTP/1 client writes a trailer field
+/// only when the body is chunked and the request's `Trailer` header names it (and never one that
+/// RFC 9110 §6.5.1 keeps out of trailers: `Authorization`, `Content-*`, `Host`, …); an undeclared
+/// field is dropped (docs/limits.md, "Trailers"). `bodyless`: the request has no body at all.
+pub fn chunk_for_trailers(headers: &mut HeaderMap, version: http::Version, bodyless: bool) {
+    if bodyless {
+        return;
+    }
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && !(version == http::Version::HTTP_2 && headers.contains_key(header::TRAILER))
+    {
+        return;
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
 }
 
 /// Appends the client address to `X-Forwarded-For` (one combined value, as most apps read only

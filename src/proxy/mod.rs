@@ -312,15 +312,22 @@ impl Proxy {
         // upgrade headers stripped) and whatever it answers is relayed.
         let upgrade = !upstream.http2 && headers::is_upgrade(req.headers());
         let version = req.version();
+        let bodyless = http_body::Body::is_end_stream(req.body());
         {
             let h = req.headers_mut();
-            headers::strip_hop_by_hop(h, upgrade, upstream.http2);
+            // `te: trailers` is kept: the client takes trailers, and flipgate relays them.
+            headers::strip_hop_by_hop(h, upgrade, !upgrade);
             headers::set_forwarded(h, &conn.peer_header, conn.https, host.clone());
             headers::add_via(h, version);
             headers::ensure_request_id(h);
             if upstream.http2 {
                 h.remove(header::HOST);
             } else {
+                headers::chunk_for_trailers(h, version, bodyless);
+                // `TE` is for the next hop only; HTTP/1.1 says so in `Connection`.
+                if h.contains_key(header::TE) {
+                    h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+                }
                 // A request that names no authority (HTTP/1.0) gets the instance's, as nginx
                 // sends its upstream's: HTTP/1.1 requires a Host.
                 let host = host.or_else(|| HeaderValue::from_str(instance.as_str()).ok());
@@ -355,7 +362,6 @@ impl Proxy {
         let held = Held { slot, expect };
         let (parts, body) = req.into_parts();
         // A request to an HTTP/2 upstream keeps its body for a resend (`resend`, `body::Replay`).
-        let bodyless = http_body::Body::is_end_stream(&body);
         let (body, watch, replay) = if upstream.http2 && !bodyless {
             let (body, watch, replay) = RequestBody::replayable(body, limits.max_body_bytes);
             (body, watch, Some(replay))
