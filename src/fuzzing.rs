@@ -106,12 +106,14 @@ pub fn h1_chunked(data: &[u8]) {
     }
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) that must never leave the proxy in a rewritten head.
-const HOP_BY_HOP: [&str; 7] = [
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that must never leave the proxy in a rewritten head as
+/// the peer sent them (`Trailer` is not one: it names the trailer fields of the message). A
+/// request head gets flipgate's own `te: trailers` and `connection: te` when the client's `TE`
+/// lists `trailers` (checked below).
+const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "te",
-    "trailer",
     "upgrade",
     "proxy-connection",
     "transfer-encoding",
@@ -356,11 +358,19 @@ pub fn h1_request(data: &[u8]) -> bool {
             "preview header relayed"
         );
     }
+    // `te: trailers` goes on (flipgate's own field, with `connection: te`) iff the client's `TE`
+    // lists `trailers`; no other hop-by-hop field leaves.
+    let te_trailers = in_h
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("te"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(b"trailers"));
     for n in HOP_BY_HOP
         .iter()
         .chain(&["proxy-authenticate", "proxy-authorization"])
     {
-        assert_eq!(named(out_h, n), 0, "hop-by-hop field {n} relayed");
+        let own = usize::from(te_trailers && (*n == "te" || *n == "connection"));
+        assert_eq!(named(out_h, n), own, "hop-by-hop field {n} relayed");
     }
 
     // flipgate's own fields come last, in a fixed order; everything before them is the client's.
@@ -468,6 +478,10 @@ pub fn h1_request(data: &[u8]) -> bool {
         assert_eq!(next("x-forwarded-host"), host.value);
     }
     assert_eq!(next("via"), b"1.1 flipgate");
+    if te_trailers {
+        assert_eq!(next("te"), b"trailers");
+        assert_eq!(next("connection"), b"te");
+    }
     let rest: Vec<_> = own.collect();
     assert!(rest.iter().all(|h| !added(h.name)));
     match rest[..] {
