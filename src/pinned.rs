@@ -12,27 +12,35 @@
 //! upstreams (h2, TLS and upgrades stay on the shared clients). The slot never waits: a `try_lock`
 //! takes the connections out, one puts them back; nothing is allocated per request (an entry is
 //! allocated once per upstream connection). No `unsafe`. A request
-//! that finds the slot empty opens a connection. A connection the upstream closed is replaced; a
-//! request that hyper reports as never sent is retried once on a fresh connection, so an upstream
-//! closing an idle keep-alive connection never becomes a client error. At most `MAX_INSTANCES`
+//! that finds the slot empty opens a connection. A kept connection is reused only as the one idle
+//! rule allows (`upstream::idle`): not idle for `pool_idle_timeout` since its last response head
+//! arrived (the slot does not see the body end; the next request of an HTTP/1 downstream comes
+//! only after it, so the stamp is never later than the upstream's own keep-alive clock), and
+//! silent since (no byte, close or reset: the slot shares the socket with hyper's connection task
+//! to check it, and hyper's task also fails a connection that reads anything while idle);
+//! otherwise it is closed and replaced. A request that hyper reports as never sent is retried once
+//! on a fresh connection, so an upstream closing an idle keep-alive connection never becomes a
+//! client error. At most `MAX_INSTANCES`
 //! connections are kept per downstream connection; they close when it closes. At most `MAX_PINNED`
 //! exist process-wide (a relaxed counter touched only on connect and close), so thousands of idle
 //! clients do not pin thousands of upstream connections and file descriptors: past the cap a
 //! request is handed back and goes through the shared pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Weak;
 use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
 use crate::proxy::resend::{self, Unanswered};
+use crate::upstream::idle::Idle;
 use crate::upstream::UpstreamStream;
 
 /// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
@@ -93,7 +101,18 @@ impl PinnedError {
 /// The upstream connections of one downstream connection.
 #[derive(Default)]
 struct Conns {
-    entries: Vec<(Authority, http1::SendRequest<RequestBody>)>,
+    entries: Vec<Entry>,
+}
+
+/// One pinned upstream connection.
+struct Entry {
+    instance: Authority,
+    sender: http1::SendRequest<RequestBody>,
+    /// The socket hyper's connection task does its I/O on, looked at while idle (`idle::silent`);
+    /// gone once that task has ended.
+    stream: Weak<TcpStream>,
+    /// When its last response head arrived (or it was opened): the start of its idle time.
+    idle_since: Instant,
 }
 
 /// A downstream connection's pinned upstream connections: a take/put slot that never waits. An
@@ -125,12 +144,24 @@ impl Slot {
         &self,
         instance: &Authority,
         connect_timeout: Duration,
+        idle: Idle,
         req: Request<RequestBody>,
     ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
         let mut conns = self.take();
-        let result = conns.send(instance, connect_timeout, req).await;
+        let result = conns.send(instance, connect_timeout, idle, req).await;
         self.put(conns);
         result
+    }
+}
+
+impl Entry {
+    /// Whether this connection may carry a new request at `now` (the one idle rule).
+    fn reusable(&self, idle: &Idle, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && self
+                .stream
+                .upgrade()
+                .is_some_and(|s| idle.reusable(&s, self.idle_since, now))
     }
 }
 
@@ -139,12 +170,14 @@ impl Conns {
         &mut self,
         instance: &Authority,
         connect_timeout: Duration,
+        idle: Idle,
         mut req: Request<RequestBody>,
     ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
         let mut retried = false;
+        let now = Instant::now();
         loop {
-            let i = match self.entries.iter().position(|(a, _)| a == instance) {
-                Some(i) if !self.entries[i].1.is_closed() => i,
+            let i = match self.entries.iter().position(|e| e.instance == *instance) {
+                Some(i) if self.entries[i].reusable(&idle, now) => i,
                 found => {
                     if let Some(i) = found {
                         self.entries.remove(i);
@@ -155,15 +188,20 @@ impl Conns {
                     if PINNED.load(Relaxed) >= MAX_PINNED {
                         return Err(req);
                     }
-                    let sender = match connect(instance, connect_timeout).await {
+                    let (sender, stream) = match connect(instance, connect_timeout).await {
                         Ok(s) => s,
                         Err(e) => return Ok(Err(e)),
                     };
-                    self.entries.push((instance.clone(), sender));
+                    self.entries.push(Entry {
+                        instance: instance.clone(),
+                        sender,
+                        stream,
+                        idle_since: now,
+                    });
                     self.entries.len() - 1
                 }
             };
-            let sender = &mut self.entries[i].1;
+            let sender = &mut self.entries[i].sender;
             if let Err(e) = sender.ready().await {
                 // Closed while idle: nothing was sent, so a fresh connection is safe.
                 self.entries.remove(i);
@@ -174,7 +212,10 @@ impl Conns {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(Ok(resp)),
+                Ok(resp) => {
+                    self.entries[i].idle_since = Instant::now();
+                    return Ok(Ok(resp));
+                }
                 Err(mut e) => {
                     self.entries.remove(i);
                     match e.take_message() {
@@ -196,16 +237,17 @@ impl Conns {
 async fn connect(
     instance: &Authority,
     timeout: Duration,
-) -> Result<http1::SendRequest<RequestBody>, PinnedError> {
+) -> Result<(http1::SendRequest<RequestBody>, Weak<TcpStream>), PinnedError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(instance.as_str())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(PinnedError::Connect(instance.clone(), e)),
         Err(_) => return Err(PinnedError::ConnectTimeout(instance.clone())),
     };
     let _ = stream.set_nodelay(true);
+    let (io, stream) = UpstreamStream::shared(stream);
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
-        .handshake(UpstreamStream::plain(TokioIo::new(stream)))
+        .handshake(io)
         .await
         .map_err(|e| PinnedError::Http(instance.clone(), e))?;
     PINNED.fetch_add(1, Relaxed);
@@ -215,5 +257,73 @@ async fn connect(
         }
         PINNED.fetch_sub(1, Relaxed);
     });
-    Ok(sender)
+    Ok((sender, stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream that answers every request head with `ok`; counts the connections it accepted.
+    async fn upstream() -> (Authority, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let (mut buf, mut chunk) = (Vec::new(), [0u8; 1024]);
+                    loop {
+                        while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..i + 4);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr.to_string().parse().unwrap(), accepted)
+    }
+
+    async fn get(slot: &Slot, instance: &Authority, idle: Idle) {
+        let req = Request::get("/").body(RequestBody::empty()).unwrap();
+        let resp = slot
+            .send(instance, Duration::from_secs(5), idle, req)
+            .await
+            .unwrap_or_else(|_| panic!("no room to pin"))
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+    }
+
+    /// The pinned slot applies the one idle rule's expiry: a connection idle less than
+    /// `pool_idle_timeout` is reused, one idle that long is closed and replaced (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_connection_idle_for_pool_idle_timeout_is_replaced() {
+        let (instance, accepted) = upstream().await;
+        let idle = Idle::new(Duration::from_secs(4));
+        let slot = Slot::default();
+        get(&slot, &instance, idle).await;
+        tokio::time::advance(Duration::from_millis(3999)).await;
+        get(&slot, &instance, idle).await;
+        assert_eq!(accepted.load(Relaxed), 1, "reused while fresh");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        get(&slot, &instance, idle).await;
+        assert_eq!(accepted.load(Relaxed), 2, "expired: a new connection");
+        assert_eq!(slot.take().entries.len(), 1, "the expired one was dropped");
+    }
 }

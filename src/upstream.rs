@@ -6,7 +6,8 @@
 //! never tear down upstream connections. Instance choice is round-robin over a relaxed atomic
 //! counter and the per-instance in-flight count is one atomic add: no lock, no allocation. The
 //! request URI handed to a client is rebuilt from pre-parsed parts, so no string formatting happens
-//! per request.
+//! per request. Every pool of idle upstream connections (these clients', the engine's, the pinned
+//! slot's) follows the one idle rule of `idle`; these clients get it from `idle::Idle::configure`.
 //!
 //! TLS to upstreams is a small connector over `tokio-rustls` (ring provider, TLS 1.2/1.3), verified
 //! against the Mozilla roots (`webpki-roots`) or the target's `ca` file; SNI is the target's `sni`
@@ -17,7 +18,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+pub mod idle;
 
 use crate::config::{HealthCheck, Target};
 use crate::health::InstanceHealth;
@@ -201,18 +204,22 @@ pub struct Clients {
     pub http1: HttpClient,
     pub http2: HttpClient,
     connect_timeout: Duration,
-    pool_idle_timeout: Duration,
+    /// The idle rule every client's pool is built with (`idle`).
+    idle: idle::Idle,
 }
 
 impl Clients {
-    /// Builds the clients with the server's timeouts.
+    /// Builds the clients with the server's timeouts. Their pools keep the idle rule of
+    /// `pool_idle_timeout` for the process's life (a reload rebuilds no pool); the engine's pool
+    /// and the pinned connections apply the value of the snapshot in force.
     pub fn new(connect_timeout: Duration, pool_idle_timeout: Duration) -> Clients {
         let plain = Connector::new(connect_timeout, None);
+        let idle = idle::Idle::new(pool_idle_timeout);
         Clients {
-            http1: build_client(plain.clone(), false, pool_idle_timeout),
-            http2: build_client(plain, true, pool_idle_timeout),
+            http1: build_client(plain.clone(), false, idle),
+            http2: build_client(plain, true, idle),
             connect_timeout,
-            pool_idle_timeout,
+            idle,
         }
     }
 
@@ -236,20 +243,19 @@ impl Clients {
                         sni: t.sni.clone(),
                     }),
                 );
-                build_client(connector, u.http2, self.pool_idle_timeout)
+                build_client(connector, u.http2, self.idle)
             }),
         }
     }
 }
 
-fn build_client(connector: Connector, h2: bool, pool_idle_timeout: Duration) -> HttpClient {
+fn build_client(connector: Connector, h2: bool, idle: idle::Idle) -> HttpClient {
     let mut b = Client::builder(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(pool_idle_timeout)
-        .pool_max_idle_per_host(1024)
         .http1_max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
         .http2_only(h2);
+    idle.configure(&mut b);
     b.build(connector)
 }
 
@@ -407,6 +413,8 @@ pub struct UpstreamStream {
 
 enum Io {
     Plain(TokioIo<TcpStream>),
+    /// A plain connection whose socket a pool also holds, to check it while idle (`pinned`).
+    Shared(TokioIo<SharedTcp>),
     /// Boxed: a TLS session is ~1 KiB and plain connections should not pay for it.
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
@@ -418,6 +426,18 @@ impl UpstreamStream {
             io: Io::Plain(tcp),
             write_gone: false,
         }
+    }
+
+    /// A plain TCP connection that a pool can look at while hyper owns it (`idle::silent`). The
+    /// pool's handle is weak: the socket closes when hyper's connection drops it, as a plain one.
+    pub fn shared(tcp: TcpStream) -> (UpstreamStream, Weak<TcpStream>) {
+        let tcp = Arc::new(tcp);
+        let weak = Arc::downgrade(&tcp);
+        let stream = UpstreamStream {
+            io: Io::Shared(TokioIo::new(SharedTcp(tcp))),
+            write_gone: false,
+        };
+        (stream, weak)
     }
 
     fn tls(tls: Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>) -> UpstreamStream {
@@ -451,6 +471,7 @@ impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
         match &self.io {
             Io::Plain(s) => s.connected(),
+            Io::Shared(_) => Connected::new(),
             Io::Tls(s) => {
                 let (tcp, session) = s.inner().get_ref();
                 let c = tcp.connected();
@@ -472,6 +493,7 @@ impl hyper::rt::Read for UpstreamStream {
     ) -> Poll<std::io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Shared(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
@@ -489,6 +511,7 @@ impl hyper::rt::Write for UpstreamStream {
         }
         let r = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Shared(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         };
         this.written(r, buf.len())
@@ -501,6 +524,7 @@ impl hyper::rt::Write for UpstreamStream {
         }
         let r = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Shared(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         };
         this.written(r, ())
@@ -513,6 +537,7 @@ impl hyper::rt::Write for UpstreamStream {
         }
         match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Shared(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
@@ -529,6 +554,7 @@ impl hyper::rt::Write for UpstreamStream {
         }
         let r = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Shared(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         };
         this.written(r, all)
@@ -537,7 +563,72 @@ impl hyper::rt::Write for UpstreamStream {
     fn is_write_vectored(&self) -> bool {
         match &self.io {
             Io::Plain(s) => s.is_write_vectored(),
+            Io::Shared(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+/// A TCP connection shared by hyper's connection task (which does all its I/O) and a pool that
+/// only looks at its readiness while it is idle (`idle::silent`). The I/O is tokio's own
+/// readiness-then-try sequence, as `TcpStream`'s `AsyncRead`/`AsyncWrite` do it.
+pub struct SharedTcp(Arc<TcpStream>);
+
+impl tokio::io::AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r.map(drop)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(r)
     }
 }

@@ -126,3 +126,86 @@ async fn refused_upstream_is_a_502_on_the_pinned_path() {
     assert_eq!(on_one_connection(gw.addr, 2).await, vec![502, 502]);
     gw.stop().await;
 }
+
+/// The one idle rule's silence check, on both paths that keep a client's upstream connection:
+/// an upstream that writes on an idle kept-alive connection (a stray response) has that
+/// connection closed before reuse, and the same client's next request goes out on a fresh one and
+/// gets its own answer, never the stray bytes (`upstream::idle::silent`, called by the engine's
+/// pool and, with `FLIPGATE_HTTP1=hyper`, by the pinned slot).
+#[tokio::test]
+async fn an_upstream_that_writes_while_idle_is_not_reused_for_the_same_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let written = Arc::new(tokio::sync::Notify::new());
+    let (go2, written2) = (go.clone(), written.clone());
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (go, written) = (go2.clone(), written2.clone());
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let body = format!("conn {conn} {path}");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if path == "/first" {
+                            go.notified().await;
+                            let stray = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nLEAKED";
+                            let _ = s.write_all(stray).await;
+                            written.notify_one();
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    let mut call = async |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: bot\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                }
+            }
+            let n = c.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "gateway closed the client connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    assert_eq!(call("/first").await, "conn 0 /first");
+    go.notify_one();
+    written.notified().await;
+    assert_eq!(call("/second").await, "conn 1 /second");
+    assert_eq!(
+        call("/third").await,
+        "conn 1 /third",
+        "the fresh one is kept"
+    );
+    gw.stop().await;
+}

@@ -19,7 +19,8 @@
 //!   `head::MAX_BODY`) is sent, then the response is relayed; pipelined requests wait in the
 //!   buffer. The upstream response's framing (`Content-Length`, chunked via `chunked::Scanner`,
 //!   or until close) decides where it ends; an upstream connection is reused only when its
-//!   response ended cleanly with nothing after it, and is checked for a close before reuse.
+//!   response ended cleanly with nothing after it, and only as the one idle rule allows
+//!   (`upstream::idle`: not idle `pool_idle_timeout` long, and silent since).
 //! - A request is resent once on a fresh connection when a reused one was closed under it before
 //!   any response byte (the upstream's keep-alive timeout racing us) and the resend rule allows
 //!   it (`proxy::resend`: bodyless and idempotent).
@@ -37,17 +38,15 @@
 //!   connection holds no buffer.
 //! - Upstream connections: an exchange takes the most recently used idle connection to its
 //!   instance from the thread's pool (or opens one) and gives it back when it ended cleanly; at
-//!   most `upstreams::KEEP` idle ones per thread. So the upstream sees about as many connections
+//!   most `upstreams::KEEP` (`idle::MAX_IDLE_PER_THREAD`) idle ones per thread. So the upstream sees about as many connections
 //!   as requests in flight, and an idle client connection holds none.
 
 pub mod chunked;
 pub mod head;
 pub mod rewind;
 
-use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -478,7 +477,8 @@ impl Conn {
         limits: &crate::proxy::Limits,
         timer: Pin<&mut Sleep>,
     ) -> Result<(Up, bool), Failed> {
-        if let Some(up) = upstreams::take(instance, limits.pool_idle_timeout) {
+        let rule = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
+        if let Some(up) = upstreams::take(instance, rule) {
             return Ok((up, false));
         }
         let connect = TcpStream::connect(instance.as_str());
@@ -644,61 +644,42 @@ fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     }
 }
 
-/// Whether an idle upstream connection can carry a new request: the peer has not closed or reset
-/// it, and has sent nothing since its last response ended. Bytes that arrive while no request is
-/// outstanding (a second response from a buggy upstream, an unsolicited 408 before an idle close,
-/// a late body for a HEAD) would be read as the next request's answer by another client: any
-/// readability disqualifies the connection, as hyper's pool and Pingora's idle check do. Costs no
-/// system call while the reactor has seen nothing; when it has, one non-blocking read decides
-/// (a stale readiness reads `WouldBlock`, which also clears it).
-fn idle_usable(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut ready = pin!(stream.ready(Interest::READABLE));
-    match ready.as_mut().poll(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Ok(r)) if !r.is_read_closed() && !r.is_error() => matches!(
-            stream.try_read(&mut [0u8; 1]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        ),
-        Poll::Ready(_) => false,
-    }
-}
-
 /// Per-thread pool of idle upstream connections, most recently used first, as nginx's upstream
 /// `keepalive`: the upstream sees about as many connections as there are requests in flight, not
 /// one per client connection, and an idle client connection holds none.
 mod upstreams {
-    use super::{idle_usable, Up};
+    use super::Up;
+    use crate::upstream::idle::{self, Idle};
     use http::uri::Authority;
     use std::cell::RefCell;
     use std::collections::VecDeque;
-    use std::time::Duration;
     use tokio::time::Instant;
 
     /// Idle connections kept per thread; past it the least recently used one is closed.
-    const KEEP: usize = 256;
+    const KEEP: usize = idle::MAX_IDLE_PER_THREAD;
 
     thread_local! {
         static IDLE: RefCell<VecDeque<Up>> = const { RefCell::new(VecDeque::new()) };
     }
 
-    /// The most recently used idle connection to `authority` that is still usable (`idle_usable`)
-    /// and has been idle less than `max_idle`; unusable ones met on the way, and every connection
-    /// of the thread idle for `max_idle` or more (they sit oldest first), are closed.
-    pub(super) fn take(authority: &Authority, max_idle: Duration) -> Option<Up> {
+    /// The most recently used idle connection to `authority` that the idle rule lets carry a
+    /// request (`upstream::idle`: not expired, silent); unusable ones met on the way, and every
+    /// connection of the thread that has expired (they sit oldest first), are closed.
+    pub(super) fn take(authority: &Authority, rule: Idle) -> Option<Up> {
         let now = Instant::now();
         let mut dropped = Vec::new();
         let found = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             while idle
                 .front()
-                .is_some_and(|u| now.saturating_duration_since(u.idle_since) >= max_idle)
+                .is_some_and(|u| rule.expired(u.idle_since, now))
             {
                 dropped.extend(idle.pop_front());
             }
+            // Every connection left is younger than the expired ones: only silence is checked.
             while let Some(i) = idle.iter().rposition(|u| u.authority == *authority) {
                 let up = idle.remove(i)?;
-                if idle_usable(&up.stream) {
+                if idle::silent(&up.stream) {
                     return Some(up);
                 }
                 dropped.push(up);
@@ -792,14 +773,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_after_pool_idle_timeout() {
         let idle = Duration::from_secs(90);
+        let rule = crate::upstream::idle::Idle::new(idle);
         let (up, _peer) = pair().await;
         let authority = up.authority.clone();
         upstreams::give(up);
         tokio::time::advance(idle - Duration::from_secs(1)).await;
-        let up = upstreams::take(&authority, idle).expect("still fresh");
+        let up = upstreams::take(&authority, rule).expect("still fresh");
         upstreams::give(up);
         tokio::time::advance(idle).await;
-        assert!(upstreams::take(&authority, idle).is_none(), "expired");
+        assert!(upstreams::take(&authority, rule).is_none(), "expired");
     }
 
     /// An idle connection on which the upstream wrote anything is never handed out.
@@ -812,6 +794,7 @@ mod tests {
             .unwrap();
         up.stream.readable().await.unwrap();
         upstreams::give(up);
-        assert!(upstreams::take(&authority, Duration::from_secs(60)).is_none());
+        let rule = crate::upstream::idle::Idle::new(Duration::from_secs(60));
+        assert!(upstreams::take(&authority, rule).is_none());
     }
 }

@@ -386,7 +386,10 @@ impl Proxy {
         let deadline = crate::clock::deadline(start, limits.timeout);
         if pinned {
             loop {
-                let send = conn.pinned.send(instance, limits.connect_timeout, req);
+                let idle = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
+                let send = conn
+                    .pinned
+                    .send(instance, limits.connect_timeout, idle, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
                         return self.relay(resp, target, index, &limits, start, None, held);
