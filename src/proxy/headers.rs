@@ -2,7 +2,9 @@
 //!
 //! Invariants: after `strip_hop_by_hop`, no connection-specific header (the fixed list plus every
 //! name listed in `Connection`) is left, except `Upgrade`/`Connection: upgrade` when an upgrade is
-//! being relayed. Nothing here allocates unless the request already carries the header being
+//! being relayed and `te: trailers` (exactly that) when the caller keeps it. `Trailer` is not
+//! connection-specific and stays. `chunk_for_trailers` changes a request's framing fields only,
+//! never its body bytes. Nothing here allocates unless the request already carries the header being
 //! extended (`X-Forwarded-For`, `Via`) or lacks an `x-request-id`, apart from growing the map at
 //! most once: `set_forwarded` reserves room for every header this module adds, because a map parsed
 //! by hyper is sized to the request's own headers and would otherwise grow twice.
