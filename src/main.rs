@@ -98,7 +98,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// Diagnostics go to stderr, filtered by `RUST_LOG` (default `info`); access-log lines (enabled in
 /// the route file's `[log]`) go to stdout exactly as formatted, whatever `RUST_LOG` says.
 fn init_logging() {
-    use flipgate::access_log;
+    use flipgate::observe::access_log;
     use tracing_subscriber::filter::{filter_fn, FilterExt};
     use tracing_subscriber::prelude::*;
     let env =

@@ -45,8 +45,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::state::writer::{pid_text, Ownership, PersistStatus};
 use crate::control::{Action, Control, Durability};
-use crate::state::writer::{pid_text, Ownership, PersistStatus};
 use guard::{Access, Refusal, TokenState};
 use token::TokenSource;
 use view::{RouteView, RoutesView};
@@ -245,7 +245,7 @@ impl Admin {
             ),
             TokenState::Unusable(_) | TokenState::Token(_) => self.note_token(&state),
         }
-        crate::server::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
+        crate::serve::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
     }
 
     /// Answers a refused request: counted, logged (rate-limited per reason), JSON.

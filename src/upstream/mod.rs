@@ -13,6 +13,10 @@
 //! or the instance host. We keep our own ~100-line connector rather than `hyper-rustls` because we
 //! need a per-target SNI override and CA, and it avoids a second copy of the rustls plumbing.
 
+pub mod body;
+pub mod expect;
+pub mod health;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -31,8 +35,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{HealthCheck, Target};
-use crate::health::InstanceHealth;
-use crate::proxy::body::RequestBody;
+use crate::upstream::body::RequestBody;
+use crate::upstream::health::InstanceHealth;
+
+/// An upstream response head larger than this is an invalid response (502) on every path, as in
+/// nginx and HAProxy.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// The client type used for every upstream request.
 pub type HttpClient = Client<Connector, RequestBody>;
@@ -248,7 +256,7 @@ fn build_client(connector: Connector, h2: bool, pool_idle_timeout: Duration) -> 
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(pool_idle_timeout)
         .pool_max_idle_per_host(1024)
-        .http1_max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .http2_only(h2);
     b.build(connector)
 }
@@ -396,7 +404,7 @@ impl tower_service::Service<http::Uri> for Connector {
 /// client would get 502 instead of the answer. So once a write fails because the peer is gone
 /// (reset, broken pipe), this stream takes every further write as done and drops the bytes: hyper
 /// goes on to read whatever the upstream sent before it closed, and relays it, or fails on the
-/// read when there is nothing, as one closed under its request (`proxy::resend`). Such a
+/// read when there is nothing, as one closed under its request (`policy::resend`). Such a
 /// connection ends with that exchange: the peer has reset it, so hyper's next read sees its end,
 /// as for any connection an upstream closed.
 pub struct UpstreamStream {

@@ -30,9 +30,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::proxy::body::{RequestBody, RequestBodyError};
-use crate::proxy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
-use crate::proxy::resend::{self, Unanswered};
+use crate::policy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
+use crate::policy::resend::{self, Unanswered};
+use crate::upstream::body::{RequestBody, RequestBodyError};
 use crate::upstream::UpstreamStream;
 
 /// Upstream instances one downstream connection keeps a connection to; more are replaced oldest
@@ -66,7 +66,7 @@ impl PinnedError {
     }
 
     /// Which side failed: the client's request body (too large, or the client went away) or
-    /// the upstream, as `proxy::error::classify` does for the shared clients.
+    /// the upstream, as `policy::error::classify` does for the shared clients.
     pub fn classify(&self) -> ProxyError {
         let e = match self {
             PinnedError::Connect(_, e) => return connect_error(e),
@@ -204,7 +204,7 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
-        .max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
+        .max_buf_size(crate::upstream::MAX_RESPONSE_HEAD)
         .handshake(UpstreamStream::plain(TokioIo::new(stream)))
         .await
         .map_err(|e| PinnedError::Http(instance.clone(), e))?;

@@ -8,12 +8,7 @@
 //! against a target.
 
 pub mod body;
-pub mod decide;
-pub mod error;
-pub mod expect;
-pub mod grpc;
-pub mod headers;
-pub mod resend;
+pub mod pinned;
 pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,12 +21,17 @@ use hyper::body::Incoming;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::health::Outlier;
+use crate::policy::error::{
+    classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind,
+};
+use crate::policy::{decide, grpc, headers, resend};
 use crate::snapshot::{Snapshot, TargetEntry};
+use crate::upstream::body::RequestBody;
+use crate::upstream::expect;
+use crate::upstream::health::Outlier;
 use crate::upstream::{Clients, InflightGuard};
+use body::Held;
 pub use body::ProxyBody;
-use body::{Held, RequestBody};
-use error::{classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind};
 use http::uri::Authority;
 
 /// Everything the data path needs, shared by all connections.
@@ -55,7 +55,7 @@ pub struct ConnInfo {
     pub peer_header: HeaderValue,
     pub https: bool,
     /// This connection's own upstream connections (HTTP/1 requests to plain HTTP/1.1 upstreams).
-    pub pinned: crate::pinned::Slot,
+    pub pinned: crate::serve::proxy::pinned::Slot,
 }
 
 impl ConnInfo {
@@ -69,7 +69,7 @@ impl ConnInfo {
             peer_header: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP is a valid header value"),
             https,
-            pinned: crate::pinned::Slot::default(),
+            pinned: crate::serve::proxy::pinned::Slot::default(),
         }
     }
 }
@@ -275,13 +275,13 @@ impl Proxy {
                 route.targets[ti].clone(),
                 reason,
                 Limits::of(&snap.config.server),
-                crate::access_log::sample(&snap.config.log),
+                crate::observe::access_log::sample(&snap.config.log),
             )
         };
         let Some(format) = access else {
             return self.forward(req, host, conn, &target, limits, start).await;
         };
-        let log = crate::access_log::Pending::start(format, &mut req, conn.peer.ip());
+        let log = crate::observe::access_log::Pending::start(format, &mut req, conn.peer.ip());
         let resp = self.forward(req, host, conn, &target, limits, start).await;
         log.finish(&target, reason, resp.status(), start);
         resp

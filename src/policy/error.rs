@@ -8,14 +8,10 @@
 
 use http::StatusCode;
 
-use super::body::RequestBodyError;
+use crate::upstream::body::RequestBodyError;
 use crate::upstream::ConnectError;
 
-/// An upstream response head larger than this is an invalid response (502) on every path, as in
-/// nginx and HAProxy.
-pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-pub use crate::labels::{ClientErrorKind, LocalErrorKind, UpstreamErrorKind};
+pub use crate::observe::labels::{ClientErrorKind, LocalErrorKind, UpstreamErrorKind};
 
 /// Why flipgate answered a request itself instead of relaying the upstream's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
