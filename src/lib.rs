@@ -91,6 +91,19 @@ pub enum StartError {
     State(#[from] control::StateError),
 }
 
+/// Every check a start makes before it binds anything, beyond the route file's own validation:
+/// the TLS certificates load and each key matches its certificate, and a non-loopback admin
+/// listener has a usable token. `flipgate check` runs exactly this, so a file it passes does not
+/// fail `run` for these reasons (binding an address, which it cannot try, still can).
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    if let Some(t) = &config.server.tls {
+        tls::CertSet::load(&t.certs)?;
+    }
+    let token = admin::token::TokenSource::new(&config.admin).resolve();
+    admin::exposure(config.admin.listen, &token)?;
+    Ok(())
+}
+
 /// How long start waits for the first write of the runtime state (a hung disk must not keep the
 /// gateway from serving; the write goes on and `/readyz` says it is pending).
 const START_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -104,6 +117,7 @@ impl Gateway {
 
     /// Starts from an already validated config read from `path`.
     pub async fn start_with(config: Config, path: PathBuf) -> Result<Gateway, StartError> {
+        preflight(&config)?;
         let metrics = Arc::new(Metrics::new());
         let settings = serve::ConnSettings::from_config(&config.server);
         let listen = config.server.listen;

@@ -12,10 +12,16 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Check { file } => match Config::load(&file) {
-            Ok(c) => {
-                print!("{}", flipgate::cli::summary(&c));
-                ExitCode::SUCCESS
-            }
+            Ok(c) => match flipgate::preflight(&c) {
+                Ok(()) => {
+                    print!("{}", flipgate::cli::summary(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::from(1)
+                }
+            },
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(1)

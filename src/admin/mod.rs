@@ -84,6 +84,19 @@ pub enum AdminError {
     Bind(SocketAddr, std::io::Error),
 }
 
+/// The loopback rule: an admin listener other processes' networks can reach needs a usable token.
+/// `run` applies it when it binds, `check` before (`crate::preflight`).
+pub fn exposure(addr: SocketAddr, token: &TokenState) -> Result<(), AdminError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    match token {
+        TokenState::Open => Err(AdminError::Unprotected(addr)),
+        TokenState::Unusable(why) => Err(AdminError::TokenUnusable(addr, why.clone())),
+        TokenState::Token(_) => Ok(()),
+    }
+}
+
 type Resp = Response<Full<Bytes>>;
 
 fn json(status: StatusCode, body: &impl serde::Serialize) -> Resp {
@@ -233,12 +246,8 @@ impl Admin {
         reuse_port: bool,
     ) -> Result<TcpListener, AdminError> {
         let state = self.token.resolve();
-        let loopback = addr.ip().is_loopback();
+        exposure(addr, &state)?;
         match &state {
-            TokenState::Open if !loopback => return Err(AdminError::Unprotected(addr)),
-            TokenState::Unusable(why) if !loopback => {
-                return Err(AdminError::TokenUnusable(addr, why.clone()))
-            }
             TokenState::Open => tracing::warn!(
                 admin = %addr,
                 "admin API has no token: any local process can change routes (web pages are refused by the Host and Origin checks); set admin.token_env or admin.token_file"

@@ -61,7 +61,7 @@ impl ProxyError {
                 "flipgate: too many request header fields\n"
             }
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
-                "flipgate: upstream refused the connection\n"
+                "flipgate: could not connect to the upstream\n"
             }
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => "flipgate: upstream timed out\n",
             ProxyError::Upstream(_) => "flipgate: upstream closed the connection\n",
@@ -141,8 +141,6 @@ pub fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
             }
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
         }
-        // The HTTP connector reports its own timeout as text only.
-        timed_out |= e.is_connect() && s.to_string().contains("timed out");
         src = s.source();
     }
     ProxyError::Upstream(match () {

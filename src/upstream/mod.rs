@@ -347,13 +347,27 @@ impl Connector {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("tcp connect: {0}")]
-    Tcp(Box<dyn std::error::Error + Send + Sync>),
+    Tcp(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("TLS handshake timed out")]
     TlsTimeout,
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
     #[error("invalid TLS server name `{0}`")]
     ServerName(String),
+}
+
+/// The TLS handshake failure somewhere in `e`'s causes (a certificate the upstream's CA does not
+/// sign, a name mismatch, no shared protocol): an operator's problem to be told about, where a
+/// refused or reset connection is the upstream's everyday failure.
+pub fn tls_failure<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e std::io::Error> {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(ConnectError::Tls(io)) = s.downcast_ref::<ConnectError>() {
+            return Some(io);
+        }
+        src = s.source();
+    }
+    None
 }
 
 impl tower_service::Service<http::Uri> for Connector {

@@ -191,6 +191,19 @@ pub(crate) fn record_error(
     }
 }
 
+/// Logs a failed upstream exchange: at debug level (the metrics count it), except a TLS handshake
+/// failure, which is a configuration problem (the target's `tls`/`ca`) an operator must hear of.
+fn log_failure(target: &TargetEntry, instance: &Authority, e: &(dyn std::error::Error + 'static)) {
+    match crate::upstream::tls_failure(e) {
+        Some(tls) => {
+            tracing::warn!(route = %target.route, target = %target.name, %instance, error = %tls, "upstream TLS handshake failed; check the target's tls and ca settings")
+        }
+        None => {
+            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed")
+        }
+    }
+}
+
 /// Admits a request to `target`, the one admission rule of both engines: a declared body over
 /// `max_body_bytes` is refused before any upstream work, then an instance that passes its checks
 /// is picked and an in-flight slot taken. A refusal is recorded (`record_error`) and returned.
@@ -391,7 +404,7 @@ impl Proxy {
                             req = again;
                             continue;
                         }
-                        tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                        log_failure(target, instance, &e);
                         return self.fail(target, index, &limits, e.classify(), start);
                     }
                     Err(_) => return self.fail(target, index, &limits, timed_out(), start),
@@ -420,7 +433,7 @@ impl Proxy {
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                log_failure(target, instance, &e);
                 return self.fail(target, index, &limits, classify(&e), start);
             }
             Err(_) => return self.fail(target, index, &limits, timed_out(), start),
