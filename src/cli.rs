@@ -30,7 +30,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Self-contained demo: built-in blue and green bots behind the proxy.
-    Demo,
+    Demo(crate::demo::DemoArgs),
     /// Validate a route file and print a summary; errors as FILE:LINE:COL: message.
     Check { file: PathBuf },
     /// Show routes: live, canary, previous, circuit, error rates.
@@ -186,7 +186,7 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
         Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
         Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
-        Command::Run { .. } | Command::Demo | Command::Check { .. } => {
+        Command::Run { .. } | Command::Demo(_) | Command::Check { .. } => {
             unreachable!("not a client command")
         }
     };

@@ -55,10 +55,10 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Demo => {
+        Command::Demo(args) => {
             let rt = runtime(0).expect("runtime");
             rt.block_on(async {
-                match flipgate::demo::run().await {
+                match flipgate::demo::run(args).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("flipgate demo: {e:#}");
