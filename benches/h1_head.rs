@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
-use flipgate::h1::head::{self, Head, Plan, UpstreamHead};
-use flipgate::metrics::Metrics;
-use flipgate::proxy::{headers, ConnInfo, Proxy};
+use flipgate::observe::metrics::Metrics;
+use flipgate::policy::headers;
+use flipgate::serve::h1::head::{self, Head, Plan, UpstreamHead};
+use flipgate::serve::proxy::{ConnInfo, Proxy};
 use flipgate::snapshot::Snapshot;
 use http::header::{HeaderName, HeaderValue};
 

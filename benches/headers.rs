@@ -11,7 +11,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use flipgate::proxy::headers;
+use flipgate::policy::headers;
 use http::header::{self, HeaderMap, HeaderValue};
 
 #[path = "support/alloc_count.rs"]

@@ -24,9 +24,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use flipgate::circuit::window::Window;
 use flipgate::config::{AccessLogFormat, Log};
-use flipgate::metrics::Metrics;
+use flipgate::control::circuit::window::Window;
+use flipgate::observe::metrics::Metrics;
 
 fn recording(c: &mut Criterion) {
     let metrics = Metrics::new();
@@ -81,7 +81,7 @@ fn recording(c: &mut Criterion) {
         sample: 1.0,
     };
     g.bench_function("access_log_off", |b| {
-        b.iter(|| flipgate::access_log::sample(black_box(&off)))
+        b.iter(|| flipgate::observe::access_log::sample(black_box(&off)))
     });
     g.finish();
 }

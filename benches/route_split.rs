@@ -12,8 +12,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use flipgate::config::{HostPattern, Sticky};
-use flipgate::router::Router;
-use flipgate::split::{random_bucket, Split};
+use flipgate::snapshot::router::Router;
+use flipgate::snapshot::split::{random_bucket, Split};
 use http::{HeaderMap, HeaderValue};
 
 #[path = "support/alloc_count.rs"]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
-use flipgate::metrics::Metrics;
+use flipgate::observe::metrics::Metrics;
 use flipgate::snapshot::Snapshot;
 
 #[path = "support/alloc_count.rs"]

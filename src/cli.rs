@@ -30,7 +30,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Self-contained demo: built-in blue and green bots behind the proxy.
-    Demo,
+    Demo(crate::demo::DemoArgs),
     /// Validate a route file and print a summary; errors as FILE:LINE:COL: message.
     Check { file: PathBuf },
     /// Show routes: live, canary, previous, circuit, error rates.
@@ -81,7 +81,7 @@ pub enum Command {
 /// Where the admin API is and how to authenticate.
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
-    /// Admin API base URL.
+    /// Admin API base URL (`http://` is assumed when there is no scheme).
     #[arg(long, env = "FLIPGATE_ADMIN", default_value = "http://127.0.0.1:9901")]
     pub admin: String,
     /// Bearer token for mutating calls.
@@ -100,7 +100,9 @@ async fn call(
     body: Option<serde_json::Value>,
 ) -> Result<Bytes, Failure> {
     let base = admin.admin.trim_end_matches('/');
-    let uri: http::Uri = format!("{base}{path}")
+    // `--admin 127.0.0.1:9901` means the plain-HTTP admin listener at that address.
+    let scheme = if base.contains("://") { "" } else { "http://" };
+    let uri: http::Uri = format!("{scheme}{base}{path}")
         .parse()
         .map_err(|e| Failure(format!("bad --admin URL `{}`: {e}", admin.admin)))?;
     let mut req = http::Request::builder().method(method).uri(uri);
@@ -184,14 +186,23 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
         Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
         Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
-        Command::Run { .. } | Command::Demo | Command::Check { .. } => {
+        Command::Run { .. } | Command::Demo(_) | Command::Check { .. } => {
             unreachable!("not a client command")
         }
     };
+    let rollback = path.ends_with("/rollback");
     let bytes = call(&admin, Method::POST, &path, body).await?;
     let view: RouteView =
         serde_json::from_slice(&bytes).map_err(|e| Failure(format!("unexpected answer: {e}")))?;
-    Ok(table(&[view]))
+    // A rollback of a route the circuit already rolled back changes nothing: say so.
+    let note = match &view.circuit.tripped {
+        Some(_) if rollback => format!(
+            "`{}` was already rolled back by the circuit; live is `{}`\n",
+            view.name, view.live
+        ),
+        _ => String::new(),
+    };
+    Ok(note + &table(&[view]))
 }
 
 fn encode(s: &str) -> String {
@@ -220,8 +231,9 @@ pub fn table(routes: &[RouteView]) -> String {
         let canary = r.canary.as_ref().map_or("-".to_string(), |c| {
             format!("{} {:.2}% ({:?})", c.target, c.percent, c.source).to_lowercase()
         });
+        // The reason can be long: it goes under the table, wrapped, so rows keep to a terminal.
         let circuit = match &r.circuit.tripped {
-            Some(t) => format!("tripped: {}", t.reason),
+            Some(_) => "tripped".to_string(),
             None => r.circuit.state.clone(),
         };
         let errors = r
@@ -267,9 +279,38 @@ pub fn table(routes: &[RouteView]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for r in routes {
+        if let Some(t) = &r.circuit.tripped {
+            out.push_str(&wrap(&format!("{} tripped: {}", r.name, t.reason), WIDTH));
+        }
+    }
     if routes.iter().any(|r| !r.persisted) {
         out.push_str("warning: runtime state not persisted: the decisions shown are in force but would not survive a restart (see /readyz)\n");
     }
+    out
+}
+
+/// Width the table's notes are wrapped to (a terminal's usual).
+const WIDTH: usize = 100;
+
+/// `text` as lines of at most `width` characters (a longer word gets a line of its own), the
+/// lines after the first indented.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = "    ".into();
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
     out
 }
 
@@ -310,8 +351,15 @@ pub fn summary(c: &crate::config::Config) -> String {
             )
         });
         let circuit = r.circuit.as_ref().map_or("off".to_string(), |c| {
+            let compare = match c.compare {
+                crate::config::Compare::Absolute => "absolute",
+                crate::config::Compare::Live => "live",
+            };
+            let p99 = c.max_p99.map_or("off".to_string(), |d| {
+                humantime::format_duration(d).to_string()
+            });
             format!(
-                "window {} min {} max {:.1}% bake {}",
+                "window {} min {} max {:.1}% compare {compare} max_p99 {p99} bake {}",
                 humantime::format_duration(c.window),
                 c.min_requests,
                 c.max_error_rate * 100.0,

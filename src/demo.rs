@@ -1,8 +1,13 @@
 //! `flipgate demo`: two built-in bots (blue and green) on loopback behind a real gateway, with a
 //! route file in a temporary directory that the operator can edit to see hot reload.
 //!
-//! Invariants: binds only loopback addresses; tries the usual ports (8080, 9901) and falls back to
-//! free ones; removes nothing outside its own temporary directory; stops on Ctrl-C.
+//! Invariants: binds only loopback addresses; without `--port`/`--admin-port` tries the usual
+//! ports (8080, 9901) and falls back to free ones, with them binds exactly those or fails; removes
+//! nothing outside its own temporary directory; stops on Ctrl-C. The commands it prints name the
+//! binary the way the user started it, so they work when pasted.
+//!
+//! `--bots-only` starts just the two bots, on the ports `config/flipgate.toml` points at (3000,
+//! 3001), so the README's `flipgate run -c config/flipgate.toml` has something real to proxy to.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +19,32 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+/// `flipgate demo`'s options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DemoArgs {
+    /// Proxy port (default: 8080, or a free one if it is taken).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Admin port (default: 9901, or a free one if it is taken).
+    #[arg(long)]
+    pub admin_port: Option<u16>,
+    /// Start only the blue and green bots, on 127.0.0.1:3000 and :3001 (the instances in
+    /// config/flipgate.toml), for `flipgate run -c config/flipgate.toml`.
+    #[arg(long, conflicts_with_all = ["port", "admin_port"])]
+    pub bots_only: bool,
+}
+
+/// Ports of the bots `--bots-only` starts: the instances `config/flipgate.toml` lists.
+pub const BOT_PORTS: [u16; 2] = [3000, 3001];
+
 /// Starts a demo bot that answers every request with a JSON line naming itself.
 pub async fn spawn_bot(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    spawn_bot_on(name, 0).await
+}
+
+/// [`spawn_bot`] on a given loopback port (0: any free one).
+pub async fn spawn_bot_on(name: &'static str, port: u16) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -63,8 +91,42 @@ fn free_or_zero(port: u16) -> u16 {
     }
 }
 
+/// How the user started this binary, for the commands the demo prints: `cargo run --release --`
+/// under cargo, `flipgate` when that is what the shell finds, else the path as typed.
+fn invocation() -> String {
+    if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        return "cargo run --release --".into();
+    }
+    let argv0 = std::env::args().next().unwrap_or_else(|| "flipgate".into());
+    if argv0.contains('/') {
+        argv0
+    } else {
+        "flipgate".into()
+    }
+}
+
 /// Runs the demo until Ctrl-C.
-pub async fn run() -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.bots_only {
+        let [b, g] = BOT_PORTS;
+        let blue = spawn_bot_on("blue", b)
+            .await
+            .with_context(|| format!("starting the blue bot on 127.0.0.1:{b}"))?;
+        let green = spawn_bot_on("green", g)
+            .await
+            .with_context(|| format!("starting the green bot on 127.0.0.1:{g}"))?;
+        println!(
+            "blue bot on http://{blue}, green bot on http://{green} (the instances in config/flipgate.toml)\n\
+             now, in another terminal: {} run -c config/flipgate.toml\n\
+             and: curl -s -H 'Host: bot.example.com' http://127.0.0.1:8080/hello\n\
+             Ctrl-C stops the bots.",
+            invocation()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        return Ok(());
+    }
     let blue = spawn_bot("blue").await.context("starting the blue bot")?;
     let green = spawn_bot("green").await.context("starting the green bot")?;
     let dir = std::env::temp_dir().join(format!("flipgate-demo-{}", std::process::id()));
@@ -104,12 +166,13 @@ min_requests = 20
 max_error_rate = 0.05
 bake = "5m"
 "#,
-        listen = free_or_zero(8080),
-        admin = free_or_zero(9901),
+        listen = args.port.unwrap_or_else(|| free_or_zero(8080)),
+        admin = args.admin_port.unwrap_or_else(|| free_or_zero(9901)),
     );
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let gw = crate::Gateway::start(&file).await?;
     let (p, a) = (gw.addr, gw.admin_addr);
+    let fg = invocation();
     let admin_flag = if a.port() == 9901 {
         String::new()
     } else {
@@ -125,11 +188,11 @@ flipgate demo is running.
 Try:
   curl -s http://{p}/hello                                  # blue answers
   curl -s -H 'x-flipgate-target: green' http://{p}/hello    # preview green before it is live
-  cargo run --release -- canary chatbot 50{admin_flag}          # 50 % sticky canary
+  {fg} canary chatbot 50{admin_flag}          # 50 % sticky canary
   for u in alice bob carol dave; do curl -s -H "x-user-id: $u" http://{p}/; done
-  cargo run --release -- flip chatbot green{admin_flag}         # flip everyone to green
-  cargo run --release -- rollback chatbot{admin_flag}           # and back
-  cargo run --release -- status{admin_flag}
+  {fg} flip chatbot green{admin_flag}         # flip everyone to green
+  {fg} rollback chatbot{admin_flag}           # and back
+  {fg} status{admin_flag}
   sed -i 's/^live = "blue"/live = "green"/' {file}   # flip by editing the file (hot reload)
 
 Ctrl-C stops the demo.

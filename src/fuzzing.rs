@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::router::Router;
-use crate::split::Split;
+use crate::snapshot::router::Router;
+use crate::snapshot::split::Split;
 
 /// Parses arbitrary bytes as a route file.
 pub fn config_parse(data: &[u8]) {
@@ -65,8 +65,8 @@ pub fn route_request(data: &[u8]) {
 /// total and whether the body ended.
 fn chunked_feed<'a>(
     pieces: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<(usize, bool), crate::h1::chunked::ChunkError> {
-    let mut s = crate::h1::chunked::Scanner::default();
+) -> Result<(usize, bool), crate::serve::h1::chunked::ChunkError> {
+    let mut s = crate::serve::h1::chunked::Scanner::default();
     let mut total = 0;
     for p in pieces {
         let was_done = s.done();
@@ -143,7 +143,7 @@ fn assert_crlf(out: &[u8]) {
 /// upstream's bytes. A response head the engine accepts is rewritten into a valid one without
 /// hop-by-hop fields and with unambiguous framing.
 pub fn h1_response(data: &[u8]) {
-    use crate::h1::head::{response, Framing, UpstreamHead};
+    use crate::serve::h1::head::{response, Framing, UpstreamHead};
     let Some((&flags, buf)) = data.split_first() else {
         return;
     };
@@ -159,7 +159,7 @@ pub fn h1_response(data: &[u8]) {
     };
     assert!(r.head_len <= buf.len());
     assert_crlf(&out);
-    let mut headers = [httparse::EMPTY_HEADER; crate::h1::head::MAX_HEADERS + 4];
+    let mut headers = [httparse::EMPTY_HEADER; crate::serve::h1::head::MAX_HEADERS + 4];
     let mut parsed = httparse::Response::new(&mut headers);
     match parsed.parse(&out) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
@@ -211,7 +211,7 @@ pub fn h1_response(data: &[u8]) {
     }
     // Fields the upstream's Connection lists stay behind, except the framing ones (the body is
     // relayed verbatim) and the ones flipgate writes itself.
-    let mut in_headers = [httparse::EMPTY_HEADER; crate::h1::head::MAX_HEADERS];
+    let mut in_headers = [httparse::EMPTY_HEADER; crate::serve::h1::head::MAX_HEADERS];
     let mut input = httparse::Response::new(&mut in_headers);
     assert!(matches!(
         input.parse(buf),
@@ -245,8 +245,8 @@ pub fn h1_response(data: &[u8]) {
     assert!(!r.reusable || r.framing != Framing::Close);
 }
 
-fn h1_proxy() -> &'static crate::proxy::Proxy {
-    static P: OnceLock<crate::proxy::Proxy> = OnceLock::new();
+fn h1_proxy() -> &'static crate::serve::proxy::Proxy {
+    static P: OnceLock<crate::serve::proxy::Proxy> = OnceLock::new();
     P.get_or_init(|| {
         const CONFIG: &str = r#"
 [server]
@@ -278,7 +278,7 @@ percent = 50.0
 sticky = "cookie:session"
 "#;
         let config = crate::config::parse(Path::new("fuzz.toml"), CONFIG).expect("valid config");
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = crate::observe::metrics::Metrics::new();
         let snap = crate::snapshot::Snapshot::build(
             1,
             std::sync::Arc::new(config),
@@ -286,7 +286,7 @@ sticky = "cookie:session"
             &crate::snapshot::Snapshot::empty(),
             &metrics,
         );
-        crate::proxy::Proxy::new(
+        crate::serve::proxy::Proxy::new(
             std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
             crate::upstream::Clients::new(
                 std::time::Duration::from_secs(1),
@@ -302,9 +302,9 @@ sticky = "cookie:session"
 /// field lines the client sent. Returns whether the request was forwarded (so the corpus replay
 /// can check that the seeds reach these checks).
 pub fn h1_request(data: &[u8]) -> bool {
-    use crate::h1::head::{request, Head, Plan, MAX_HEADERS};
+    use crate::serve::h1::head::{request, Head, Plan, MAX_HEADERS};
     let proxy = h1_proxy();
-    let conn = crate::proxy::ConnInfo::new(([127, 0, 0, 1], 40000).into(), false);
+    let conn = crate::serve::proxy::ConnInfo::new(([127, 0, 0, 1], 40000).into(), false);
     let mut out = Vec::new();
     let start = tokio::time::Instant::now();
     let f = match request(proxy, &conn, data, &mut out, 16 * 1024, 100, start) {
@@ -316,7 +316,7 @@ pub fn h1_request(data: &[u8]) -> bool {
         Head::Plan(Plan::Forward(f)) => f,
     };
     assert!(f.head_len <= data.len());
-    assert!(f.body_len <= crate::h1::head::MAX_BODY);
+    assert!(f.body_len <= crate::serve::h1::head::MAX_BODY);
     assert_crlf(&out);
 
     let mut in_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -658,7 +658,7 @@ pub fn admin_request(data: &[u8]) -> bool {
 /// with a fixed route file as a start or reload does. Must not panic; whatever state comes out
 /// names only the route's targets and keeps its canary within 100 %.
 pub fn state_load(data: &[u8]) {
-    use crate::state::Saved;
+    use crate::control::state::Saved;
     static CONFIG: OnceLock<crate::config::Config> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         crate::config::parse(
@@ -676,8 +676,8 @@ pub fn state_load(data: &[u8]) {
     let Ok(saved) = Saved::parse(data) else {
         return;
     };
-    let metrics = crate::metrics::Metrics::new();
-    let events = crate::events::Events::default();
+    let metrics = crate::observe::metrics::Metrics::new();
+    let events = crate::control::events::Events::default();
     for now in [0, u64::MAX / 2, u64::MAX] {
         let (states, _splits, _parked) = crate::control::reconcile(
             config,

@@ -1,11 +1,12 @@
 //! flipgate: a reverse proxy for zero-downtime bot deploys.
 //!
-//! Architecture. The *data plane* (`proxy`, `router`, `split`, `upstream`) serves requests from an
-//! immutable `Snapshot` loaded once per request from an `ArcSwap`: no locks, no per-request config
-//! lookups. The *control plane* has one writer, `control::Control`: file reloads (`reload`), admin
-//! calls (`admin`) and circuit trips (`circuit`) all edit the per-route runtime state there, which
-//! is compiled with the validated route file (`config`) into a new snapshot, published with a
-//! single `store`, and handed to the state writer (`state::writer`), which persists it on its own
+//! Architecture. The *data plane* (`serve`, `policy`, `upstream`) serves requests from an
+//! immutable `Snapshot` (`snapshot`, with its router and split) loaded once per request from an
+//! `ArcSwap`: no locks, no per-request config lookups. The *control plane* has one writer,
+//! `control::Control`: file reloads (`control::reload`), admin calls (`admin`) and circuit trips
+//! (`control::circuit`) all edit the per-route runtime state there, which is compiled with the
+//! validated route file (`config`) into a new snapshot, published with a single `store`, and
+//! handed to the state writer (`control::state::writer`), which persists it on its own
 //! thread: nothing on the runtime waits for the disk, and of all processes sharing a `state.dir`
 //! only the one holding its lock writes. Requests in flight keep the snapshot (and target) they started
 //! with; the next request sees the new one. Per-target counters, metric handles and upstream pools
@@ -16,41 +17,34 @@
 //! certificates, binds every listener (so a bad address or certificate fails fast), then spawns the
 //! accept loops, the reload watcher, the certificate watcher (`tls`) and the circuit task, all of
 //! which stop on one shutdown signal. Shutdown drains connections, then tunnels, within
-//! `server.drain_timeout` (`server`, `proxy::tunnel`).
+//! `server.drain_timeout` (`serve`, `serve::proxy::tunnel`).
 
 // Safe Rust everywhere but three system-call sites, each allowed where it stands with its
-// invariant: `h1::try_read` (a `recv` into a buffer's spare room), `server::reuse_port_handover`
-// (`setsockopt` with a BPF program) and `state::lock` (`flock`).
+// invariant: `serve::h1::try_read` (a `recv` into a buffer's spare
+// room), `serve::reuse_port_handover` (`setsockopt` with a BPF program) and `control::state::lock`
+// (`flock`).
 #![deny(unsafe_code)]
 
-pub mod access_log;
+// The data plane: `serve` (listeners, the HTTP/1.1 engine, hyper's path, tunnels) applies
+// `policy` (written once for both engines) to what it reads from `snapshot`, and forwards through
+// `upstream`. The control plane: `control` (the one writer: reloads, admin calls, circuit trips,
+// health checks, persisted state) publishes snapshots; `admin` is its API. `observe` (metrics,
+// access log) and `config` are shared by both.
 pub mod admin;
-pub mod circuit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
-pub mod events;
 /// Entry points of the fuzz targets: built only for `cargo test` and for `cargo fuzz` (which
 /// sets `--cfg fuzzing`), never part of the library a build of flipgate ships.
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-pub mod h1;
-pub mod health;
-pub mod labels;
-pub mod metrics;
-pub mod pinned;
-pub mod proxy;
-pub mod reload;
-pub mod router;
-pub mod server;
+pub mod observe;
+pub mod policy;
+pub mod serve;
 pub mod snapshot;
-pub mod split;
-pub mod state;
-pub mod tls;
 pub mod upstream;
-pub mod write_deadline;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,8 +56,10 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::control::Control;
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::control::{circuit, health_check, reload};
+use crate::observe::metrics::Metrics;
+use crate::serve::proxy::Proxy;
+use crate::serve::tls;
 
 /// A running gateway: its bound addresses and the handle to stop it.
 pub struct Gateway {
@@ -95,6 +91,19 @@ pub enum StartError {
     State(#[from] control::StateError),
 }
 
+/// Every check a start makes before it binds anything, beyond the route file's own validation:
+/// the TLS certificates load and each key matches its certificate, and a non-loopback admin
+/// listener has a usable token. `flipgate check` runs exactly this, so a file it passes does not
+/// fail `run` for these reasons (binding an address, which it cannot try, still can).
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    if let Some(t) = &config.server.tls {
+        tls::CertSet::load(&t.certs)?;
+    }
+    let token = admin::token::TokenSource::new(&config.admin).resolve();
+    admin::exposure(config.admin.listen, &token)?;
+    Ok(())
+}
+
 /// How long start waits for the first write of the runtime state (a hung disk must not keep the
 /// gateway from serving; the write goes on and `/readyz` says it is pending).
 const START_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -108,8 +117,9 @@ impl Gateway {
 
     /// Starts from an already validated config read from `path`.
     pub async fn start_with(config: Config, path: PathBuf) -> Result<Gateway, StartError> {
+        preflight(&config)?;
         let metrics = Arc::new(Metrics::new());
-        let settings = server::ConnSettings::from_config(&config.server);
+        let settings = serve::ConnSettings::from_config(&config.server);
         let listen = config.server.listen;
         let reuse_port = config.server.reuse_port;
         let admin_listen = config.admin.listen;
@@ -130,7 +140,7 @@ impl Gateway {
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin::new(control.clone(), ready.clone());
         let admin_listener = admin.bind(admin_listen, reuse_port).await?;
-        let listener = server::bind(listen, reuse_port).map_err(|e| StartError::Bind(listen, e))?;
+        let listener = serve::bind(listen, reuse_port).map_err(|e| StartError::Bind(listen, e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(listen, e))?;
@@ -143,8 +153,8 @@ impl Gateway {
             None => None,
             Some(t) => {
                 let resolver = tls::Resolver::new(tls::CertSet::load(&t.certs)?);
-                let l = server::bind(t.listen, reuse_port)
-                    .map_err(|e| StartError::Bind(t.listen, e))?;
+                let l =
+                    serve::bind(t.listen, reuse_port).map_err(|e| StartError::Bind(t.listen, e))?;
                 let a = l.local_addr().map_err(|e| StartError::Bind(t.listen, e))?;
                 Some((resolver, l, a))
             }
@@ -154,7 +164,7 @@ impl Gateway {
 
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(health::run(
+        tasks.spawn(health_check::run(
             control.snapshots(),
             clients.clone(),
             rx.clone(),
@@ -162,7 +172,7 @@ impl Gateway {
         let proxy = Arc::new(Proxy::new(control.snapshots(), clients));
         if let Some((resolver, tls_listener, _)) = tls {
             let config = tls::server_config(resolver.clone());
-            tasks.spawn(server::serve(
+            tasks.spawn(serve::serve(
                 tls_listener,
                 proxy.clone(),
                 settings.clone(),
@@ -182,7 +192,7 @@ impl Gateway {
             };
             tasks.spawn(tls::watch_certs(resolver, current, rx.clone()));
         }
-        tasks.spawn(server::serve(listener, proxy, settings, None, rx.clone()));
+        tasks.spawn(serve::serve(listener, proxy, settings, None, rx.clone()));
         tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
         tasks.spawn(reload::run(control.clone(), path, rx.clone()));
         tasks.spawn(circuit::run(control.clone(), rx));

@@ -12,10 +12,16 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Check { file } => match Config::load(&file) {
-            Ok(c) => {
-                print!("{}", flipgate::cli::summary(&c));
-                ExitCode::SUCCESS
-            }
+            Ok(c) => match flipgate::preflight(&c) {
+                Ok(()) => {
+                    print!("{}", flipgate::cli::summary(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::from(1)
+                }
+            },
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(1)
@@ -49,10 +55,10 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Demo => {
+        Command::Demo(args) => {
             let rt = runtime(0).expect("runtime");
             rt.block_on(async {
-                match flipgate::demo::run().await {
+                match flipgate::demo::run(args).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("flipgate demo: {e:#}");
@@ -98,7 +104,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// Diagnostics go to stderr, filtered by `RUST_LOG` (default `info`); access-log lines (enabled in
 /// the route file's `[log]`) go to stdout exactly as formatted, whatever `RUST_LOG` says.
 fn init_logging() {
-    use flipgate::access_log;
+    use flipgate::observe::access_log;
     use tracing_subscriber::filter::{filter_fn, FilterExt};
     use tracing_subscriber::prelude::*;
     let env =

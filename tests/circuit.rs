@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flipgate::circuit;
+use flipgate::control::circuit;
 use flipgate::control::{Action, Control};
 use support::*;
 
@@ -27,7 +27,7 @@ fn control(gw: &Gw) -> Arc<Control> {
     gw.gateway.as_ref().unwrap().control.clone()
 }
 
-fn route(gw: &Gw) -> flipgate::state::RouteState {
+fn route(gw: &Gw) -> flipgate::control::state::RouteState {
     control(gw)
         .snapshots()
         .load()
@@ -37,7 +37,7 @@ fn route(gw: &Gw) -> flipgate::state::RouteState {
         .clone()
 }
 
-fn window(gw: &Gw, target: &str) -> flipgate::circuit::window::Totals {
+fn window(gw: &Gw, target: &str) -> flipgate::control::circuit::window::Totals {
     let snap = control(gw).snapshots().load_full();
     let r = snap.route("bot").unwrap();
     let t = r.targets.iter().find(|t| &*t.name == target).unwrap();
@@ -85,7 +85,7 @@ async fn failing_canary_trips_at_the_threshold_and_traffic_returns_to_live() {
     assert_eq!(trip.requests, 20);
     assert_eq!(trip.error_rate, 0.5);
     assert_eq!(s.canary_bp, 0);
-    assert_eq!(s.canary_source, flipgate::state::Source::Circuit);
+    assert_eq!(s.canary_source, flipgate::control::state::Source::Circuit);
     assert_eq!(s.live, "blue");
 
     // All traffic is back on live, and stays there (it never re-promotes by itself).
@@ -168,7 +168,7 @@ async fn failing_new_live_target_is_flipped_back_during_bake() {
     assert!(failed >= 10, "tripped before min_requests: {failed}");
     let s = route(&gw);
     assert_eq!(s.live, "blue");
-    assert_eq!(s.live_source, flipgate::state::Source::Circuit);
+    assert_eq!(s.live_source, flipgate::control::state::Source::Circuit);
     assert!(
         s.previous.is_none(),
         "the failed target is not a rollback target"
@@ -310,7 +310,7 @@ fn paused_control(dir: &std::path::Path, circuit: &str) -> Arc<Control> {
     let path = dir.join("flipgate.toml");
     std::fs::write(&path, &text).unwrap();
     let config = flipgate::config::Config::load(&path).unwrap();
-    Control::new(config, Arc::new(flipgate::metrics::Metrics::new())).unwrap()
+    Control::new(config, Arc::new(flipgate::observe::metrics::Metrics::new())).unwrap()
 }
 
 fn record(control: &Control, target: &str, n: u64, error: bool, latency_ms: u64) {
@@ -329,7 +329,7 @@ fn record(control: &Control, target: &str, n: u64, error: bool, latency_ms: u64)
     }
 }
 
-fn tripped(control: &Control) -> Option<flipgate::state::Trip> {
+fn tripped(control: &Control) -> Option<flipgate::control::state::Trip> {
     control
         .snapshots()
         .load()

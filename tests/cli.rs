@@ -141,6 +141,15 @@ async fn client_commands_and_exit_codes() {
 
     ok(&fg(&gw, t, &["--help"]).await);
 
+    // `--admin` without a scheme is the plain-HTTP admin listener at that address.
+    let o = fg(
+        &gw,
+        None,
+        &["status", "bot", "--admin", &gw.admin.to_string()],
+    )
+    .await;
+    ok(&o);
+
     // An unreachable admin API is a failure, not a hang.
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flipgate"));
     let o = cmd
@@ -242,7 +251,19 @@ async fn deploy_script_stops_when_the_canary_trips() {
     assert!(o.stderr.contains("is tripped"), "{}", o.stderr);
     assert!(o.stdout.contains("blue (file)"), "{}", o.stdout);
     assert!(
-        o.stdout.contains("tripped: canary error rate 100.0%"),
+        o.stdout.contains("bot tripped: canary error rate 100.0%"),
+        "{}",
+        o.stdout
+    );
+    // The rollback says the circuit had done it already, and no line is wider than a terminal.
+    assert!(
+        o.stdout
+            .contains("`bot` was already rolled back by the circuit; live is `blue`"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.lines().all(|l| l.chars().count() <= 100),
         "{}",
         o.stdout
     );

@@ -638,3 +638,78 @@ fn flip_by_editing_live_is_accepted_with_the_shipped_files() {
         "{err}"
     );
 }
+
+/// Issue 17 item 3: `check` makes every check `run` makes before binding, so a file it passes is
+/// not refused at start for a missing certificate or an unprotected non-loopback admin listener.
+#[test]
+fn check_refuses_what_run_refuses() {
+    let routes =
+        "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n";
+    let cases = [
+        (
+            "missing certificate",
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncerts = [{{ cert = \"nope.pem\", key = \"nope.key\" }}]\n{routes}"),
+            "nope.pem",
+        ),
+        (
+            "non-loopback admin without a token",
+            format!("[admin]\nlisten = \"0.0.0.0:0\"\ntoken_env = \"\"\n{routes}"),
+            "not loopback",
+        ),
+        (
+            "non-loopback admin with a token file that is missing",
+            format!("[admin]\nlisten = \"0.0.0.0:0\"\ntoken_env = \"\"\ntoken_file = \"missing-token\"\n{routes}"),
+            "missing-token: not found",
+        ),
+    ];
+    for (case, text, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flipgate.toml");
+        std::fs::write(&file, &text).unwrap();
+        for cmd in ["check", "run"] {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"));
+            if cmd == "check" {
+                c.arg("check").arg(&file);
+            } else {
+                c.arg("run").arg("-c").arg(&file);
+            }
+            let out = c.env_remove("FLIPGATE_ADMIN_TOKEN").output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{case}: {cmd}: {err}");
+            assert!(err.contains(says), "{case}: {cmd}: {err}");
+        }
+    }
+    // A file that cannot be read is named without a made-up position (`FILE:0:0`).
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("{}: ", dir.path().display())) && !err.contains(":0:0"),
+        "{err}"
+    );
+
+    // And a good file prints every circuit setting it read.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(
+        &file,
+        format!("{routes}[routes.circuit]\ncompare = \"live\"\nmax_p99 = \"250ms\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("compare live") && said.contains("max_p99 250ms"),
+        "{said}"
+    );
+}

@@ -11,9 +11,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flipgate::control::state::writer::Ownership;
+use flipgate::control::state::{RouteState, Source};
 use flipgate::control::{Action, Control, Durability, ReloadOutcome};
-use flipgate::state::writer::Ownership;
-use flipgate::state::{RouteState, Source};
 use support::proc::Proc;
 use support::*;
 
@@ -228,7 +228,10 @@ async fn overlay_follows_the_file_newest_intent_wins() {
     );
     wait_generation(&gw, g).await;
     assert_eq!(state("bot").live, "green");
-    assert_eq!(state("bot").live_source, flipgate::state::Source::Admin);
+    assert_eq!(
+        state("bot").live_source,
+        flipgate::control::state::Source::Admin
+    );
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
 
     // The route's split changes in the file (a canary appears): the overlay is dropped; live goes
@@ -243,7 +246,7 @@ async fn overlay_follows_the_file_newest_intent_wins() {
     wait_generation(&gw, g).await;
     let s = state("bot");
     assert_eq!(s.live, "blue");
-    assert_eq!(s.live_source, flipgate::state::Source::File);
+    assert_eq!(s.live_source, flipgate::control::state::Source::File);
     assert_eq!(s.previous.as_deref(), Some("green"));
     assert!(s.bake_until_unix_ms.is_some());
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
@@ -423,7 +426,7 @@ async fn a_route_file_written_in_two_steps_keeps_the_flipped_routes_state() {
     // The operator's flip is still in force, and durable.
     let s = ctl.snapshots().load().route("other").unwrap().state.clone();
     assert_eq!(s.live, "b");
-    assert_eq!(s.live_source, flipgate::state::Source::Admin);
+    assert_eq!(s.live_source, flipgate::control::state::Source::Admin);
     assert_eq!(s.previous.as_deref(), Some("a"));
     assert_eq!(get(&c, &gw.url("/other"), &[]).await.text(), "green");
     let saved = wait_state(gw.dir.path(), "the restored state persisted", |v| {
@@ -531,13 +534,16 @@ async fn a_deliberate_edit_is_never_undone_by_a_set_aside_state() {
     let g = gw.generation();
     gw.rewrite(&original.replacen("live = \"blue\"", "live = \"green\"", 1));
     wait_generation(&gw, g).await;
-    assert_eq!(state("bot").live_source, flipgate::state::Source::File);
+    assert_eq!(
+        state("bot").live_source,
+        flipgate::control::state::Source::File
+    );
     let g = gw.generation();
     gw.rewrite(&original);
     wait_generation(&gw, g).await;
     let s = state("bot");
     assert_eq!(s.live, "blue");
-    assert_eq!(s.live_source, flipgate::state::Source::File);
+    assert_eq!(s.live_source, flipgate::control::state::Source::File);
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
 
     // A route removed on purpose and written back later does not get its old flip back either:
@@ -559,7 +565,10 @@ async fn a_deliberate_edit_is_never_undone_by_a_set_aside_state() {
     gw.rewrite(&original.replace("upstream_timeout = \"5s\"", "upstream_timeout = \"7s\""));
     wait_generation(&gw, g).await;
     assert_eq!(state("other").live, "a");
-    assert_eq!(state("other").live_source, flipgate::state::Source::File);
+    assert_eq!(
+        state("other").live_source,
+        flipgate::control::state::Source::File
+    );
     let ev = events(&get(&c, &gw.admin_url("/api/v1/events"), &[]).await.json());
     assert!(
         ev.iter().any(|(k, m)| k == "state_dropped"
@@ -625,7 +634,7 @@ async fn a_set_aside_state_is_dropped_with_a_warning_after_its_grace() {
     wait_generation(&gw, g).await;
     let s = ctl.snapshots().load().route("other").unwrap().state.clone();
     assert_eq!(s.live, "a");
-    assert_eq!(s.live_source, flipgate::state::Source::File);
+    assert_eq!(s.live_source, flipgate::control::state::Source::File);
     gw.stop().await;
 }
 
@@ -673,7 +682,7 @@ async fn a_route_cut_inside_its_targets_gets_its_flip_back() {
     .await;
     let s = ctl.snapshots().load().route("bot").unwrap().state.clone();
     assert_eq!(s.live, "green");
-    assert_eq!(s.live_source, flipgate::state::Source::Admin);
+    assert_eq!(s.live_source, flipgate::control::state::Source::Admin);
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
     gw.stop().await;
 }
@@ -694,7 +703,7 @@ fn control_in(dir: &Path, text: &str) -> Arc<Control> {
         write_atomic(&path, text);
     }
     let config = flipgate::config::Config::load(&path).unwrap();
-    Control::new(config, Arc::new(flipgate::metrics::Metrics::new())).unwrap()
+    Control::new(config, Arc::new(flipgate::observe::metrics::Metrics::new())).unwrap()
 }
 
 /// What the reload watcher does when `dir/flipgate.toml` holds `text`.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flipgate::circuit;
+use flipgate::control::circuit;
 use flipgate::control::Control;
 use support::proc::Proc;
 use support::*;
@@ -216,7 +216,7 @@ fn control_on(dir: &Path, text: &str) -> Arc<Control> {
     let path = dir.join("flipgate.toml");
     std::fs::write(&path, text).unwrap();
     let config = flipgate::config::Config::load(&path).unwrap();
-    Control::new(config, Arc::new(flipgate::metrics::Metrics::new())).unwrap()
+    Control::new(config, Arc::new(flipgate::observe::metrics::Metrics::new())).unwrap()
 }
 
 fn reload(control: &Control, dir: &Path, text: &str) {
@@ -249,7 +249,7 @@ fn record(control: &Control, target: &str, n: u64, error: bool) {
     }
 }
 
-fn bot_state(control: &Control) -> flipgate::state::RouteState {
+fn bot_state(control: &Control) -> flipgate::control::state::RouteState {
     control
         .snapshots()
         .load()

@@ -374,7 +374,7 @@ async fn upstream_tls_handshake_is_bounded_by_the_connect_timeout() {
 }
 
 /// Window totals of target `name` of route `bot`, as the circuit sees them.
-fn window(gw: &Gw, name: &str) -> flipgate::circuit::window::Totals {
+fn window(gw: &Gw, name: &str) -> flipgate::control::circuit::window::Totals {
     let snap = gw.gateway.as_ref().unwrap().control.snapshots().load_full();
     let route = snap.route("bot").unwrap();
     let t = route.targets.iter().find(|t| &*t.name == name).unwrap();

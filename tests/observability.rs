@@ -374,7 +374,7 @@ fn grafana_dashboard_is_importable_json_over_our_metrics() {
         .iter()
         .any(|e| e.contains("flipgate_rollbacks_total")));
     // Every metric named anywhere exists in the exposition (no typos).
-    let m = flipgate::metrics::Metrics::new();
+    let m = flipgate::observe::metrics::Metrics::new();
     m.target("r", "t");
     m.split_percent.with_label_values(&["r", "t"]).set(0.0);
     m.live_target.with_label_values(&["r", "t"]).set(0);
@@ -426,7 +426,7 @@ async fn access_log_json_then_logfmt_then_off() {
     let buf = Buf::default();
     let w = buf.clone();
     let _guard = tracing_subscriber::registry()
-        .with(flipgate::access_log::layer(move || w.clone()))
+        .with(flipgate::observe::access_log::layer(move || w.clone()))
         .set_default();
 
     let blue = spawn_upstream("blue").await;

@@ -322,7 +322,38 @@ async fn upstream_tls_with_configured_ca_and_sni_over_http1_and_h2() {
     // A certificate that does not name the SNI we send is not trusted: 502, not a silent pass.
     let r = get(&c, &gw.url("/three"), &[]).await;
     assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "flipgate: could not connect to the upstream\n");
     gw.stop().await;
+}
+
+/// Issue 17 item 6: an upstream certificate flipgate does not trust is a configuration problem,
+/// logged with its cause (not only a 502 that says "refused").
+#[tokio::test]
+async fn an_untrusted_upstream_certificate_is_logged_with_its_cause() {
+    let ca = Ca::new();
+    let up = spawn_tls_upstream(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_atomic(&dir.path().join("ca.pem"), &ca.cert.pem());
+    let file = dir.path().join("flipgate.toml");
+    write_atomic(
+        &file,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"state\"\n\
+             [[routes]]\nname = \"bot\"\nlive = \"secure\"\n\
+             [routes.targets]\nsecure = {{ instances = [\"{up}\"], tls = true, sni = \"other.test\", ca = \"ca.pem\" }}\n"
+        ),
+    );
+    let fg = support::proc::Proc::start(&file);
+    let r = get(&client(), &fg.url("/"), &[]).await;
+    assert_eq!(r.status, 502);
+    wait_until(
+        "the TLS failure logged",
+        std::time::Duration::from_secs(10),
+        || async {
+            fg.logged("upstream TLS handshake failed") && fg.logged("invalid peer certificate")
+        },
+    )
+    .await;
 }
 
 #[test]

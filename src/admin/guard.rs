@@ -66,7 +66,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every `reason` label of `flipgate_admin_refusals_total`.
-    pub const REASONS: [&'static str; 5] = crate::labels::ADMIN_REFUSALS;
+    pub const REASONS: [&'static str; 5] = crate::observe::labels::ADMIN_REFUSALS;
 
     /// The answer's status.
     pub fn status(&self) -> StatusCode {

@@ -45,8 +45,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::state::writer::{pid_text, Ownership, PersistStatus};
 use crate::control::{Action, Control, Durability};
-use crate::state::writer::{pid_text, Ownership, PersistStatus};
 use guard::{Access, Refusal, TokenState};
 use token::TokenSource;
 use view::{RouteView, RoutesView};
@@ -82,6 +82,19 @@ pub enum AdminError {
     TokenUnusable(SocketAddr, String),
     #[error("cannot bind admin listener {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+}
+
+/// The loopback rule: an admin listener other processes' networks can reach needs a usable token.
+/// `run` applies it when it binds, `check` before (`crate::preflight`).
+pub fn exposure(addr: SocketAddr, token: &TokenState) -> Result<(), AdminError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    match token {
+        TokenState::Open => Err(AdminError::Unprotected(addr)),
+        TokenState::Unusable(why) => Err(AdminError::TokenUnusable(addr, why.clone())),
+        TokenState::Token(_) => Ok(()),
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -233,19 +246,15 @@ impl Admin {
         reuse_port: bool,
     ) -> Result<TcpListener, AdminError> {
         let state = self.token.resolve();
-        let loopback = addr.ip().is_loopback();
+        exposure(addr, &state)?;
         match &state {
-            TokenState::Open if !loopback => return Err(AdminError::Unprotected(addr)),
-            TokenState::Unusable(why) if !loopback => {
-                return Err(AdminError::TokenUnusable(addr, why.clone()))
-            }
             TokenState::Open => tracing::warn!(
                 admin = %addr,
                 "admin API has no token: any local process can change routes (web pages are refused by the Host and Origin checks); set admin.token_env or admin.token_file"
             ),
             TokenState::Unusable(_) | TokenState::Token(_) => self.note_token(&state),
         }
-        crate::server::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
+        crate::serve::bind(addr, reuse_port).map_err(|e| AdminError::Bind(addr, e))
     }
 
     /// Answers a refused request: counted, logged (rate-limited per reason), JSON.

@@ -6,11 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::circuit::window::Totals;
+use crate::control::circuit::window::Totals;
+use crate::control::state::writer::{Ownership, PersistStatus};
+use crate::control::state::{Source, Trip};
 use crate::control::{current_candidate, unix_ms, ReloadStatus};
 use crate::snapshot::{RouteEntry, Snapshot};
-use crate::state::writer::{Ownership, PersistStatus};
-use crate::state::{Source, Trip};
 
 /// `GET /api/v1/routes`.
 #[derive(Debug, Serialize, Deserialize)]

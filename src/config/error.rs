@@ -31,7 +31,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        // Line 0: about the file as a whole (unreadable, too big, no routes), not a place in it.
+        match self.line {
+            0 => write!(f, "{}: ", self.file.display())?,
+            _ => write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?,
+        }
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }

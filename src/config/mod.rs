@@ -167,7 +167,7 @@ pub struct Route {
     pub preview: Option<Preview>,
     pub circuit: Option<Circuit>,
     /// gRPC status codes that count as a failure of the target, as a bit mask
-    /// (`proxy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    /// (`policy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
     pub grpc_errors: u32,
 }
 

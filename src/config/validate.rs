@@ -688,9 +688,9 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         return None;
     }
     let grpc_errors = match raw.grpc_error_codes {
-        None => crate::proxy::grpc::DEFAULT_ERRORS,
+        None => crate::policy::grpc::DEFAULT_ERRORS,
         Some(codes) => codes.iter().fold(0, |mask, c| {
-            match crate::proxy::grpc::code(c.get_ref()) {
+            match crate::policy::grpc::code(c.get_ref()) {
                 Some(code) => mask | 1 << code,
                 None => {
                     sink.push(

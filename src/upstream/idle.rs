@@ -1,6 +1,6 @@
 //! The one idle rule for kept-alive upstream connections, written once and applied by all three
-//! places that keep them: the HTTP/1.1 engine's per-thread pool (`h1::upstreams`), the connections
-//! pinned to a downstream connection (`pinned::Slot`), and hyper-util's shared pool
+//! places that keep them: the HTTP/1.1 engine's per-thread pool (`serve::h1::upstreams`), the connections
+//! pinned to a downstream connection (`serve::proxy::pinned::Slot`), and hyper-util's shared pool
 //! (`upstream::Clients`, built from the same values by `Idle::configure`).
 //!
 //! Invariants:
@@ -17,7 +17,7 @@
 //! - Caps: hyper-util's pool keeps at most `MAX_IDLE_PER_HOST` idle connections per instance;
 //!   the engine at most `MAX_IDLE_PER_THREAD` per worker thread, all instances together (a
 //!   per-instance count would cost a scan on every give); a downstream connection pins at most
-//!   `pinned::MAX_INSTANCES`, and the process at most `pinned::MAX_PINNED`.
+//!   `serve::proxy::pinned::MAX_INSTANCES`, and the process at most `serve::proxy::pinned::MAX_PINNED`.
 //! - Time is passed in (`now`), so the rule is tested on tokio's paused clock. Nothing here
 //!   allocates or takes a lock; `silent` costs no system call while the reactor has seen nothing.
 

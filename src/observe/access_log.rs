@@ -23,8 +23,8 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
 use crate::config::{AccessLogFormat, Log};
+use crate::snapshot::split::Reason;
 use crate::snapshot::TargetEntry;
-use crate::split::Reason;
 
 /// The `tracing` target of access-log events; filter on it (`RUST_LOG=flipgate::access=off`).
 pub const TARGET: &str = "flipgate::access";
@@ -60,7 +60,7 @@ impl Pending {
     ) -> Pending {
         Pending {
             format,
-            request_id: crate::proxy::headers::ensure_request_id(req.headers_mut()),
+            request_id: crate::policy::headers::ensure_request_id(req.headers_mut()),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             client,

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use http::HeaderMap;
 
 use crate::config::Sticky;
+use crate::snapshot::split::{cookie_value, random_bucket, Reason};
 use crate::snapshot::Snapshot;
-use crate::split::{cookie_value, random_bucket, Reason};
 
 /// Read access to a request's header fields, whatever holds them.
 pub trait Fields {

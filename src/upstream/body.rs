@@ -1,34 +1,25 @@
-//! Body types: the request body sent upstream (with the size limit, and for HTTP/2 upstreams a
-//! replay for a resend) and the response body sent downstream (the upstream's streamed through,
-//! or a small local one).
+//! The request body sent upstream: the client's body with the size limit, and for HTTP/2
+//! upstreams a replay for a resend.
 //!
 //! Invariants: no boxing and no buffering: frames (data and trailers, so gRPC trailers survive)
-//! pass through as they come; a local body is one `Bytes` chunk. The request limit is checked by
-//! counting frame lengths, so a body without `Content-Length` is cut off at the limit with
-//! `RequestBodyError::TooLarge`, which the proxy answers with 413 without blaming the target. A
-//! response body holds the upstream in-flight slot until it is finished or dropped.
+//! pass through as they come. The limit is checked by counting frame lengths, so a body without
+//! `Content-Length` is cut off at the limit with `RequestBodyError::TooLarge`, which the proxy
+//! answers with 413 without blaming the target.
 //! `BodyWatch` tells, when the exchange's deadline passes, whether flipgate was waiting on the
 //! client's body (the client's fault: 408) or on the upstream (504): the last poll of the client's
 //! body was pending, versus the upstream not taking more.
 //!
 //! Replay (`RequestBody::replayable`, for requests to HTTP/2 upstreams, whose streams an upstream
-//! may refuse unprocessed, see `resend`): the body still streams frame by frame as the client
-//! sends it; a reference to each frame taken from the client (no copy) is kept as well, while they
-//! total at most `REPLAY_MAX` data bytes, until the exchange has its response head (`Replay` is
-//! dropped). `Replay::again` gives the body from its first byte (the kept frames, then the rest of
-//! the client's body, the limit counting each byte once) as long as nothing taken from the client
-//! was let go; the body it replaces ends with `RequestBodyError::Withdrawn` if it is polled again.
-//! Past `REPLAY_MAX` nothing is kept and a refused request with that body is not sent again.
+//! may refuse unprocessed, see `policy::resend`): the body still streams frame by frame as the
+//! client sends it; a reference to each frame taken from the client (no copy) is kept as well,
+//! while they total at most `REPLAY_MAX` data bytes, until the exchange has its response head
+//! (`Replay` is dropped). `Replay::again` gives the body from its first byte (the kept frames, then
+//! the rest of the client's body, the limit counting each byte once) as long as nothing taken from
+//! the client was let go; the body it replaces ends with `RequestBodyError::Withdrawn` if it is
+//! polled again. Past `REPLAY_MAX` nothing is kept and a refused request with that body is not sent
+//! again.
 //!
 //! An `Expect: 100-continue` request's body is not polled while its `expect::Gate` is closed.
-//! The response body holds the exchange's side of that gate (`Held`), so the gate is shut only
-//! once the response is through.
-//!
-//! A response body that moves no byte for `server.body_idle_timeout` is cut (its timer is made
-//! only once it first has to wait); a gRPC call whose status comes in the trailers is recorded
-//! against its target when they arrive (`GrpcOutcome`).
-
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,8 +30,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::expect::{Expectation, Gate};
-use crate::upstream::InflightGuard;
+use super::expect::Gate;
 
 /// Request body bytes kept to send a request again (HTTP/2 upstreams): the size up to which the
 /// HTTP/1.1 engine relays bodies itself (`h1::head::MAX_BODY`), as nginx's default
@@ -385,159 +375,6 @@ impl Body for RequestBody {
                 }
                 hint
             }
-        }
-    }
-}
-
-/// What an upstream's response body holds until it is finished or dropped.
-#[derive(Default)]
-pub struct Held {
-    /// The in-flight slot (`max_upstream_connections`), if limits are on.
-    pub slot: Option<InflightGuard>,
-    /// An `Expect: 100-continue` exchange's side of the gate: shut when the response is through,
-    /// ending a body the upstream never asked for (and so its connection) only then.
-    pub expect: Option<Expectation>,
-}
-
-/// Why a response body ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum ResponseBodyError {
-    #[error("upstream body: {0}")]
-    Upstream(#[from] hyper::Error),
-    /// No byte for `server.body_idle_timeout`.
-    #[error("upstream body moved no byte for {0:?}")]
-    Idle(std::time::Duration),
-}
-
-/// Body of every response flipgate sends.
-pub enum ProxyBody {
-    /// The upstream's body, with what it holds until done.
-    Upstream(UpstreamBody),
-    Full(Option<Bytes>),
-}
-
-/// The upstream's response body on its way to the client: cut when it moves no byte for `idle`.
-/// The timer is made only once the body first has to wait, so a body that arrives with its head
-/// costs none.
-pub struct UpstreamBody {
-    body: Incoming,
-    held: Held,
-    idle: std::time::Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// A gRPC call whose status comes in the trailers: recorded when they arrive.
-    grpc: Option<GrpcOutcome>,
-}
-
-/// A gRPC call waiting for its `grpc-status`, to record against its target.
-pub struct GrpcOutcome {
-    pub target: Arc<crate::snapshot::TargetEntry>,
-    pub index: usize,
-    pub outlier: crate::health::Outlier,
-    /// Time to the response head (the latency the window records).
-    pub elapsed: std::time::Duration,
-}
-
-impl GrpcOutcome {
-    /// Records the call's status code: the metric, and whether it failed (the route's
-    /// `grpc_error_codes`) in the instance's health and the circuit window.
-    pub fn finish(self, code: u8) {
-        let t = &self.target;
-        t.metrics.grpc(code);
-        let failed = super::grpc::is_error(t.grpc_errors, code);
-        super::record_outcome(t, self.index, &self.outlier, failed, self.elapsed);
-    }
-}
-
-impl ProxyBody {
-    /// The upstream's body, cut after `idle` without a byte.
-    pub fn upstream(
-        body: Incoming,
-        held: Held,
-        idle: std::time::Duration,
-        grpc: Option<GrpcOutcome>,
-    ) -> ProxyBody {
-        ProxyBody::Upstream(UpstreamBody {
-            body,
-            held,
-            idle,
-            timer: None,
-            grpc,
-        })
-    }
-
-    /// A local body from static or owned bytes.
-    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
-        ProxyBody::Full(Some(b.into()))
-    }
-
-    /// No body.
-    pub fn empty() -> ProxyBody {
-        ProxyBody::Full(None)
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = ResponseBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(u) => {
-                let r = Pin::new(&mut u.body).poll_frame(cx);
-                match &r {
-                    Poll::Pending => {
-                        let idle = u.idle;
-                        let timer = u
-                            .timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                        if timer.as_mut().poll(cx).is_ready() {
-                            u.held = Held::default();
-                            if let Some(g) = u.grpc.take() {
-                                g.finish(super::grpc::UNKNOWN);
-                            }
-                            return Poll::Ready(Some(Err(ResponseBodyError::Idle(idle))));
-                        }
-                    }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(t) = &mut u.timer {
-                            t.as_mut().reset(tokio::time::Instant::now() + u.idle);
-                        }
-                        if let Some(trailers) = frame.trailers_ref() {
-                            if let Some(g) = u.grpc.take() {
-                                let code = super::grpc::status(trailers);
-                                g.finish(code.unwrap_or(super::grpc::UNKNOWN));
-                            }
-                        }
-                    }
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                        u.held = Held::default();
-                        // Ended (or broke) without a status: UNKNOWN, as gRPC clients see it.
-                        if let Some(g) = u.grpc.take() {
-                            g.finish(super::grpc::UNKNOWN);
-                        }
-                    }
-                }
-                r.map(|o| o.map(|r| r.map_err(ResponseBodyError::Upstream)))
-            }
-            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(u) => u.body.is_end_stream(),
-            ProxyBody::Full(b) => b.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(u) => u.body.size_hint(),
-            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
     }
 }

@@ -14,6 +14,11 @@
 //! or the instance host. We keep our own ~100-line connector rather than `hyper-rustls` because we
 //! need a per-target SNI override and CA, and it avoids a second copy of the rustls plumbing.
 
+pub mod body;
+pub mod expect;
+pub mod health;
+pub mod idle;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -31,11 +36,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-pub mod idle;
-
 use crate::config::{HealthCheck, Target};
-use crate::health::InstanceHealth;
-use crate::proxy::body::RequestBody;
+use crate::upstream::body::RequestBody;
+use crate::upstream::health::InstanceHealth;
+
+/// An upstream response head larger than this is an invalid response (502) on every path, as in
+/// nginx and HAProxy.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// The client type used for every upstream request.
 pub type HttpClient = Client<Connector, RequestBody>;
@@ -253,7 +260,7 @@ fn build_client(connector: Connector, h2: bool, idle: idle::Idle) -> HttpClient 
     let mut b = Client::builder(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .http1_max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .http2_only(h2);
     idle.configure(&mut b);
     b.build(connector)
@@ -345,13 +352,27 @@ impl Connector {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("tcp connect: {0}")]
-    Tcp(Box<dyn std::error::Error + Send + Sync>),
+    Tcp(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("TLS handshake timed out")]
     TlsTimeout,
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
     #[error("invalid TLS server name `{0}`")]
     ServerName(String),
+}
+
+/// The TLS handshake failure somewhere in `e`'s causes (a certificate the upstream's CA does not
+/// sign, a name mismatch, no shared protocol): an operator's problem to be told about, where a
+/// refused or reset connection is the upstream's everyday failure.
+pub fn tls_failure<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e std::io::Error> {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(ConnectError::Tls(io)) = s.downcast_ref::<ConnectError>() {
+            return Some(io);
+        }
+        src = s.source();
+    }
+    None
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -402,7 +423,7 @@ impl tower_service::Service<http::Uri> for Connector {
 /// client would get 502 instead of the answer. So once a write fails because the peer is gone
 /// (reset, broken pipe), this stream takes every further write as done and drops the bytes: hyper
 /// goes on to read whatever the upstream sent before it closed, and relays it, or fails on the
-/// read when there is nothing, as one closed under its request (`proxy::resend`). Such a
+/// read when there is nothing, as one closed under its request (`policy::resend`). Such a
 /// connection ends with that exchange: the peer has reset it, so hyper's next read sees its end,
 /// as for any connection an upstream closed.
 pub struct UpstreamStream {

@@ -8,14 +8,10 @@
 
 use http::StatusCode;
 
-use super::body::RequestBodyError;
+use crate::upstream::body::RequestBodyError;
 use crate::upstream::ConnectError;
 
-/// An upstream response head larger than this is an invalid response (502) on every path, as in
-/// nginx and HAProxy.
-pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-pub use crate::labels::{ClientErrorKind, LocalErrorKind, UpstreamErrorKind};
+pub use crate::observe::labels::{ClientErrorKind, LocalErrorKind, UpstreamErrorKind};
 
 /// Why flipgate answered a request itself instead of relaying the upstream's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +61,7 @@ impl ProxyError {
                 "flipgate: too many request header fields\n"
             }
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
-                "flipgate: upstream refused the connection\n"
+                "flipgate: could not connect to the upstream\n"
             }
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => "flipgate: upstream timed out\n",
             ProxyError::Upstream(_) => "flipgate: upstream closed the connection\n",
@@ -145,8 +141,6 @@ pub fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
             }
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
         }
-        // The HTTP connector reports its own timeout as text only.
-        timed_out |= e.is_connect() && s.to_string().contains("timed out");
         src = s.source();
     }
     ProxyError::Upstream(match () {

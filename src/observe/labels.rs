@@ -1,6 +1,6 @@
 //! Label values of the metrics recorded by kind: the error kinds of each side, the gRPC status
 //! code names and the admin API's refusal reasons. A leaf module: `metrics` resolves its handles from these and
-//! the data path (`proxy::error`, `proxy::grpc`) classifies into them, without either depending on
+//! the data path (`policy::error`, `policy::grpc`) classifies into them, without either depending on
 //! the other.
 //!
 //! Invariants: every enum's discriminant indexes its pre-resolved handle array in

@@ -28,7 +28,7 @@
 
 use http::{HeaderMap, Method, Request, Uri, Version};
 
-use super::body::{Replay, RequestBody};
+use crate::upstream::body::{Replay, RequestBody};
 
 /// How an attempt failed before any response, in the ways that may allow a resend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,12 +8,7 @@
 //! against a target.
 
 pub mod body;
-pub mod decide;
-pub mod error;
-pub mod expect;
-pub mod grpc;
-pub mod headers;
-pub mod resend;
+pub mod pinned;
 pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,12 +21,17 @@ use hyper::body::Incoming;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::health::Outlier;
+use crate::policy::error::{
+    classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind,
+};
+use crate::policy::{decide, grpc, headers, resend};
 use crate::snapshot::{Snapshot, TargetEntry};
+use crate::upstream::body::RequestBody;
+use crate::upstream::expect;
+use crate::upstream::health::Outlier;
 use crate::upstream::{Clients, InflightGuard};
+use body::Held;
 pub use body::ProxyBody;
-use body::{Held, RequestBody};
-use error::{classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind};
 use http::uri::Authority;
 
 /// Everything the data path needs, shared by all connections.
@@ -55,7 +55,7 @@ pub struct ConnInfo {
     pub peer_header: HeaderValue,
     pub https: bool,
     /// This connection's own upstream connections (HTTP/1 requests to plain HTTP/1.1 upstreams).
-    pub pinned: crate::pinned::Slot,
+    pub pinned: crate::serve::proxy::pinned::Slot,
 }
 
 impl ConnInfo {
@@ -69,7 +69,7 @@ impl ConnInfo {
             peer_header: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP is a valid header value"),
             https,
-            pinned: crate::pinned::Slot::default(),
+            pinned: crate::serve::proxy::pinned::Slot::default(),
         }
     }
 }
@@ -191,6 +191,19 @@ pub(crate) fn record_error(
     }
 }
 
+/// Logs a failed upstream exchange: at debug level (the metrics count it), except a TLS handshake
+/// failure, which is a configuration problem (the target's `tls`/`ca`) an operator must hear of.
+fn log_failure(target: &TargetEntry, instance: &Authority, e: &(dyn std::error::Error + 'static)) {
+    match crate::upstream::tls_failure(e) {
+        Some(tls) => {
+            tracing::warn!(route = %target.route, target = %target.name, %instance, error = %tls, "upstream TLS handshake failed; check the target's tls and ca settings")
+        }
+        None => {
+            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed")
+        }
+    }
+}
+
 /// Admits a request to `target`, the one admission rule of both engines: a declared body over
 /// `max_body_bytes` is refused before any upstream work, then an instance that passes its checks
 /// is picked and an in-flight slot taken. A refusal is recorded (`record_error`) and returned.
@@ -275,13 +288,13 @@ impl Proxy {
                 route.targets[ti].clone(),
                 reason,
                 Limits::of(&snap.config.server),
-                crate::access_log::sample(&snap.config.log),
+                crate::observe::access_log::sample(&snap.config.log),
             )
         };
         let Some(format) = access else {
             return self.forward(req, host, conn, &target, limits, start).await;
         };
-        let log = crate::access_log::Pending::start(format, &mut req, conn.peer.ip());
+        let log = crate::observe::access_log::Pending::start(format, &mut req, conn.peer.ip());
         let resp = self.forward(req, host, conn, &target, limits, start).await;
         log.finish(&target, reason, resp.status(), start);
         resp
@@ -400,7 +413,7 @@ impl Proxy {
                             req = again;
                             continue;
                         }
-                        tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                        log_failure(target, instance, &e);
                         return self.fail(target, index, &limits, e.classify(), start);
                     }
                     Err(_) => return self.fail(target, index, &limits, timed_out(), start),
@@ -429,7 +442,7 @@ impl Proxy {
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream request failed");
+                log_failure(target, instance, &e);
                 return self.fail(target, index, &limits, classify(&e), start);
             }
             Err(_) => return self.fail(target, index, &limits, timed_out(), start),

@@ -32,6 +32,12 @@
 //! `state_dropped` event. A follower takes in the owner's parked states with the same three-way
 //! merge (per route name) as its live states.
 
+pub mod circuit;
+pub mod events;
+pub mod health_check;
+pub mod reload;
+pub mod state;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,14 +46,14 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigErrors, Route};
-use crate::events::Events;
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
-use crate::state::lock::{self, Attempt};
-use crate::state::writer::{pid_text, Ownership, PersistStatus, Writer};
-use crate::state::{
+use crate::control::events::Events;
+use crate::control::state::lock::{self, Attempt};
+use crate::control::state::writer::{pid_text, Ownership, PersistStatus, Writer};
+use crate::control::state::{
     FileSplit, Loaded, Parked, Persisted, RouteState, Routes, Saved, Source, Store, Trip,
 };
+use crate::observe::metrics::Metrics;
+use crate::snapshot::Snapshot;
 
 /// How long runtime state set aside by a reload is kept for its route to come back: long enough for
 /// any writer that pauses mid-file and for an operator to undo a mistaken edit, short enough that a

@@ -8,7 +8,7 @@
 
 use http::HeaderMap;
 
-pub use crate::labels::GRPC_CODES as NAMES;
+pub use crate::observe::labels::GRPC_CODES as NAMES;
 
 /// `UNKNOWN`: what a call without a readable status counts as.
 pub const UNKNOWN: u8 = 2;

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::lock::{self, Attempt, DirLock};
 use super::{Loaded, Saved, Store};
-use crate::events::Events;
+use crate::control::events::Events;
 
 /// First wait before retrying a failed write (or a failed read at takeover).
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);

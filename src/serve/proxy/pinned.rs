@@ -37,9 +37,9 @@ use hyper::client::conn::http1;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::body::{RequestBody, RequestBodyError};
-use crate::proxy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
-use crate::proxy::resend::{self, Unanswered};
+use crate::policy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
+use crate::policy::resend::{self, Unanswered};
+use crate::upstream::body::{RequestBody, RequestBodyError};
 use crate::upstream::idle::Idle;
 use crate::upstream::UpstreamStream;
 
@@ -74,7 +74,7 @@ impl PinnedError {
     }
 
     /// Which side failed: the client's request body (too large, or the client went away) or
-    /// the upstream, as `proxy::error::classify` does for the shared clients.
+    /// the upstream, as `policy::error::classify` does for the shared clients.
     pub fn classify(&self) -> ProxyError {
         let e = match self {
             PinnedError::Connect(_, e) => return connect_error(e),
@@ -246,7 +246,7 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     let (io, stream) = UpstreamStream::shared(stream);
     let (sender, conn) = http1::Builder::new()
-        .max_buf_size(crate::proxy::error::MAX_RESPONSE_HEAD)
+        .max_buf_size(crate::upstream::MAX_RESPONSE_HEAD)
         .handshake(io)
         .await
         .map_err(|e| PinnedError::Http(instance.clone(), e))?;

@@ -11,15 +11,18 @@
 //! by the errors that tripped it). Requests still in flight record into the window they started
 //! with.
 
+pub mod router;
+pub mod split;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::circuit::window::Window;
 use crate::config::{Circuit, Config, Preview, Route};
-use crate::metrics::{Metrics, TargetMetrics};
-use crate::router::Router;
-use crate::split::Split;
-use crate::state::{Role, RouteState};
+use crate::control::circuit::window::Window;
+use crate::control::state::{Role, RouteState};
+use crate::observe::metrics::{Metrics, TargetMetrics};
+use crate::snapshot::router::Router;
+use crate::snapshot::split::Split;
 use crate::upstream::Upstream;
 
 /// One published generation of routing.
@@ -50,7 +53,7 @@ pub struct TargetEntry {
     /// Outcome window for the circuit.
     pub window: Arc<Window>,
     pub metrics: TargetMetrics,
-    /// The route's gRPC failure codes (`proxy::grpc`).
+    /// The route's gRPC failure codes (`policy::grpc`).
     pub grpc_errors: u32,
 }
 

@@ -10,7 +10,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::labels::{
+use crate::observe::labels::{
     ClientErrorKind, LocalErrorKind, UpstreamErrorKind, ADMIN_REFUSALS, GRPC_CODES,
 };
 

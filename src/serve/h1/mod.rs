@@ -23,7 +23,7 @@
 //!   (`upstream::idle`: not idle `pool_idle_timeout` long, and silent since).
 //! - A request is resent once on a fresh connection when a reused one was closed under it before
 //!   any response byte (the upstream's keep-alive timeout racing us) and the resend rule allows
-//!   it (`proxy::resend`: bodyless and idempotent).
+//!   it (`policy::resend`: bodyless and idempotent).
 //! - An upstream that refuses a write (it closed or reset the connection) may have answered
 //!   already: the sending stops and that answer is relayed (else 502); that upstream connection
 //!   is never reused, and the client connection closes after the answer if its body was not all
@@ -56,9 +56,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
-use crate::proxy::resend::{self, Unanswered};
-use crate::proxy::{record_answer, record_error, ConnInfo, Proxy};
+use crate::policy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
+use crate::policy::resend::{self, Unanswered};
+use crate::serve::proxy::{record_answer, record_error, ConnInfo, Proxy};
 use crate::upstream::peer_gone;
 use head::{Framing, Head, Plan, UpstreamHead};
 
@@ -66,7 +66,7 @@ use head::{Framing, Head, Plan, UpstreamHead};
 /// a big one's buffer is not held by an idle connection).
 const OUT_KEEP: usize = 4096;
 
-use crate::proxy::error::MAX_RESPONSE_HEAD;
+use crate::upstream::MAX_RESPONSE_HEAD;
 
 /// What the engine needs from `[server]`, fixed for the connection's life.
 #[derive(Clone, Copy, Debug)]
@@ -474,7 +474,7 @@ impl Conn {
     async fn upstream(
         &mut self,
         instance: &Authority,
-        limits: &crate::proxy::Limits,
+        limits: &crate::serve::proxy::Limits,
         timer: Pin<&mut Sleep>,
     ) -> Result<(Up, bool), Failed> {
         let rule = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);

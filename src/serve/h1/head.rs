@@ -7,7 +7,7 @@
 //! must change (RFC 9110 §7.6): hop-by-hop fields (the fixed list and every name listed in
 //! `Connection`) are dropped (of `TE`, only `te: trailers` goes on, with `connection: te`),
 //! `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
-//! `proxy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
+//! `policy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
 //! request body that is chunked or over `MAX_BODY`, `Expect`, upgrades, CONNECT, non-origin-form
 //! targets, repeated `Content-Length`, an unparsable head, an upstream over TLS or
 //! HTTP/2) is `Plan::Fallback`: nothing is consumed and hyper serves the connection from here on,
@@ -20,14 +20,14 @@ use std::sync::Arc;
 use http::uri::Authority;
 use tokio::time::Instant;
 
-use crate::access_log::Pending;
-use crate::proxy::decide::decide;
-use crate::proxy::error::ProxyError;
-use crate::proxy::headers::{new_request_id, request_authority, request_id_ok};
-use crate::proxy::resend;
-use crate::proxy::{admit, ConnInfo, Limits, Proxy};
+use crate::observe::access_log::Pending;
+use crate::policy::decide::decide;
+use crate::policy::error::ProxyError;
+use crate::policy::headers::{new_request_id, request_authority, request_id_ok};
+use crate::policy::resend;
+use crate::serve::proxy::{admit, ConnInfo, Limits, Proxy};
+use crate::snapshot::split::Reason;
 use crate::snapshot::TargetEntry;
-use crate::split::Reason;
 use crate::upstream::InflightGuard;
 
 /// Header fields parsed on the stack; a head with more goes to hyper when the configured
@@ -89,7 +89,7 @@ fn is(name: &str, lower: &str) -> bool {
 }
 
 /// Fields that never cross a proxy (RFC 9110 §7.6.1, plus the proxy-auth pair as
-/// `proxy::headers` drops them). `Trailer` crosses: it names the trailer fields that follow a
+/// `policy::headers` drops them). `Trailer` crosses: it names the trailer fields that follow a
 /// chunked body, which this engine relays verbatim.
 fn hop_by_hop(name: &str) -> bool {
     match name.len() {
@@ -245,7 +245,7 @@ fn plan(
         return Plan::Fallback;
     }
     let limits = Limits::of(&snap.config.server);
-    let access = crate::access_log::sample(&snap.config.log);
+    let access = crate::observe::access_log::sample(&snap.config.log);
     let target_entry = target_entry.clone();
 
     let (index, instance, slot) = match admit(&target_entry, &limits, declared_body, start) {

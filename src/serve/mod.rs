@@ -19,6 +19,11 @@
 //! connections are pinged every `idle_timeout` and closed when a ping goes unanswered within
 //! `header_read_timeout`.
 
+pub mod h1;
+pub mod proxy;
+pub mod tls;
+pub mod write_deadline;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,8 +36,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::{ConnInfo, Proxy};
-use crate::write_deadline::WriteDeadline;
+use crate::serve::proxy::{ConnInfo, Proxy};
+use crate::serve::write_deadline::WriteDeadline;
 
 /// Connection-level settings from `[server]`; re-read from the live snapshot at each accept, so a
 /// reload changes them for new connections (established ones keep theirs).
@@ -182,10 +187,10 @@ fn service(
     info: Arc<ConnInfo>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<crate::proxy::ProxyBody>,
+    Response = http::Response<crate::serve::proxy::ProxyBody>,
     Error = std::convert::Infallible,
     Future = impl std::future::Future<
-        Output = Result<http::Response<crate::proxy::ProxyBody>, std::convert::Infallible>,
+        Output = Result<http::Response<crate::serve::proxy::ProxyBody>, std::convert::Infallible>,
     > + Send,
 > + Clone {
     service_fn(move |req| {
@@ -309,8 +314,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let builder = conn_builder.clone();
-        if acceptor.is_none() && crate::h1::enabled() {
-            let settings = crate::h1::Settings {
+        if acceptor.is_none() && crate::serve::h1::enabled() {
+            let settings = crate::serve::h1::Settings {
                 header_timeout: settings.header_read_timeout.min(settings.idle_timeout),
                 max_head_bytes: settings.max_header_bytes.max(8192),
                 max_headers: settings.max_headers,
@@ -319,7 +324,8 @@ pub async fn serve(
             let (proxy, stop) = (proxy.clone(), shutdown.clone());
             let body_idle = settings.body_idle_timeout;
             conns.spawn(async move {
-                let served = crate::h1::serve(stream, proxy.clone(), info.clone(), settings, stop);
+                let served =
+                    crate::serve::h1::serve(stream, proxy.clone(), info.clone(), settings, stop);
                 if let Some(h) = served.await {
                     serve_with_hyper(h.io, proxy, info, &builder, body_idle, h.stop).await;
                 }

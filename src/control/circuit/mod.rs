@@ -17,9 +17,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Compare;
+use crate::control::state::{RouteState, Trip};
 use crate::control::{current_candidate, unix_ms, Control};
 use crate::snapshot::RouteEntry;
-use crate::state::{RouteState, Trip};
 
 /// How often the task evaluates every route regardless of new outcomes (rates also change as
 /// outcomes age out of the window).

@@ -1,0 +1,13 @@
+//! The request policy both engines apply, written once: the request decision (`decide`: route,
+//! preview, cohort rules, split), the forwarding headers (`headers`), the outcome classification
+//! and local answers (`error`, `grpc`), and when a failed attempt may be sent again (`resend`).
+//!
+//! Invariants: nothing here does I/O or holds a connection; each function takes what an engine
+//! parsed (through `decide::Fields` for either header representation) and returns a plain value,
+//! so the HTTP/1.1 engine (`serve::h1`) and hyper's path (`serve::proxy`) cannot drift apart.
+
+pub mod decide;
+pub mod error;
+pub mod grpc;
+pub mod headers;
+pub mod resend;
