@@ -5,6 +5,7 @@
 #
 #   bash benches/compare.sh            # default run, 3 rounds, well under 10 minutes
 #   bash benches/compare.sh --quick    # 1 round, short runs, HTTP/1.1 12 B only: a sanity check
+#   bash benches/compare.sh --tls-only # only the TLS rows (closed loop, open loop at 50 %)
 #   options: --rounds N  --secs S  --out FILE (the results table, also printed)
 #            --no-build (use the binaries already built; FLIPGATE_BIN, LOADGEN_BIN, PIPE_BIN
 #            override their paths, e.g. to compare two builds of flipgate)
@@ -25,16 +26,18 @@ set -euo pipefail
 ROUNDS=3
 SECS=2
 QUICK=0
+TLS_ONLY=0
 OUT=""
 BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; ROUNDS=1; SECS=1 ;;
+    --tls-only) TLS_ONLY=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --secs) SECS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -344,6 +347,7 @@ open_run() { # proxy proto path rate secs
 # ---------------------------------------------------------------- runs
 echo "compare.sh: warm-up (discarded)" >&2
 for p in "${PROXIES[@]}"; do
+  if [ "$TLS_ONLY" = 1 ]; then skip "$p" tls || wrk_run "$p" tls /12 32 1; continue; fi
   wrk_run "$p" h1 /12 32 1
   wrk_run "$p" h1 /64k 32 1
   skip "$p" tls || wrk_run "$p" tls /12 32 1
@@ -354,6 +358,12 @@ CASES=("h1 /12" "h1 /64k" "tls /12")
 for r in $(seq "$ROUNDS"); do
   echo "compare.sh: closed loop, round $r/$ROUNDS" >&2
   for p in "${PROXIES[@]}"; do
+    if [ "$TLS_ONLY" = 1 ]; then
+      skip "$p" tls && continue
+      wrk_run "$p" tls /12 32 "$SECS"
+      record "$p" "tls-12B" "rps_c32" "$r" "$RPS"; record "$p" "tls-12B" "p99_c32_us" "$r" "$P99_US"
+      continue
+    fi
     for c in 32 256; do
       wrk_run "$p" h1 /12 "$c" "$SECS"
       record "$p" "h1-12B" "rps_c$c" "$r" "$RPS"; record "$p" "h1-12B" "p99_c${c}_us" "$r" "$P99_US"
@@ -374,6 +384,17 @@ median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 ceiling() { # proxy case: median closed-loop c32 rps
   median $(awk -F'\t' -v p="$1" -v c="$2" '$1 == p && $2 == c && $3 == "rps_c32" {print $5}' "$RES")
 }
+if [ "$TLS_ONLY" = 1 ]; then
+  for r in $(seq "$ROUNDS"); do
+    echo "compare.sh: open loop (TLS), round $r/$ROUNDS" >&2
+    for p in "${PROXIES[@]}"; do
+      skip "$p" tls && continue
+      open_run "$p" tls /12 $(($(ceiling nginx tls-12B) / 2)) "$SECS"
+      for m in P50 P99 P999 CPU_US; do record "$p" "tls-12B" "${m,,}_at50" "$r" "${!m}"; done
+    done
+  done
+  QUICK=1 # the memory and change sections below are skipped
+else
 NGX_H1=$(ceiling nginx h1-12B)
 echo "compare.sh: nginx ceiling (h1 12 B, 32 conns) = $NGX_H1 rps" >&2
 
@@ -400,6 +421,9 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
+fi
+
+if [ "$TLS_ONLY" = 0 ]; then
 echo "compare.sh: memory" >&2
 [ "$QUICK" = 1 ] && IDLE=2000
 record all mem idle_connections 1 "$IDLE"
@@ -417,6 +441,7 @@ for p in pipe nginx haproxy flipgate; do
   wait $lg || true
   record "$p" "mem" "idle_conn_kib" 1 "$(python3 -c "print(round(($after - $before) / $IDLE, 2))")"
 done
+fi
 
 if [ "$QUICK" = 0 ]; then
   echo "compare.sh: flipgate under change (10 reloads + 10 flips per second)" >&2

@@ -387,3 +387,349 @@ fn upstream_tls_options_are_validated_with_line_and_column() {
         assert!(err.contains(want), "{target}: got {err}");
     }
 }
+
+// ---------------------------------------------------------------- HTTPS on the HTTP/1.1 engine
+//
+// HTTPS clients whose ALPN chose `http/1.1` (or that offer no ALPN) are served by the HTTP/1.1
+// engine, as plain ones; `h2` stays on hyper. These run on whichever engine the process selects
+// (CI runs this suite again with `FLIPGATE_HTTP1=hyper`); where the engines differ on the wire
+// the test says which answer it expects from which.
+
+/// A gateway in front of `up` with the TLS listener (certificates for `a.test` and `*.wild.test`)
+/// and `server` added to `[server]`.
+async fn tls_gateway_for(ca: &Ca, up: std::net::SocketAddr, server: &str) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(
+        dir.path(),
+        "a",
+        &ca.leaf(&["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256),
+    );
+    write_pair(
+        dir.path(),
+        "w",
+        &ca.leaf(&["*.wild.test"], &rcgen::PKCS_ED25519),
+    );
+    let cfg = with_server(&config("blue", &[("blue", up)], ""), server) + tls_section();
+    Gw::start_in(dir, &cfg).await
+}
+
+/// Every read below is bounded by this, so a broken case fails instead of hanging.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// One HTTP/1.1 response read off a raw stream: the head as sent (names in their case) and the
+/// body (`Content-Length` or chunked; chunked is returned de-chunked).
+struct RawResponse {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn status(&self) -> u16 {
+        self.head[9..12].parse().unwrap()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response from `s`, keeping bytes past it in `buf` (pipelined answers).
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> RawResponse {
+    use tokio::io::AsyncReadExt;
+    async fn more<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("response within the deadline")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        more(s, buf).await;
+    };
+    let head = String::from_utf8(buf.drain(..end).collect()).unwrap();
+    let mut r = RawResponse {
+        head,
+        body: Vec::new(),
+    };
+    if r.header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                more(s, buf).await;
+            };
+            let size_line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
+            let size =
+                usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16).unwrap();
+            while buf.len() < size + 2 {
+                more(s, buf).await;
+            }
+            r.body.extend(buf.drain(..size));
+            buf.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let n: usize = r.header("content-length").map_or(0, |v| v.parse().unwrap());
+        while buf.len() < n {
+            more(s, buf).await;
+        }
+        r.body = buf.drain(..n).collect();
+    }
+    r
+}
+
+/// A raw HTTP/1.1 upstream answering every request (read up to the end of its head; the tests
+/// send bodyless requests to it) with a header whose name is in mixed case: the engine relays
+/// heads verbatim, hyper's path re-encodes them in lowercase. So the case a client sees says
+/// which engine served it.
+async fn spawn_case_probe() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+                        buf.drain(..i + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let proto = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("x-forwarded-proto")
+                                    .then(|| v.trim().to_string())
+                            })
+                            .unwrap_or_default();
+                        let body = format!("{path} {proto}");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nX-Case-Probe: Kept\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The header name the client sees for `X-Case-Probe`: verbatim from the engine, lowercase from
+/// hyper.
+fn probe_name() -> &'static str {
+    if flipgate::serve::h1::enabled() {
+        "X-Case-Probe"
+    } else {
+        "x-case-probe"
+    }
+}
+
+#[tokio::test]
+async fn https_http11_keep_alive_and_pipelining_are_served_by_the_engine() {
+    use tokio::io::AsyncWriteExt;
+    let ca = Ca::new();
+    let gw = tls_gateway_for(&ca, spawn_case_probe().await, "").await;
+    let addr = tls_addr(&gw);
+    let roots = ca.roots();
+    // ALPN http/1.1, and no ALPN at all (HTTP/1.1 then): both the engine's.
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let mut s = handshake(addr, "a.test", &roots, alpn).await;
+        let mut buf = Vec::new();
+        // One at a time on the kept-alive connection...
+        for i in 0..3 {
+            let req = format!("GET /one/{i} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let r = read_response(&mut s, &mut buf).await;
+            assert_eq!(r.status(), 200, "{}", r.head);
+            assert!(
+                r.head.contains(&format!("\r\n{}: Kept\r\n", probe_name())),
+                "{alpn:?}: {}",
+                r.head
+            );
+            assert_eq!(r.body, format!("/one/{i} https").as_bytes());
+        }
+        // ...then three pipelined in one write, answered in order.
+        let reqs: String = (0..3)
+            .map(|i| format!("GET /two/{i} HTTP/1.1\r\nHost: a.test\r\n\r\n"))
+            .collect();
+        s.write_all(reqs.as_bytes()).await.unwrap();
+        for i in 0..3 {
+            let r = read_response(&mut s, &mut buf).await;
+            assert_eq!(r.status(), 200, "{}", r.head);
+            assert!(
+                r.head.contains(&format!("\r\n{}: Kept\r\n", probe_name())),
+                "{}",
+                r.head
+            );
+            assert_eq!(r.body, format!("/two/{i} https").as_bytes());
+        }
+        assert!(buf.is_empty());
+    }
+    // ALPN h2 stays on hyper (HTTP/2), lowercase names as HTTP/2 requires.
+    let s = handshake(addr, "a.test", &roots, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(
+        get_over(s, "a.test", "/h2").await,
+        (200, "/h2 https".into())
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn https_http11_bodies_and_forwarding_headers() {
+    use tokio::io::AsyncWriteExt;
+    let ca = Ca::new();
+    let blue = spawn_upstream("blue").await;
+    let gw = tls_gateway_for(&ca, blue.addr, "").await;
+    let mut s = handshake(tls_addr(&gw), "a.test", &ca.roots(), &[b"http/1.1"]).await;
+    let mut buf = Vec::new();
+    // A POST with a Content-Length body (the engine relays it).
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 11\r\n\r\nhello there")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        (r.status(), r.body.as_slice()),
+        (200, &b"hello there"[..]),
+        "{}",
+        r.head
+    );
+    // A POST with a chunked body (the engine hands the connection to hyper, mid-connection:
+    // the decrypted bytes it read are put back in front of the TLS stream).
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nchunk\r\n6\r\ned bod\r\n1\r\ny\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        (r.status(), r.body.as_slice()),
+        (200, &b"chunked body"[..]),
+        "{}",
+        r.head
+    );
+    // The same connection still serves, and the upstream learns the request came over HTTPS.
+    s.write_all(b"GET /headers HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Proto: http\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(r.status(), 200, "{}", r.head);
+    let h: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert_eq!(h["x-forwarded-host"], "a.test", "{h}");
+    assert_eq!(blue.hits(), 3);
+    gw.stop().await;
+}
+
+/// A WebSocket echo upstream answering every text message with `echo:message`.
+async fn spawn_ws_echo() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        let reply =
+                            tokio_tungstenite::tungstenite::Message::text(format!("echo:{t}"));
+                        if ws.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_over_https_http11() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ca = Ca::new();
+    let gw = tls_gateway_for(&ca, spawn_ws_echo().await, "").await;
+    let s = handshake(tls_addr(&gw), "a.test", &ca.roots(), &[b"http/1.1"]).await;
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://a.test/chat", s)
+        .await
+        .expect("WebSocket handshake over TLS through the proxy");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), format!("echo:m{i}")),
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+    ws.close(None).await.unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn https_client_stalled_mid_head_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let blue = spawn_upstream("blue").await;
+    let gw = tls_gateway_for(&ca, blue.addr, "header_read_timeout = \"1s\"").await;
+    let roots = ca.roots();
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let mut s = handshake(tls_addr(&gw), "a.test", &roots, alpn).await;
+        // Half a head, then nothing: the server closes the connection without an answer.
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+            .await
+            .expect("the server closes a stalled client");
+        // A close with or without TLS close_notify; never a response.
+        let _ = end;
+        assert!(
+            !got.starts_with(b"HTTP/1.1 200"),
+            "{alpn:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(blue.hits(), 0);
+    gw.stop().await;
+}

@@ -1,8 +1,13 @@
-//! Traffic listeners: accept loops that hand connections (plain, or TLS-terminated) to hyper with
-//! the proxy as the service.
+//! Traffic listeners: accept loops that hand connections (plain, or TLS-terminated) to the
+//! HTTP/1.1 engine (`h1`) or to hyper, with the proxy as the service.
+//!
+//! Which engine: plain connections, and TLS ones whose ALPN chose `http/1.1` or nothing, start on
+//! the engine (which hands what it does not serve to hyper); TLS with ALPN `h2` is hyper's. With
+//! `FLIPGATE_HTTP1=hyper` every connection is hyper's. Either way a TLS connection's `ConnInfo`
+//! says `https`, which sets `X-Forwarded-Proto: https`.
 //!
 //! Invariants: a listener is bound once, at start, and never rebuilt by a reload. Each connection is
-//! watched by a `GracefulShutdown`, so on shutdown the accept loop stops first (the socket is
+//! watched by a `GracefulShutdown` (hyper's) or the shutdown signal (the engine's), so on shutdown the accept loop stops first (the socket is
 //! closed, so a second process on the same port with `SO_REUSEPORT` gets every new connection),
 //! then every connection is asked to finish (HTTP/1 `Connection: close` after the current
 //! response, HTTP/2 GOAWAY) and gets up to the drain timeout, which upgraded tunnels (WebSockets)
@@ -233,6 +238,33 @@ pub async fn serve_with_hyper<I>(
     }
 }
 
+/// The HTTP/1.1 engine's settings from `[server]`.
+fn h1_settings(settings: &ConnSettings) -> crate::serve::h1::Settings {
+    crate::serve::h1::Settings {
+        header_timeout: settings.header_read_timeout.min(settings.idle_timeout),
+        max_head_bytes: settings.max_header_bytes.max(8192),
+        max_headers: settings.max_headers,
+        body_idle_timeout: settings.body_idle_timeout,
+    }
+}
+
+/// Serves a connection (plain, or TLS after the handshake) with the HTTP/1.1 engine, then with
+/// hyper if the engine hands it over.
+async fn serve_h1<D: crate::serve::h1::downstream::Downstream>(
+    stream: D,
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    settings: crate::serve::h1::Settings,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+) {
+    let served = crate::serve::h1::serve(stream, proxy.clone(), info.clone(), settings, stop);
+    if let Some(h) = served.await {
+        let body_idle = settings.body_idle_timeout;
+        serve_with_hyper(h.io, proxy, info, builder, body_idle, h.stop).await;
+    }
+}
+
 /// Answer for a connection over `max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\nflipgate: too many open connections\n";
 
@@ -315,27 +347,17 @@ pub async fn serve(
         let info = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let builder = conn_builder.clone();
         if acceptor.is_none() && crate::serve::h1::enabled() {
-            let settings = crate::serve::h1::Settings {
-                header_timeout: settings.header_read_timeout.min(settings.idle_timeout),
-                max_head_bytes: settings.max_header_bytes.max(8192),
-                max_headers: settings.max_headers,
-                body_idle_timeout: settings.body_idle_timeout,
-            };
+            let h1 = h1_settings(&settings);
             let (proxy, stop) = (proxy.clone(), shutdown.clone());
-            let body_idle = settings.body_idle_timeout;
             conns.spawn(async move {
-                let served =
-                    crate::serve::h1::serve(stream, proxy.clone(), info.clone(), settings, stop);
-                if let Some(h) = served.await {
-                    serve_with_hyper(h.io, proxy, info, &builder, body_idle, h.stop).await;
-                }
+                serve_h1(stream, proxy, info, h1, &builder, stop).await;
                 drop(permit);
             });
             continue;
         }
-        let svc = service(proxy.clone(), info);
         match &acceptor {
             None => {
+                let svc = service(proxy.clone(), info);
                 let io = WriteDeadline::new(stream, settings.body_idle_timeout);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), svc)
@@ -349,10 +371,12 @@ pub async fn serve(
                 });
             }
             Some(acceptor) => {
-                let accept = acceptor.accept(stream);
+                let accept = acceptor.accept(crate::serve::h1::downstream::Tcp::new(stream));
                 let watcher = graceful.watcher();
                 let handshake_timeout = settings.header_read_timeout;
                 let body_idle = settings.body_idle_timeout;
+                let h1 = crate::serve::h1::enabled().then(|| h1_settings(&settings));
+                let (proxy, stop) = (proxy.clone(), shutdown.clone());
                 conns.spawn(async move {
                     let tls = match tokio::time::timeout(handshake_timeout, accept).await {
                         Ok(Ok(s)) => s,
@@ -365,9 +389,16 @@ pub async fn serve(
                             return;
                         }
                     };
+                    // HTTP/1.1 by ALPN, or no ALPN (HTTP/1.1 then): the engine's, as plain ones.
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    if let Some(h1) = h1.filter(|_| !h2) {
+                        serve_h1(tls, proxy, info, h1, &builder, stop).await;
+                        drop(permit);
+                        return;
+                    }
                     let io = Box::pin(WriteDeadline::new(tls, body_idle));
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service(proxy, info))
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");

@@ -1,7 +1,8 @@
-//! The HTTP/1.1 engine: serves a plain downstream connection's common requests itself, relaying
+//! The HTTP/1.1 engine: serves a downstream connection's common requests itself, relaying
 //! heads (rewritten in one buffer, `head`) and bodies (verbatim) between the client and an
 //! upstream connection taken from the thread's idle pool (`upstreams`), in the connection's one
-//! task.
+//! task. The client side is plain TCP or TLS (ALPN `http/1.1` or none; `downstream::Downstream`,
+//! the engine compiled once for each); the upstream side is always plain TCP.
 //!
 //! Why: hyper's server and client each parse into a `HeaderMap`, re-encode, and talk through a
 //! channel and a second task per upstream connection; on one core that was ~25 % more CPU per
@@ -14,7 +15,8 @@
 //!   server as a `HandOver`, which serves it with hyper until it closes (the engine never calls
 //!   back into the server). So HTTP/2 prior knowledge, upgrades, chunked or large
 //!   request bodies, `Expect`, HTTP/1.0, malformed heads and TLS/HTTP/2 upstreams behave exactly
-//!   as they do on hyper's path.
+//!   as they do on hyper's path. A TLS connection is handed over as the TLS stream (decrypted
+//!   bytes put back), so hyper serves it as it serves any HTTPS connection.
 //! - One request at a time: the request (head, then a `Content-Length` body of at most
 //!   `head::MAX_BODY`) is sent, then the response is relayed; pipelined requests wait in the
 //!   buffer. The upstream response's framing (`Content-Length`, chunked via `chunked::Scanner`,
@@ -35,13 +37,14 @@
 //!   accepted during a reuse-port handover) gets its first request answered; a busy one finishes
 //!   its response, sent with `connection: close`, then closes.
 //! - Buffers come from a per-thread pool and go back whenever empty, so an idle kept-alive
-//!   connection holds no buffer.
+//!   connection holds no buffer of the engine's (a TLS one still holds rustls's own).
 //! - Upstream connections: an exchange takes the most recently used idle connection to its
 //!   instance from the thread's pool (or opens one) and gives it back when it ended cleanly; at
 //!   most `upstreams::KEEP` (`idle::MAX_IDLE_PER_THREAD`) idle ones per thread. So the upstream sees about as many connections
 //!   as requests in flight, and an idle client connection holds none.
 
 pub mod chunked;
+pub mod downstream;
 pub mod head;
 pub mod rewind;
 
@@ -60,6 +63,7 @@ use crate::policy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamE
 use crate::policy::resend::{self, Unanswered};
 use crate::serve::proxy::{record_answer, record_error, ConnInfo, Proxy};
 use crate::upstream::peer_gone;
+use downstream::{send, Downstream};
 use head::{Framing, Head, Plan, UpstreamHead};
 
 /// The head buffer is kept between requests up to this size (a small head costs no allocation;
@@ -87,14 +91,14 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("FLIPGATE_HTTP1").map_or(true, |v| v != "hyper"))
 }
 
-/// Serves one plain downstream connection until it closes.
-pub async fn serve(
-    stream: TcpStream,
+/// Serves one downstream connection (plain, or TLS with ALPN `http/1.1` or none) until it closes.
+pub async fn serve<D: Downstream>(
+    stream: D,
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
     settings: Settings,
     stop: watch::Receiver<bool>,
-) -> Option<HandOver> {
+) -> Option<HandOver<D>> {
     let stopped = *stop.borrow();
     let mut conn = Conn {
         stream,
@@ -118,8 +122,8 @@ pub async fn serve(
 
 /// A connection the engine hands over to hyper (`server` serves it from here on): the socket
 /// with every byte the engine read but did not consume put back in front, and the shutdown signal.
-pub struct HandOver {
-    pub io: rewind::Rewind<TcpStream>,
+pub struct HandOver<D> {
+    pub io: rewind::Rewind<D>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -158,8 +162,8 @@ impl Drop for Up {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<D> {
+    stream: D,
     rbuf: BytesMut,
     out: Vec<u8>,
     proxy: Arc<Proxy>,
@@ -187,7 +191,7 @@ enum Failed {
     Client,
 }
 
-impl Conn {
+impl<D: Downstream> Conn<D> {
     async fn run(&mut self, mut timer: Pin<&mut Sleep>) -> Next {
         loop {
             let Some((plan, start)) = self.next_head(timer.as_mut()).await else {
@@ -203,7 +207,7 @@ impl Conn {
                     self.rbuf.advance(head_len);
                     let close = close || self.stop.now();
                     head::local_response(&mut self.out, error.status(), error.body(), close);
-                    self.stream.write_all(&self.out).await.is_ok() && !close
+                    send(&mut self.stream, &self.out).await.is_ok() && !close
                 }
                 Plan::Forward(f) => {
                     self.rbuf.advance(f.head_len);
@@ -212,7 +216,10 @@ impl Conn {
             };
             self.served = true;
             if !keep {
-                let _ = self.stream.shutdown().await;
+                // On TLS the shutdown writes a close_notify, which a client that stopped reading
+                // would hold forever; it gets the write deadline.
+                let idle = self.settings.body_idle_timeout;
+                let _ = tokio::time::timeout(idle, self.stream.shutdown()).await;
                 return Next::Close;
             }
             if self.rbuf.is_empty() {
@@ -250,7 +257,7 @@ impl Conn {
                 return None;
             }
             pool::fill(&mut self.rbuf);
-            match try_read(&self.stream, &mut self.rbuf) {
+            match self.stream.try_fill(&mut self.rbuf) {
                 Ok(0) => return None,
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -309,7 +316,7 @@ impl Conn {
                 // The request body may not all have been read: the connection cannot be reused.
                 let close = close || body_len > 0;
                 head::local_response(&mut self.out, e.status(), e.body(), close);
-                return self.stream.write_all(&self.out).await.is_ok() && !close;
+                return send(&mut self.stream, &self.out).await.is_ok() && !close;
             }
         };
         record_answer(&target, index, &limits, resp.status, start);
@@ -417,7 +424,7 @@ impl Conn {
             pool::fill(&mut self.rbuf);
             let n = tokio::select! {
                 biased;
-                r = read_some(&self.stream, &mut self.rbuf) => match r {
+                r = self.stream.fill(&mut self.rbuf) => match r {
                     Ok(0) | Err(_) => return Err(Attempt::Failed(Failed::Client)),
                     Ok(n) => n,
                 },
@@ -574,10 +581,10 @@ fn refresh(timer: Pin<&mut Sleep>, idle: Duration) {
 }
 
 /// Writes all of `buf` to the client unless `timer` fires first (a client that stopped reading).
-async fn write_within(stream: &mut TcpStream, buf: &[u8], timer: Pin<&mut Sleep>) -> bool {
+async fn write_within<D: Downstream>(stream: &mut D, buf: &[u8], timer: Pin<&mut Sleep>) -> bool {
     tokio::select! {
         biased;
-        r = stream.write_all(buf) => r.is_ok(),
+        r = send(stream, buf) => r.is_ok(),
         _ = timer => {
             tracing::debug!("client stopped reading a response body: cut");
             false
@@ -625,14 +632,19 @@ async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<us
 /// lost; a peer's close stays visible (`closed`).
 #[allow(unsafe_code)]
 fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let n = try_recv(stream, buf.spare_capacity_mut())?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare room.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// `try_read` into any room: returns how many bytes `recv` initialised at its start.
+fn try_recv(stream: &TcpStream, room: &mut [std::mem::MaybeUninit<u8>]) -> std::io::Result<usize> {
     let mut short = None;
+    let len = room.len();
     let r = stream.try_io(Interest::READABLE, || {
-        let spare = buf.spare_capacity_mut();
-        let room = spare.len();
-        let n = socket2::SockRef::from(stream).recv(spare)?;
-        // SAFETY: `recv` initialised the first `n` bytes of the spare room.
-        unsafe { buf.set_len(buf.len() + n) };
-        if n > 0 && n < room {
+        let n = socket2::SockRef::from(stream).recv(room)?;
+        if n > 0 && n < len {
             short = Some(n);
             return Err(std::io::ErrorKind::WouldBlock.into());
         }
