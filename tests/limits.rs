@@ -343,6 +343,51 @@ async fn idle_keep_alive_connection_is_closed() {
     gw.stop().await;
 }
 
+/// Issue 17 item 4: a kept-alive connection idle between requests is held for `idle_timeout`, not
+/// `header_read_timeout` (which bounds a head once begun). A slowloris connection opened after the
+/// keep-alive one went idle is cut at `header_read_timeout`; the idle one still serves after that.
+/// (Connections hyper serves, `FLIPGATE_HTTP1=hyper` and hand-overs, close idle ones at the smaller
+/// of the two: hyper's own head timer also runs while idle; docs/limits.md says so.)
+#[tokio::test]
+async fn idle_keep_alive_waits_for_idle_timeout_not_header_read_timeout() {
+    let blue = spawn_upstream("blue").await;
+    let gw = Gw::start(&with_server(
+        &config("blue", &[("blue", blue.addr)], ""),
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+    ))
+    .await;
+    let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    kept.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("blue"));
+    // Now idle. A slow head begun after this point is cut at header_read_timeout...
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-drip: ")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_end(&mut out))
+        .await
+        .expect("slow head cut")
+        .ok();
+    // ... while the idle connection, idle at least as long, still serves.
+    let kept_open = kept.write_all(request).await.is_ok() && {
+        let n = tokio::time::timeout(DEADLINE, kept.read(&mut buf))
+            .await
+            .expect("an answer or a close")
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+    };
+    let hyper = std::env::var("FLIPGATE_HTTP1").is_ok_and(|v| v == "hyper");
+    assert_eq!(
+        kept_open, !hyper,
+        "kept-alive connection open after header_read_timeout"
+    );
+    gw.stop().await;
+}
+
 /// Accepts TCP connections and never says a word (a TLS upstream that hangs in the handshake).
 async fn spawn_silent_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -241,7 +241,8 @@ pub async fn serve_with_hyper<I>(
 /// The HTTP/1.1 engine's settings from `[server]`.
 fn h1_settings(settings: &ConnSettings) -> crate::serve::h1::Settings {
     crate::serve::h1::Settings {
-        header_timeout: settings.header_read_timeout.min(settings.idle_timeout),
+        header_timeout: settings.header_read_timeout,
+        idle_timeout: settings.idle_timeout,
         max_head_bytes: settings.max_header_bytes.max(8192),
         max_headers: settings.max_headers,
         body_idle_timeout: settings.body_idle_timeout,

@@ -75,8 +75,11 @@ use crate::upstream::MAX_RESPONSE_HEAD;
 /// What the engine needs from `[server]`, fixed for the connection's life.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
-    /// Bound on waiting for a request head, idle time included.
+    /// Bound on receiving a whole request head: the first one from the accept, later ones from
+    /// their first byte.
     pub header_timeout: Duration,
+    /// Bound on waiting, between requests, for the first byte of the next one.
+    pub idle_timeout: Duration,
     pub max_head_bytes: usize,
     pub max_headers: usize,
     /// A response body that moves no byte this long is cut (and hyper's path gets it as its
@@ -234,13 +237,25 @@ impl<D: Downstream> Conn<D> {
     /// Waits for the next complete request head and plans it; `None` when the connection should
     /// close (client closed, timeout, shutdown while idle).
     async fn next_head(&mut self, mut timer: Pin<&mut Sleep>) -> Option<(Plan, Instant)> {
-        timer.as_mut().reset(crate::clock::deadline(
-            Instant::now(),
-            self.settings.header_timeout,
-        ));
+        // Between requests a kept-alive connection may stay idle for `idle_timeout`; a head once
+        // begun (and the first one, counted from the accept) must be whole within `header_timeout`.
+        let mut idle = self.served && self.rbuf.is_empty();
+        let wait = match idle {
+            true => self.settings.idle_timeout,
+            false => self.settings.header_timeout,
+        };
+        timer
+            .as_mut()
+            .reset(crate::clock::deadline(Instant::now(), wait));
         loop {
             if !self.rbuf.is_empty() {
                 let start = Instant::now();
+                if idle {
+                    idle = false;
+                    timer
+                        .as_mut()
+                        .reset(crate::clock::deadline(start, self.settings.header_timeout));
+                }
                 match head::request(
                     &self.proxy,
                     &self.info,
@@ -266,7 +281,6 @@ impl<D: Downstream> Conn<D> {
             if self.rbuf.is_empty() {
                 pool::give(&mut self.rbuf);
             }
-            let idle = self.served && self.rbuf.is_empty();
             tokio::select! {
                 biased;
                 r = self.stream.readable() => r.ok()?,
