@@ -273,7 +273,8 @@ async fn reuse_port_hands_over_without_a_refused_connection() {
 
 /// Issue 11 item 6: at the drain deadline every connection still open is closed, whichever path
 /// serves it (the HTTP/1.1 engine, or hyper with `FLIPGATE_HTTP1=hyper`): a request held upstream
-/// past the deadline ends with its connection closed, and shutdown returns.
+/// past the deadline ends with its connection closed, and shutdown returns. Issue 17 item 5: the
+/// client is not left with nothing: no answer had begun, so it gets a 503 with `Connection: close`.
 #[tokio::test]
 async fn drain_deadline_closes_every_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -300,6 +301,12 @@ async fn drain_deadline_closes_every_connection() {
         closed.is_ok(),
         "the held connection was closed at the deadline"
     );
-    assert!(out.is_empty(), "no answer was made up: {out:?}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(
+        text.ends_with("flipgate: shutting down before the upstream answered\n"),
+        "{text}"
+    );
     blue.release();
 }

@@ -201,7 +201,7 @@ fn service(
     service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.serve(req, &info).await) }
+        async move { Ok::<_, std::convert::Infallible>(proxy.serve_until_cut(req, &info).await) }
     })
 }
 
@@ -413,11 +413,24 @@ pub async fn serve(
     let drain_timeout = proxy.snapshot.load().config.server.drain_timeout;
     let deadline = crate::clock::deadline(tokio::time::Instant::now(), drain_timeout);
     drain(graceful, &proxy, drain_timeout).await;
-    // At the deadline every connection still open, on every path, is closed.
+    // At the deadline, a request still waiting for its upstream gets a 503 (hyper's path answers
+    // it now, briefly awaited; the engine as its connection is closed), then every connection
+    // still open, on every path, is closed.
+    if !conns.is_empty() {
+        proxy.cut.send_replace(true);
+        let _ = tokio::time::timeout(CUT_GRACE, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+    }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
     proxy.tunnels.drain(deadline).await;
 }
+
+/// How long, past the drain deadline, hyper's connections get to write the 503 of a request cut
+/// before its answer.
+const CUT_GRACE: Duration = Duration::from_millis(250);
 
 /// Waits for open connections to finish, at most `timeout`: those hyper serves (`graceful`) and
 /// those the HTTP/1.1 engine serves (counted in `proxy.connections`; they close themselves once

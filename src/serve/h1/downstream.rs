@@ -108,6 +108,19 @@ pub async fn send<D: Downstream>(stream: &mut D, buf: &[u8]) -> io::Result<()> {
     stream.flush().await
 }
 
+/// Writes what the socket takes now, without waiting, and flushes as far as it can: a last word
+/// from a `Drop`, where there is no task to wait in.
+pub fn write_now<D: Downstream>(stream: &mut D, mut buf: &[u8]) {
+    let mut cx = Context::from_waker(Waker::noop());
+    while !buf.is_empty() {
+        match Pin::new(&mut *stream).poll_write(&mut cx, buf) {
+            Poll::Ready(Ok(n)) if n > 0 => buf = &buf[n..],
+            _ => return,
+        }
+    }
+    let _ = Pin::new(&mut *stream).poll_flush(&mut cx);
+}
+
 /// The TCP socket under a TLS connection: a short read is taken to have drained the socket (the
 /// readiness is cleared, as in `h1::try_read`), so rustls's next read costs no system call until
 /// the reactor sees new bytes. Writes go straight to the socket.

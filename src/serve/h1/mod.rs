@@ -112,9 +112,13 @@ pub async fn serve<D: Downstream>(
         settings,
         stop: Stop { rx: stop, stopped },
         served: false,
+        unanswered: false,
     };
     let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-    match conn.run(timer.as_mut()).await {
+    let last_word = LastWord(&mut conn);
+    let next = last_word.0.run(timer.as_mut()).await;
+    drop(last_word);
+    match next {
         Next::Close => None,
         Next::Fallback => Some(HandOver {
             io: rewind::Rewind::new(conn.rbuf.freeze(), conn.stream),
@@ -122,6 +126,25 @@ pub async fn serve<D: Downstream>(
         }),
     }
 }
+
+/// A connection cut while its request waits for the upstream's answer (the drain deadline
+/// aborts the task, dropping this) still gets one: a 503 with `Connection: close`, written if the
+/// socket takes it now. Nothing is written once a response has begun.
+struct LastWord<'c, D: Downstream>(&'c mut Conn<D>);
+
+impl<D: Downstream> Drop for LastWord<'_, D> {
+    fn drop(&mut self) {
+        let conn = &mut *self.0;
+        if conn.unanswered {
+            let status = http::StatusCode::SERVICE_UNAVAILABLE;
+            head::local_response(&mut conn.out, status, SHUTTING_DOWN, true);
+            downstream::write_now(&mut conn.stream, &conn.out);
+        }
+    }
+}
+
+/// The body of a request cut by shutdown before its answer (both engines).
+pub const SHUTTING_DOWN: &str = "flipgate: shutting down before the upstream answered\n";
 
 /// A connection the engine hands over to hyper (`server` serves it from here on): the socket
 /// with every byte the engine read but did not consume put back in front, and the shutdown signal.
@@ -176,6 +199,8 @@ struct Conn<D> {
     /// At least one request was answered. A shutdown closes an idle connection only then: a
     /// new one (perhaps accepted during the shutdown) gets its first request answered.
     served: bool,
+    /// A request is out to the upstream and nothing of its answer has been written (`LastWord`).
+    unanswered: bool,
 }
 
 /// How one try of an exchange on an upstream connection went wrong.
@@ -300,7 +325,9 @@ impl<D: Downstream> Conn<D> {
         timer
             .as_mut()
             .reset(crate::clock::deadline(start, f.limits.timeout));
+        self.unanswered = true;
         let sent = self.send(&f, timer.as_mut()).await;
+        self.unanswered = false;
         let head::Forward {
             body_len,
             target,

@@ -46,6 +46,9 @@ pub struct Proxy {
     pub connections: std::sync::atomic::AtomicUsize,
     /// Notified when the last open downstream connection closes (drain waits on it).
     pub closed: tokio::sync::Notify,
+    /// Set at the drain deadline: requests still waiting for their upstream's answer on hyper's
+    /// path are answered 503 (`Connection: close`) before their connections are closed.
+    pub cut: tokio::sync::watch::Sender<bool>,
 }
 
 /// Facts about the downstream connection, computed once per connection.
@@ -243,6 +246,30 @@ impl Proxy {
             tunnels: Default::default(),
             connections: Default::default(),
             closed: Default::default(),
+            cut: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Serves one request, unless the drain deadline cuts it before the upstream answers (then
+    /// 503 with `Connection: close`, as the HTTP/1.1 engine answers). Never fails: every problem
+    /// becomes a response.
+    pub async fn serve_until_cut(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        let mut cut = self.cut.subscribe();
+        tokio::select! {
+            biased;
+            r = self.serve(req, conn) => r,
+            _ = cut.wait_for(|c| *c) => {
+                let mut r = Response::new(ProxyBody::full(crate::serve::h1::SHUTTING_DOWN));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
         }
     }
 
