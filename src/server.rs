@@ -31,6 +31,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::proxy::error::{ClientErrorKind, LocalErrorKind, ProxyError};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::write_deadline::WriteDeadline;
 
@@ -209,13 +210,13 @@ pub async fn serve_with_hyper<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(Box::pin(WriteDeadline::new(io, body_idle)));
-    let conn = builder.serve_connection_with_upgrades(io, service(proxy, info));
+    let conn = builder.serve_connection_with_upgrades(io, service(proxy.clone(), info.clone()));
     let mut conn = std::pin::pin!(conn);
     if !*stop.borrow_and_update() {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    ended_with(&proxy, &info, &*e);
                 }
                 return;
             }
@@ -224,7 +225,25 @@ pub async fn serve_with_hyper<I>(
     }
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        ended_with(&proxy, &info, &*e);
+    }
+}
+
+/// A connection hyper served ended with an error. A request head over the limits was answered
+/// 431 by hyper's parser itself (on either engine: the HTTP/1.1 engine hands such heads over):
+/// it is recorded like every answer flipgate gives (`Proxy::refused`).
+fn ended_with(proxy: &Proxy, info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+    tracing::debug!(error = %e, "connection ended with an error");
+    let mut src = Some(e);
+    while let Some(err) = src {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                let e = ProxyError::Client(ClientErrorKind::HeadTooLarge);
+                proxy.refused(info.peer.ip(), e);
+            }
+            return;
+        }
+        src = err.source();
     }
 }
 
@@ -296,9 +315,11 @@ pub async fn serve(
         if settings.max_connections > 0 && permit.count > settings.max_connections {
             tracing::debug!(%peer, "connection limit reached; refusing");
             if acceptor.is_none() {
+                let proxy = proxy.clone();
                 conns.spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     let mut stream = stream;
+                    proxy.refused(peer.ip(), ProxyError::Local(LocalErrorKind::Busy));
                     let _ = stream.write_all(BUSY).await;
                     let _ = stream.shutdown().await;
                     drop(permit);
@@ -327,7 +348,8 @@ pub async fn serve(
             });
             continue;
         }
-        let svc = service(proxy.clone(), info);
+        let svc = service(proxy.clone(), info.clone());
+        let proxy = proxy.clone();
         match &acceptor {
             None => {
                 let io = WriteDeadline::new(stream, settings.body_idle_timeout);
@@ -337,7 +359,7 @@ pub async fn serve(
                 let fut = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = fut.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        ended_with(&proxy, &info, &*e);
                     }
                     drop(permit);
                 });
@@ -364,7 +386,7 @@ pub async fn serve(
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        ended_with(&proxy, &info, &*e);
                     }
                     drop(permit);
                 });

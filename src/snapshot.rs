@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub router: Router,
     pub routes: Vec<RouteEntry>,
+    /// Where answers that belong to no route are counted (`route=""`).
+    pub unrouted: crate::metrics::UnroutedMetrics,
 }
 
 /// A route as the data path uses it.
@@ -64,6 +66,7 @@ impl Snapshot {
             ),
             router: Router::default(),
             routes: Vec::new(),
+            unrouted: Default::default(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Snapshot {
             config,
             router,
             routes,
+            unrouted: metrics.unrouted(),
         }
     }
 
