@@ -5,7 +5,7 @@
 //! Choice protected: heads are parsed by `httparse` into a stack array and rewritten byte for byte
 //! into one buffer, with no `HeaderMap` and no allocation per request. Naive baseline: what hyper's
 //! path does with the same head: parse into an `http::Request` (a `HeaderMap` of owned names and
-//! values), rewrite it with `proxy::headers`, and encode it again. Also asserts that the engine's
+//! values), rewrite it with `proxy::policy::apply`, and encode it again. Also asserts that the engine's
 //! request and response head work allocates nothing.
 
 use std::hint::black_box;

@@ -377,10 +377,7 @@ pub fn h1_request(data: &[u8]) -> bool {
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
     };
-    let first_added = out_h
-        .iter()
-        .position(|h| h.name == "host")
-        .expect("host");
+    let first_added = out_h.iter().position(|h| h.name == "host").expect("host");
     let (relayed, own) = out_h.split_at(first_added);
     let conn_named: Vec<&[u8]> = in_h
         .iter()
@@ -625,7 +622,8 @@ pub fn h1_differential(data: &[u8]) -> bool {
             map_id.len() == 32
                 && !headers
                     .iter()
-                    .any(|h| h.name.eq_ignore_ascii_case("x-request-id") && h.value == map_id.as_bytes()),
+                    .any(|h| h.name.eq_ignore_ascii_case("x-request-id")
+                        && h.value == map_id.as_bytes()),
             "hyper's path kept an id the engine replaced"
         ),
     }

@@ -237,7 +237,9 @@ fn ended_with(proxy: &Proxy, info: &ConnInfo, e: &(dyn std::error::Error + 'stat
     let mut src = Some(e);
     while let Some(err) = src {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_parse_too_large() {
+            // `is_parse_too_large` also covers a request-target over hyper's bound, answered 414
+            // (told apart only by its text).
+            if h.is_parse_too_large() && !h.to_string().contains("URI too long") {
                 let e = ProxyError::Client(ClientErrorKind::HeadTooLarge);
                 proxy.refused(info.peer.ip(), e);
             }

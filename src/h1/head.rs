@@ -4,9 +4,9 @@
 //!
 //! Invariants: heads are parsed by `httparse` (strict: no obs-fold, token and value characters
 //! checked) into a stack array, and written byte for byte as received except for what a proxy
-//! must change (RFC 9110 §7.6): hop-by-hop fields (the fixed list and every name listed in
-//! `Connection`) are dropped, `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
-//! `proxy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
+//! must change (RFC 9110 §7.6), and that is decided by the forwarding policy's one table
+//! (`proxy::policy`, which hyper's path applies to its `HeaderMap`): `write_request` keeps, drops
+//! or replaces each field as `policy::action` says and writes `policy::added`'s fields after them. Anything this engine does not handle (HTTP/1.0, a
 //! request body that is chunked or over `MAX_BODY`, `Expect`, upgrades, CONNECT, non-origin-form
 //! targets, repeated `Content-Length`, an unparsable head, an upstream over TLS or
 //! HTTP/2) is `Plan::Fallback`: nothing is consumed and hyper serves the connection from here on,
@@ -244,7 +244,8 @@ pub(crate) fn write_request<'h>(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let listed = |name: &str| {
-        !conn_fields.is_empty() && policy::listed_in(conn_fields.iter().map(|&i| headers[i].value), name)
+        !conn_fields.is_empty()
+            && policy::listed_in(conn_fields.iter().map(|&i| headers[i].value), name)
     };
     let mut xff = false;
     let mut request_id: Option<&'h [u8]> = None;
@@ -355,7 +356,12 @@ fn plan(
     let host = match request_authority(http::Version::HTTP_11, None, hosts) {
         Ok(host) => host,
         Err(e) => {
-            record_local(At::Unrouted(&snap.unrouted), e, start, log(client_id(), None));
+            record_local(
+                At::Unrouted(&snap.unrouted),
+                e,
+                start,
+                log(client_id(), None),
+            );
             // The rest of the head is not trusted to frame a body: the connection closes.
             return local(e, head_len, true, body_len);
         }
@@ -364,7 +370,12 @@ fn plan(
 
     let Some(d) = decide(&snap, host_str, path, headers, conn.peer.ip()) else {
         let e = ProxyError::NoRoute;
-        record_local(At::Unrouted(&snap.unrouted), e, start, log(client_id(), None));
+        record_local(
+            At::Unrouted(&snap.unrouted),
+            e,
+            start,
+            log(client_id(), None),
+        );
         return local(e, head_len, close, body_len);
     };
     let route = &snap.routes[d.route];

@@ -315,7 +315,13 @@ impl Proxy {
                         format,
                         req.method().clone(),
                         req.uri().path().to_string(),
-                        headers::incoming_request_id(req.headers().get_all(&policy::X_REQUEST_ID).iter().map(|v| v.as_bytes())).and_then(|v| HeaderValue::from_bytes(v).ok()),
+                        headers::incoming_request_id(
+                            req.headers()
+                                .get_all(&policy::X_REQUEST_ID)
+                                .iter()
+                                .map(|v| v.as_bytes()),
+                        )
+                        .and_then(|v| HeaderValue::from_bytes(v).ok()),
                         conn.peer.ip(),
                         reason,
                     )

@@ -251,7 +251,8 @@ pub fn added<'a, V: ?Sized>(
         host.map(|v| (Added::Host, v)),
         Some((Added::XForwardedFor, Value::ForwardedFor(hop.client))),
         Some((Added::XForwardedProto, Value::Static(proto))),
-        hop.authority.map(|a| (Added::XForwardedHost, Value::Given(a))),
+        hop.authority
+            .map(|a| (Added::XForwardedHost, Value::Given(a))),
         Some((Added::Via, Value::Static(via(hop.version)))),
         Some((Added::RequestId, id)),
         rules
@@ -288,7 +289,10 @@ pub fn apply(
         let listed = |name: &str| {
             has_connection
                 && listed_in(
-                    headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()),
+                    headers
+                        .get_all(header::CONNECTION)
+                        .iter()
+                        .map(|v| v.as_bytes()),
                     name,
                 )
         };
@@ -409,9 +413,18 @@ mod tests {
             assert_eq!(act(drop, &r), Action::Drop, "{drop}");
         }
         assert_eq!(act("Host", &r), Action::Replace(Added::Host));
-        assert_eq!(act("X-Forwarded-For", &r), Action::Replace(Added::XForwardedFor));
-        assert_eq!(act("x-forwarded-proto", &r), Action::Replace(Added::XForwardedProto));
-        assert_eq!(act("x-forwarded-host", &r), Action::Replace(Added::XForwardedHost));
+        assert_eq!(
+            act("X-Forwarded-For", &r),
+            Action::Replace(Added::XForwardedFor)
+        );
+        assert_eq!(
+            act("x-forwarded-proto", &r),
+            Action::Replace(Added::XForwardedProto)
+        );
+        assert_eq!(
+            act("x-forwarded-host", &r),
+            Action::Replace(Added::XForwardedHost)
+        );
         assert_eq!(act("X-Request-Id", &r), Action::Replace(Added::RequestId));
         for keep in ["content-length", "via", "accept", "forwarded", "cookie"] {
             assert_eq!(act(keep, &r), Action::Keep, "{keep}");
@@ -511,7 +524,15 @@ mod tests {
             http2: true,
             ..Rules::default()
         };
-        apply(&mut h, &rules, &client, false, None, &instance, http::Version::HTTP_2);
+        apply(
+            &mut h,
+            &rules,
+            &client,
+            false,
+            None,
+            &instance,
+            http::Version::HTTP_2,
+        );
         assert!(!h.contains_key("host"));
         assert!(!h.contains_key("x-forwarded-host"));
         assert_eq!(h["te"], "trailers");
