@@ -336,7 +336,9 @@ pub fn apply(
         request_id: request_id.as_ref(),
         te_trailers,
     };
-    headers.reserve(6);
+    // New entries: X-Forwarded-For, -Proto, -Host, Via, x-request-id (the others replace a field
+    // the request has, but `Host` of an HTTP/1.0 request without one): one growth, not several.
+    headers.reserve(5);
     let mut written = [false; Added::ALL.len()];
     let mut sent_id = None;
     for (field, value) in added(rules, &hop) {
