@@ -5,7 +5,7 @@
 //! Choice protected: heads are parsed by `httparse` into a stack array and rewritten byte for byte
 //! into one buffer, with no `HeaderMap` and no allocation per request. Naive baseline: what hyper's
 //! path does with the same head: parse into an `http::Request` (a `HeaderMap` of owned names and
-//! values), rewrite it with `proxy::headers`, and encode it again. Also asserts that the engine's
+//! values), rewrite it with `proxy::policy::apply`, and encode it again. Also asserts that the engine's
 //! request and response head work allocates nothing.
 
 use std::hint::black_box;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use flipgate::observe::metrics::Metrics;
-use flipgate::policy::headers;
+use flipgate::policy::{forward as policy, headers};
 use flipgate::serve::h1::head::{self, Head, Plan, UpstreamHead};
 use flipgate::serve::proxy::{ConnInfo, Proxy};
 use flipgate::snapshot::Snapshot;
@@ -101,10 +101,16 @@ fn hyper_like(peer: &HeaderValue, out: &mut Vec<u8>) -> usize {
     let mut r = b.body(()).unwrap();
     let host = r.headers().get(http::header::HOST).cloned();
     let h = r.headers_mut();
-    headers::strip_hop_by_hop(h, false, false);
-    headers::set_forwarded(h, peer, false, host);
-    headers::add_via(h, http::Version::HTTP_11);
-    headers::ensure_request_id(h);
+    let instance: http::uri::Authority = "127.0.0.1:3001".parse().unwrap();
+    policy::apply(
+        h,
+        &policy::Rules::default(),
+        peer,
+        false,
+        host.as_ref(),
+        &instance,
+        http::Version::HTTP_11,
+    );
     out.clear();
     out.extend_from_slice(r.method().as_str().as_bytes());
     out.push(b' ');
@@ -129,7 +135,7 @@ fn hyper_like(peer: &HeaderValue, out: &mut Vec<u8>) -> usize {
             HeaderValue::from_bytes(h.value).unwrap(),
         );
     }
-    headers::strip_hop_by_hop(&mut map, false, false);
+    headers::strip_response(&mut map);
     headers::add_via(&mut map, http::Version::HTTP_11);
     let mut o2 = Vec::with_capacity(256);
     o2.extend_from_slice(b"HTTP/1.1 200 OK\r\n");

@@ -1,5 +1,6 @@
-//! Protects the header rewrite of every forwarded request (`proxy::headers`): hop-by-hop removal,
-//! `X-Forwarded-*`, `Via` and `x-request-id`, done in place on the request's own `HeaderMap`.
+//! Protects the header rewrite of every forwarded request on hyper's path (`proxy::policy::apply`):
+//! hop-by-hop removal, `X-Forwarded-*`, `Via`, `x-request-id` and `Host`, done in place on the
+//! request's own `HeaderMap`.
 //!
 //! Choice protected: editing the map in place with static header names and values, the peer
 //! address formatted once per connection, and the request id hex-encoded into a stack buffer.
@@ -11,7 +12,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use flipgate::policy::headers;
+use flipgate::policy::forward as policy;
 use http::header::{self, HeaderMap, HeaderValue};
 
 #[path = "support/alloc_count.rs"]
@@ -45,10 +46,16 @@ fn request_headers() -> HeaderMap {
 
 fn rewrite(h: &mut HeaderMap, peer: &HeaderValue) {
     let host = h.get(header::HOST).cloned();
-    headers::strip_hop_by_hop(h, false, false);
-    headers::set_forwarded(h, peer, false, host);
-    headers::add_via(h, http::Version::HTTP_11);
-    headers::ensure_request_id(h);
+    let instance = http::uri::Authority::from_static("127.0.0.1:3001");
+    policy::apply(
+        h,
+        &policy::Rules::default(),
+        peer,
+        false,
+        host.as_ref(),
+        &instance,
+        http::Version::HTTP_11,
+    );
 }
 
 fn naive(h: &HeaderMap, peer: std::net::IpAddr) -> HeaderMap {

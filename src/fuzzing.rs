@@ -373,21 +373,21 @@ pub fn h1_request(data: &[u8]) -> bool {
         assert_eq!(named(out_h, n), own, "hop-by-hop field {n} relayed");
     }
 
-    // flipgate's own fields come last, in a fixed order; everything before them is the client's.
+    // flipgate's own fields come last, in the policy's order (`policy::Added::ALL`), starting
+    // with `host` (the client's Host is replaced by it); everything before them is the client's.
     let added = |name: &str| {
         [
+            "host",
             "x-forwarded-for",
             "x-forwarded-proto",
             "x-forwarded-host",
             "via",
+            "x-request-id",
         ]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
     };
-    let first_added = out_h
-        .iter()
-        .position(|h| h.name == "x-forwarded-for")
-        .expect("x-forwarded-for");
+    let first_added = out_h.iter().position(|h| h.name == "host").expect("host");
     let (relayed, own) = out_h.split_at(first_added);
     let conn_named: Vec<&[u8]> = in_h
         .iter()
@@ -401,19 +401,16 @@ pub fn h1_request(data: &[u8]) -> bool {
             h.name,
             String::from_utf8_lossy(h.value)
         );
+        // The client's Via stays (this hop appends itself); the other added fields replace.
         assert!(
-            !h.name.eq_ignore_ascii_case("x-forwarded-for")
-                && !h.name.eq_ignore_ascii_case("x-forwarded-proto")
-                && !h.name.eq_ignore_ascii_case("x-forwarded-host"),
+            !added(h.name) || h.name.eq_ignore_ascii_case("via"),
             "client's {} relayed",
             h.name
         );
-        // Host and the body's framing are the message's, not the connection's: kept even when
-        // listed (checked below).
-        let message =
-            h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("content-length");
+        // The body's framing is the message's, not the connection's: kept even when listed
+        // (checked below).
         assert!(
-            message
+            h.name.eq_ignore_ascii_case("content-length")
                 || !conn_named
                     .iter()
                     .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())),
@@ -436,19 +433,13 @@ pub fn h1_request(data: &[u8]) -> bool {
         }
     }
     xff.extend_from_slice(b"127.0.0.1");
-    let host = in_h.iter().find(|h| h.name.eq_ignore_ascii_case("host"));
-    // The upstream sees the client's Host and the body's length whatever the client's Connection
-    // lists (hyper's path keeps them too): without them the body would be read as the next request.
-    let hosts: Vec<_> = relayed
+    // An HTTP/1.1 request is forwarded only with exactly one valid Host.
+    let host = in_h
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"))
-        .map(|h| h.value)
-        .collect();
-    assert_eq!(
-        hosts,
-        host.map(|h| h.value).into_iter().collect::<Vec<_>>(),
-        "Host not relayed"
-    );
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .expect("a forwarded HTTP/1.1 request has a Host");
+    // The upstream sees the body's length whatever the client's Connection lists (hyper's path
+    // keeps it too): without it the body would be read as the next request.
     let lengths: Vec<_> = relayed
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
@@ -472,27 +463,183 @@ pub fn h1_request(data: &[u8]) -> bool {
         assert_eq!(h.name, name);
         h.value
     };
+    assert_eq!(next("host"), host.value, "Host not relayed");
     assert_eq!(next("x-forwarded-for"), &xff[..]);
     assert_eq!(next("x-forwarded-proto"), b"http");
-    if let Some(host) = host {
-        assert_eq!(next("x-forwarded-host"), host.value);
-    }
+    assert_eq!(next("x-forwarded-host"), host.value);
     assert_eq!(next("via"), b"1.1 flipgate");
-    if te_trailers {
-        assert_eq!(next("te"), b"trailers");
-        assert_eq!(next("connection"), b"te");
-    }
-    let rest: Vec<_> = own.collect();
-    assert!(rest.iter().all(|h| !added(h.name)));
-    match rest[..] {
-        [] => assert_eq!(named(relayed, "x-request-id"), 1),
-        [id] => {
-            assert_eq!(id.name, "x-request-id");
-            assert_eq!(id.value.len(), 32);
-            assert!(id.value.iter().all(u8::is_ascii_hexdigit));
-            assert_eq!(named(relayed, "x-request-id"), 0);
+    let id = next("x-request-id");
+    let id_dropped = conn_named
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(b"x-request-id"));
+    let incoming = in_h
+        .iter()
+        .filter(|h| !id_dropped && h.name.eq_ignore_ascii_case("x-request-id"))
+        .map(|h| h.value)
+        .find(|v| crate::policy::headers::request_id_ok(v));
+    match incoming {
+        Some(v) => assert_eq!(id, v),
+        None => {
+            assert_eq!(id.len(), 32);
+            assert!(id.iter().all(u8::is_ascii_hexdigit));
         }
-        _ => panic!("unexpected fields after via"),
+    }
+    if te_trailers {
+        assert_eq!(next("connection"), b"te");
+        assert_eq!(next("te"), b"trailers");
+    }
+    assert!(own.next().is_none(), "unexpected fields after x-request-id");
+    true
+}
+
+/// Any bytes as a request head: when `httparse` accepts it, the HTTP/1.1 engine's head writer
+/// (`h1::head::write_request`) and the forwarding policy applied to a `HeaderMap` built from the
+/// same parsed fields as hyper builds it (`policy::forward::apply`) must forward the same fields: a
+/// multiset of lower-cased name and value, field order aside, and the same request id unless
+/// both generated one; or both refuse the request (`headers::request_authority`). Returns whether
+/// both forwarded (so the corpus replay can check the seeds reach the comparison).
+pub fn h1_differential(data: &[u8]) -> bool {
+    use crate::policy::forward::{self as policy, Rules};
+    use crate::policy::headers::{is_upgrade, request_authority};
+    use crate::serve::h1::head::{write_request, RequestId, MAX_HEADERS};
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    let Ok(httparse::Status::Complete(_)) = req.parse(data) else {
+        return false;
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return false;
+    };
+    let version = match minor {
+        0 => http::Version::HTTP_10,
+        _ => http::Version::HTTP_11,
+    };
+    let headers = &*req.headers;
+    // As hyper builds the request: a name it cannot take or a target that is no URI is a 400
+    // before any policy; CONNECT is a tunnel.
+    let Ok(uri) = target.parse::<http::Uri>() else {
+        return false;
+    };
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return false;
+    }
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return false;
+        };
+        map.append(name, value);
+    }
+    // A relayed upgrade is hyper's alone (the engine hands it over).
+    if is_upgrade(&map) {
+        return false;
+    }
+    let absolute = uri.authority().map(|a| a.as_str().as_bytes());
+    let hosts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value);
+    let authority = request_authority(version, absolute, hosts);
+    let map_hosts = map.get_all(http::header::HOST).iter().map(|v| v.as_bytes());
+    let map_authority = request_authority(version, absolute, map_hosts);
+    let (authority, map_authority) = match (authority, map_authority) {
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b);
+            return false;
+        }
+        (Ok(a), Ok(b)) => (a, b.and_then(|b| HeaderValue::from_bytes(b).ok())),
+        (a, b) => panic!("one refuses, the other not: {a:?} {b:?}"),
+    };
+
+    let rules = Rules {
+        preview: Some("x-flipgate-target"),
+        upgrade: false,
+        http2: false,
+    };
+    let conn = crate::serve::proxy::ConnInfo::new(([127, 0, 0, 1], 40000).into(), false);
+    let instance: http::uri::Authority = "127.0.0.1:9".parse().expect("authority");
+
+    // The engine's writer, with every `Connection` field (it hands over more than 4).
+    let conn_fields: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.name.eq_ignore_ascii_case("connection"))
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = Vec::new();
+    let engine_id = write_request(
+        &mut out,
+        method,
+        target,
+        headers,
+        &conn_fields,
+        &rules,
+        &conn,
+        authority,
+        &instance,
+        version,
+    );
+    assert_crlf(&out);
+    let mut out_storage = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+    let mut up = httparse::Request::new(&mut out_storage);
+    match up.parse(&out) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
+        other => panic!(
+            "upstream head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+
+    // hyper's path.
+    let map_id = policy::apply(
+        &mut map,
+        &rules,
+        &conn.peer_header,
+        conn.https,
+        map_authority.as_ref(),
+        &instance,
+        version,
+    );
+
+    let fields = |it: &mut dyn Iterator<Item = (&str, &[u8])>| {
+        let mut v: Vec<(String, Vec<u8>)> = it
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("x-request-id"))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    let engine = fields(&mut up.headers.iter().map(|h| (h.name, h.value)));
+    let hyper = fields(&mut map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    assert_eq!(
+        engine,
+        hyper,
+        "the engine and hyper's path forward different fields for {:?}",
+        String::from_utf8_lossy(data)
+    );
+    let sent_ids = |n: usize| assert_eq!(n, 1, "one x-request-id");
+    sent_ids(
+        up.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-request-id"))
+            .count(),
+    );
+    sent_ids(map.get_all("x-request-id").iter().count());
+    match engine_id {
+        RequestId::Kept(id) => assert_eq!(id, map_id.as_bytes(), "request ids differ"),
+        RequestId::New(_) => assert!(
+            map_id.len() == 32
+                && !headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("x-request-id")
+                        && h.value == map_id.as_bytes()),
+            "hyper's path kept an id the engine replaced"
+        ),
     }
     true
 }
@@ -755,6 +902,16 @@ mod corpus {
         });
         // The seeds must reach the checks on the upstream head, not only the fallbacks.
         assert!(forwarded >= 10, "{forwarded} of {n} seeds forwarded");
+    }
+
+    #[test]
+    fn h1_differential_corpus() {
+        let mut compared = 0;
+        let n = replay("h1_differential", |d| {
+            compared += usize::from(super::h1_differential(d))
+        });
+        // The seeds must reach the comparison, not only the refusals.
+        assert!(compared >= 6, "{compared} of {n} seeds compared");
     }
 
     #[test]

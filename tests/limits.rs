@@ -602,3 +602,219 @@ async fn running_out_of_descriptors_blames_no_target() {
     // Recovered.
     assert!(call(&mut s).await.starts_with("HTTP/1.1 200"));
 }
+
+/// Collects what the access-log layer writes.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    }
+}
+
+/// Issue 12: every answer flipgate gives itself (404, 400, 413, 431, 502, 503 busy upstream, 503
+/// over `max_connections`) has an access-log line naming its cause (`error`) and a metric, on
+/// both engines (CI runs this file again with `FLIPGATE_HTTP1=hyper`). A current-thread runtime,
+/// so the thread-local subscriber sees the gateway's events.
+#[tokio::test(flavor = "current_thread")]
+async fn every_local_answer_is_logged_with_its_cause_and_counted() {
+    use tracing_subscriber::prelude::*;
+    let buf = LogBuf::default();
+    let w = buf.clone();
+    let _guard = tracing_subscriber::registry()
+        .with(flipgate::observe::access_log::layer(move || w.clone()))
+        .set_default();
+
+    let blue = spawn_upstream("blue").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let dead_route = format!(
+        "\n[[routes]]\nname = \"dead\"\nhosts = [\"dead\"]\nlive = \"x\"\n\n[routes.targets]\nx = [\"{dead_addr}\"]\n"
+    );
+    let cfg = config("blue", &[("blue", blue.addr)], &dead_route)
+        .replacen("name = \"bot\"\n", "name = \"bot\"\nhosts = [\"a\"]\n", 1)
+        .replacen("[state]", "[log]\naccess = \"json\"\n\n[state]", 1);
+    let gw = Gw::start(&with_server(
+        &cfg,
+        "max_body_bytes = 10\nmax_headers = 20\nmax_header_bytes = 8192\nmax_connections = 2\nmax_upstream_connections = 1",
+    ))
+    .await;
+    let status = |resp: &str| resp.get(9..12).unwrap_or("").to_string();
+
+    let r = raw(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nhost: nowhere\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&r), "404", "{r}");
+    let r = raw(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&r), "400", "{r}");
+    let r = raw(
+        gw.addr,
+        b"POST /echo HTTP/1.1\r\nhost: a\r\nx-request-id: big-1\r\ncontent-length: 20\r\nconnection: close\r\n\r\n01234567890123456789",
+    )
+    .await;
+    assert_eq!(status(&r), "413", "{r}");
+    let many: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let r = raw(
+        gw.addr,
+        format!("GET / HTTP/1.1\r\nhost: a\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&r), "431", "{r}");
+    let r = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nhost: dead\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&r), "502", "{r}");
+
+    // One request held upstream takes the one in-flight slot: the next is refused (503 busy).
+    let mut held = TcpStream::connect(gw.addr).await.unwrap();
+    held.write_all(b"GET /hold HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("request held upstream", DEADLINE, || async {
+        blue.holding.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // (Retried while the connections of the requests above are still being counted.)
+    wait_until(
+        "503 for the upstream's in-flight limit",
+        DEADLINE,
+        || async {
+            let r = raw(
+                gw.addr,
+                b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+            r.starts_with("HTTP/1.1 503") && r.contains("in flight")
+        },
+    )
+    .await;
+    // With the held connection and one more open, a third connection is over `max_connections`.
+    let idle = TcpStream::connect(gw.addr).await.unwrap();
+    wait_until("both connections counted", DEADLINE, || async {
+        raw(
+            gw.addr,
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .contains("too many open connections")
+    })
+    .await;
+    drop(idle);
+    blue.release();
+    let _ = tokio::time::timeout(DEADLINE, held.read(&mut [0u8; 1024])).await;
+    drop(held);
+
+    let lines = buf.lines();
+    let by = |error: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["error"] == error).collect()
+    };
+    let one = |error: &str| -> &serde_json::Value {
+        let found = by(error);
+        assert!(!found.is_empty(), "no access line for {error}: {lines:?}");
+        found[0]
+    };
+    let l = one("no_route");
+    assert_eq!(
+        (l["status"].as_u64(), l["route"].as_str()),
+        (Some(404), Some("-"))
+    );
+    assert_eq!(l["path"], "/x");
+    let l = one("bad_request");
+    assert_eq!(
+        (l["status"].as_u64(), l["route"].as_str()),
+        (Some(400), Some("-"))
+    );
+    let l = one("too_large");
+    assert_eq!(l["status"], 413);
+    assert_eq!(
+        (l["route"].as_str(), l["target"].as_str()),
+        (Some("bot"), Some("blue"))
+    );
+    assert_eq!(l["request_id"], "big-1");
+    assert_eq!(l["reason"], "live");
+    let l = one("head_too_large");
+    assert_eq!(
+        (l["status"].as_u64(), l["route"].as_str()),
+        (Some(431), Some("-"))
+    );
+    let l = one("connect");
+    assert_eq!(
+        (l["status"].as_u64(), l["route"].as_str()),
+        (Some(502), Some("dead"))
+    );
+    let busy = by("busy");
+    assert!(
+        busy.iter()
+            .any(|l| l["route"] == "bot" && l["status"] == 503),
+        "{busy:?}"
+    );
+    assert!(
+        busy.iter()
+            .any(|l| l["route"] == "-" && l["method"] == "-" && l["status"] == 503),
+        "{busy:?}"
+    );
+    // No line says both: an upstream's answer has no `error`.
+    assert!(lines
+        .iter()
+        .filter(|l| l["path"] == "/hold")
+        .all(|l| l["error"].is_null()));
+
+    // Sums the samples of `family` that carry every one of `labels`, whatever their order.
+    let m = |family: &'static str, labels: &'static str| {
+        let admin = gw.admin_url("/metrics");
+        async move {
+            let text = get(&client(), &admin, &[]).await.text();
+            text.lines()
+                .filter(|l| l.starts_with(family))
+                .filter(|l| labels.split(',').all(|want| l.contains(want)))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
+    };
+    let client = "flipgate_client_errors_total";
+    let local = "flipgate_local_errors_total";
+    assert_eq!(m(client, "route=\"\",kind=\"no_route\"").await, 1.0);
+    assert_eq!(m(client, "route=\"\",kind=\"bad_request\"").await, 1.0);
+    assert_eq!(m(client, "route=\"\",kind=\"head_too_large\"").await, 1.0);
+    assert_eq!(m(client, "route=\"bot\",kind=\"too_large\"").await, 1.0);
+    assert_eq!(m(local, "route=\"bot\",kind=\"busy\"").await, 1.0);
+    assert!(m(local, "route=\"\",kind=\"busy\"").await >= 1.0);
+    assert_eq!(
+        m(
+            "flipgate_upstream_errors_total",
+            "route=\"dead\",target=\"x\",kind=\"connect\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m("flipgate_upstream_errors_total", "target=\"blue\"").await,
+        0.0,
+        "none of it counts against the target"
+    );
+    gw.stop().await;
+}

@@ -39,43 +39,29 @@ pub fn sample(log: &Log) -> Option<AccessLogFormat> {
     }
 }
 
-/// What is known about a sampled request before it is forwarded.
+/// What is known about a sampled request before it is forwarded (or answered by flipgate).
 pub struct Pending {
     format: AccessLogFormat,
     method: Method,
     path: String,
-    request_id: HeaderValue,
+    /// The id sent upstream, or for a local answer the client's own (`None`: logged as `-`).
+    request_id: Option<HeaderValue>,
     client: std::net::IpAddr,
+    /// Why the request went to its target; `None` before a target was chosen.
+    reason: Option<Reason>,
     sent: Instant,
 }
 
 impl Pending {
-    /// Captures the request facts just before forwarding; called only for sampled requests. Makes
-    /// sure the request carries an `x-request-id` (kept or generated), so the line and the upstream
-    /// see the same one. The query string is left out (it often carries tokens).
-    pub fn start<B>(
-        format: AccessLogFormat,
-        req: &mut http::Request<B>,
-        client: std::net::IpAddr,
-    ) -> Pending {
-        Pending {
-            format,
-            request_id: crate::policy::headers::ensure_request_id(req.headers_mut()),
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            client,
-            sent: Instant::now(),
-        }
-    }
-
-    /// `start`, for callers that parsed the request themselves: `request_id` is the one sent to
-    /// the upstream, `path` excludes the query.
+    /// Captures the request facts (`path` without the query, which often carries tokens);
+    /// called only for sampled requests.
     pub fn new(
         format: AccessLogFormat,
         method: Method,
         path: String,
-        request_id: HeaderValue,
+        request_id: Option<HeaderValue>,
         client: std::net::IpAddr,
+        reason: Option<Reason>,
     ) -> Pending {
         Pending {
             format,
@@ -83,29 +69,62 @@ impl Pending {
             path,
             request_id,
             client,
+            reason,
             sent: Instant::now(),
         }
     }
 
-    /// Emits the line once the response headers are known; `arrived` is when the request came in.
-    pub fn finish(
+    /// The id the forwarded request carries (known once the forwarding policy ran).
+    pub fn sent_with(&mut self, request_id: HeaderValue) {
+        self.request_id = Some(request_id);
+        self.sent = Instant::now();
+    }
+
+    /// Emits the line once the upstream's response headers are known; `arrived` is when the
+    /// request came in.
+    pub fn finish(self, target: &TargetEntry, status: StatusCode, arrived: Instant) {
+        self.emit(Some(target), status, None, arrived);
+    }
+
+    /// Emits the line of an answer flipgate gave itself, with its cause (`ProxyError::label`);
+    /// `target` is `None` when no target was chosen (no route, a refused head or connection).
+    /// Called from `proxy::record_local` only.
+    pub(crate) fn finish_local(
         self,
-        target: &TargetEntry,
-        reason: Reason,
+        target: Option<&TargetEntry>,
+        error: crate::policy::error::ProxyError,
+        arrived: Instant,
+    ) {
+        self.emit(target, error.status(), Some(error.label()), arrived);
+    }
+
+    fn emit(
+        self,
+        target: Option<&TargetEntry>,
         status: StatusCode,
+        error: Option<&'static str>,
         arrived: Instant,
     ) {
         let (upstream, total) = (self.sent.elapsed(), arrived.elapsed());
         let line = Line {
-            request_id: self.request_id.to_str().unwrap_or("-"),
+            request_id: self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
             client: self.client,
             method: self.method.as_str(),
             path: &self.path,
-            route: &target.route,
-            target: &target.name,
-            reason: reason.as_str(),
+            route: target.map_or("-", |t| &t.route),
+            target: target.map_or("-", |t| &t.name),
+            reason: self.reason.map_or("-", Reason::as_str),
             status: status.as_u16(),
-            upstream_ms: upstream.as_secs_f64() * 1e3,
+            error,
+            upstream_ms: if error.is_some() && target.is_none() {
+                0.0
+            } else {
+                upstream.as_secs_f64() * 1e3
+            },
             total_ms: total.as_secs_f64() * 1e3,
         };
         let text = line.format(self.format);
@@ -120,11 +139,16 @@ pub struct Line<'a> {
     pub client: std::net::IpAddr,
     pub method: &'a str,
     pub path: &'a str,
+    /// `-` when the request matched no route.
     pub route: &'a str,
     pub target: &'a str,
-    /// `live`, `canary`, `sticky` or `preview` (see `split::Reason`).
+    /// `live`, `canary`, `sticky` or `preview` (see `split::Reason`); `-` before a target was
+    /// chosen.
     pub reason: &'a str,
     pub status: u16,
+    /// Set only on an answer flipgate gave itself: why (`no_route`, `too_large`, `busy`,
+    /// `no_healthy`, `connect`, `timeout`, …, the `kind` labels of the metrics).
+    pub error: Option<&'static str>,
     pub upstream_ms: f64,
     pub total_ms: f64,
 }
@@ -136,7 +160,8 @@ impl Line<'_> {
         let up = (self.upstream_ms * 1000.0).round() / 1000.0;
         let total = (self.total_ms * 1000.0).round() / 1000.0;
         match format {
-            AccessLogFormat::Json => serde_json::json!({
+            AccessLogFormat::Json => {
+                let mut v = serde_json::json!({
                 "ts": ts,
                 "request_id": self.request_id,
                 "client": self.client.to_string(),
@@ -148,8 +173,12 @@ impl Line<'_> {
                 "status": self.status,
                 "upstream_ms": up,
                 "total_ms": total,
-            })
-            .to_string(),
+                });
+                if let Some(e) = self.error {
+                    v["error"] = e.into();
+                }
+                v.to_string()
+            }
             _ => {
                 let mut s = String::with_capacity(256);
                 let mut kv = |k: &str, v: &str| {
@@ -169,6 +198,9 @@ impl Line<'_> {
                 kv("target", self.target);
                 kv("reason", self.reason);
                 kv("status", &self.status.to_string());
+                if let Some(e) = self.error {
+                    kv("error", e);
+                }
                 kv("upstream_ms", &up.to_string());
                 kv("total_ms", &total.to_string());
                 s
@@ -264,6 +296,7 @@ mod tests {
             target: "green",
             reason: "sticky",
             status: 200,
+            error: None,
             upstream_ms: 1.23456,
             total_ms: 1.5,
         }

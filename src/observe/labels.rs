@@ -32,15 +32,20 @@ pub enum ClientErrorKind {
     /// More header fields than `server.max_headers` (HTTP/2; HTTP/1.1's parsers refuse them
     /// before a route is known).
     TooManyHeaders = 4,
+    /// A request head over `server.max_header_bytes` or with more fields than
+    /// `server.max_headers`, refused by HTTP/1's parser (431) before any route is known: counted
+    /// under `route=""`.
+    HeadTooLarge = 5,
 }
 
 impl ClientErrorKind {
-    pub const ALL: [ClientErrorKind; 5] = [
+    pub const ALL: [ClientErrorKind; 6] = [
         ClientErrorKind::BadRequest,
         ClientErrorKind::TooLarge,
         ClientErrorKind::BodyAborted,
         ClientErrorKind::BodyTimeout,
         ClientErrorKind::TooManyHeaders,
+        ClientErrorKind::HeadTooLarge,
     ];
 
     /// The `kind` label.
@@ -51,6 +56,7 @@ impl ClientErrorKind {
             ClientErrorKind::BodyAborted => "body_aborted",
             ClientErrorKind::BodyTimeout => "body_timeout",
             ClientErrorKind::TooManyHeaders => "too_many_headers",
+            ClientErrorKind::HeadTooLarge => "head_too_large",
         }
     }
 }

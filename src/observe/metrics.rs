@@ -95,6 +95,47 @@ impl TargetMetrics {
     }
 }
 
+/// Handles for flipgate's own answers that belong to no route, counted under `route=""`: a
+/// request no route matches (`client_errors_total{kind="no_route"}`), a bad `Host` (`bad_request`),
+/// a head HTTP/1's parser refused (`head_too_large`), a connection over `max_connections`
+/// (`local_errors_total{kind="busy"}`). Resolved once, held by every snapshot.
+#[derive(Clone)]
+pub struct UnroutedMetrics {
+    no_route: IntCounter,
+    client: [IntCounter; ClientErrorKind::ALL.len()],
+    local: [IntCounter; LocalErrorKind::ALL.len()],
+}
+
+impl UnroutedMetrics {
+    /// Records a 404: no route for the request's host and path.
+    #[inline]
+    pub fn no_route(&self) {
+        self.no_route.inc();
+    }
+
+    #[inline]
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client[kind as usize].inc();
+    }
+
+    #[inline]
+    pub fn local_error(&self, kind: LocalErrorKind) {
+        self.local[kind as usize].inc();
+    }
+}
+
+impl Default for UnroutedMetrics {
+    /// Handles registered nowhere, for a snapshot built without a registry (`Snapshot::empty`).
+    fn default() -> Self {
+        let c = || must(IntCounter::new("unregistered", "unregistered"));
+        UnroutedMetrics {
+            no_route: c(),
+            client: ClientErrorKind::ALL.map(|_| c()),
+            local: LocalErrorKind::ALL.map(|_| c()),
+        }
+    }
+}
+
 /// Options of a `flipgate_` metric. The namespace is set per family rather than on the registry,
 /// so the process collector keeps the usual unprefixed `process_*` names dashboards expect.
 fn opts(name: &str, help: &str) -> Opts {
@@ -306,6 +347,17 @@ impl Metrics {
                 .map(|k| self.local_errors.with_label_values(&[route, k.label()])),
             grpc: GRPC_CODES.map(|code| self.grpc.with_label_values(&[route, target, code])),
             tunnels: self.open_tunnels.with_label_values(&[route, target]),
+        }
+    }
+
+    /// The `route=""` handles (`UnroutedMetrics`); the series exist from the start at 0.
+    pub fn unrouted(&self) -> UnroutedMetrics {
+        UnroutedMetrics {
+            no_route: self.client_errors.with_label_values(&["", "no_route"]),
+            client: ClientErrorKind::ALL
+                .map(|k| self.client_errors.with_label_values(&["", k.label()])),
+            local: LocalErrorKind::ALL
+                .map(|k| self.local_errors.with_label_values(&["", k.label()])),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The request policy both engines apply, written once: the request decision (`decide`: route,
-//! preview, cohort rules, split), the forwarding headers (`headers`), the outcome classification
+//! preview, cohort rules, split), the forwarding headers (`forward`: one table of rules both
+//! header representations apply; `headers` its helpers), the outcome classification
 //! and local answers (`error`, `grpc`), and when a failed attempt may be sent again (`resend`).
 //!
 //! Invariants: nothing here does I/O or holds a connection; each function takes what an engine
@@ -8,6 +9,7 @@
 
 pub mod decide;
 pub mod error;
+pub mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod resend;

@@ -41,6 +41,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::policy::error::{ClientErrorKind, LocalErrorKind, ProxyError};
 use crate::serve::proxy::{ConnInfo, Proxy};
 use crate::serve::write_deadline::WriteDeadline;
 
@@ -219,13 +220,13 @@ pub async fn serve_with_hyper<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(Box::pin(WriteDeadline::new(io, body_idle)));
-    let conn = builder.serve_connection_with_upgrades(io, service(proxy, info));
+    let conn = builder.serve_connection_with_upgrades(io, service(proxy.clone(), info.clone()));
     let mut conn = std::pin::pin!(conn);
     if !*stop.borrow_and_update() {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    ended_with(&proxy, &info, &*e);
                 }
                 return;
             }
@@ -234,7 +235,27 @@ pub async fn serve_with_hyper<I>(
     }
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        ended_with(&proxy, &info, &*e);
+    }
+}
+
+/// A connection hyper served ended with an error. A request head over the limits was answered
+/// 431 by hyper's parser itself (on either engine: the HTTP/1.1 engine hands such heads over):
+/// it is recorded like every answer flipgate gives (`Proxy::refused`).
+fn ended_with(proxy: &Proxy, info: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+    tracing::debug!(error = %e, "connection ended with an error");
+    let mut src = Some(e);
+    while let Some(err) = src {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            // `is_parse_too_large` also covers a request-target over hyper's bound, answered 414
+            // (told apart only by its text).
+            if h.is_parse_too_large() && !h.to_string().contains("URI too long") {
+                let e = ProxyError::Client(ClientErrorKind::HeadTooLarge);
+                proxy.refused(info.peer.ip(), e);
+            }
+            return;
+        }
+        src = err.source();
     }
 }
 
@@ -334,9 +355,11 @@ pub async fn serve(
         if settings.max_connections > 0 && permit.count > settings.max_connections {
             tracing::debug!(%peer, "connection limit reached; refusing");
             if acceptor.is_none() {
+                let proxy = proxy.clone();
                 conns.spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     let mut stream = stream;
+                    proxy.refused(peer.ip(), ProxyError::Local(LocalErrorKind::Busy));
                     let _ = stream.write_all(BUSY).await;
                     let _ = stream.shutdown().await;
                     drop(permit);
@@ -358,7 +381,8 @@ pub async fn serve(
         }
         match &acceptor {
             None => {
-                let svc = service(proxy.clone(), info);
+                let svc = service(proxy.clone(), info.clone());
+                let proxy = proxy.clone();
                 let io = WriteDeadline::new(stream, settings.body_idle_timeout);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), svc)
@@ -366,7 +390,7 @@ pub async fn serve(
                 let fut = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = fut.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        ended_with(&proxy, &info, &*e);
                     }
                     drop(permit);
                 });
@@ -399,10 +423,13 @@ pub async fn serve(
                     }
                     let io = Box::pin(WriteDeadline::new(tls, body_idle));
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service(proxy, info))
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(io),
+                            service(proxy.clone(), info.clone()),
+                        )
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        ended_with(&proxy, &info, &*e);
                     }
                     drop(permit);
                 });

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub router: Router,
     pub routes: Vec<RouteEntry>,
+    /// Where answers that belong to no route are counted (`route=""`).
+    pub unrouted: crate::observe::metrics::UnroutedMetrics,
 }
 
 /// A route as the data path uses it.
@@ -67,6 +69,7 @@ impl Snapshot {
             ),
             router: Router::default(),
             routes: Vec::new(),
+            unrouted: Default::default(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Snapshot {
             config,
             router,
             routes,
+            unrouted: metrics.unrouted(),
         }
     }
 

@@ -4,10 +4,9 @@
 //!
 //! Invariants: heads are parsed by `httparse` (strict: no obs-fold, token and value characters
 //! checked) into a stack array, and written byte for byte as received except for what a proxy
-//! must change (RFC 9110 §7.6): hop-by-hop fields (the fixed list and every name listed in
-//! `Connection`) are dropped (of `TE`, only `te: trailers` goes on, with `connection: te`),
-//! `X-Forwarded-For/-Proto/-Host`, `Via` and `x-request-id` are set as
-//! `policy::headers` does for hyper's path. Anything this engine does not handle (HTTP/1.0, a
+//! must change (RFC 9110 §7.6), and that is decided by the forwarding policy's one table
+//! (`policy::policy`, which hyper's path applies to its `HeaderMap`): `write_request` keeps, drops
+//! or replaces each field as `policy::action` says and writes `policy::added`'s fields after them. Anything this engine does not handle (HTTP/1.0, a
 //! request body that is chunked or over `MAX_BODY`, `Expect`, upgrades, CONNECT, non-origin-form
 //! targets, repeated `Content-Length`, an unparsable head, an upstream over TLS or
 //! HTTP/2) is `Plan::Fallback`: nothing is consumed and hyper serves the connection from here on,
@@ -23,9 +22,10 @@ use tokio::time::Instant;
 use crate::observe::access_log::Pending;
 use crate::policy::decide::decide;
 use crate::policy::error::ProxyError;
-use crate::policy::headers::{new_request_id, request_authority, request_id_ok};
+use crate::policy::forward::{self as policy, hop_by_hop, Action, Added, Rules, Value};
+use crate::policy::headers::{has_token, request_authority, request_id_ok};
 use crate::policy::resend;
-use crate::serve::proxy::{admit, ConnInfo, Limits, Proxy};
+use crate::serve::proxy::{admit, record_local, At, ConnInfo, Limits, Proxy};
 use crate::snapshot::split::Reason;
 use crate::snapshot::TargetEntry;
 use crate::upstream::InflightGuard;
@@ -88,22 +88,6 @@ fn is(name: &str, lower: &str) -> bool {
     name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
 }
 
-/// Fields that never cross a proxy (RFC 9110 §7.6.1, plus the proxy-auth pair as
-/// `policy::headers` drops them). `Trailer` crosses: it names the trailer fields that follow a
-/// chunked body, which this engine relays verbatim.
-fn hop_by_hop(name: &str) -> bool {
-    match name.len() {
-        2 => is(name, "te"),
-        7 => is(name, "upgrade"),
-        10 => is(name, "connection") || is(name, "keep-alive"),
-        16 => is(name, "proxy-connection"),
-        17 => is(name, "transfer-encoding"),
-        18 => is(name, "proxy-authenticate"),
-        19 => is(name, "proxy-authorization"),
-        _ => false,
-    }
-}
-
 /// Whether `name` is listed in one of the `Connection` values (indices into `headers`).
 fn listed(headers: &[httparse::Header<'_>], conn: &[usize], name: &str) -> bool {
     conn.iter().any(|&i| {
@@ -120,11 +104,6 @@ fn names_fields(v: &[u8]) -> bool {
         let t = t.trim_ascii();
         !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
     })
-}
-
-fn has_token(v: &[u8], token: &[u8]) -> bool {
-    v.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn parse_len(v: &[u8]) -> Option<u64> {
@@ -173,6 +152,153 @@ pub fn request(
     Head::Plan(plan(proxy, conn, &req, head_len, out, start))
 }
 
+/// What the engine learns from a request head's fields before deciding anything.
+pub(crate) struct Scan {
+    /// `Content-Length`, when declared.
+    pub body_len: Option<u64>,
+    /// Indices of the `Connection` fields that name fields (at most 4; more go to hyper).
+    pub conn_fields: [usize; 4],
+    pub n_conn: usize,
+    /// The client sent `Connection: close`.
+    pub close: bool,
+}
+
+/// Looks at the fields this engine must understand; `None` for a request it hands to hyper
+/// (`Transfer-Encoding`, `Expect`, `Upgrade`, a repeated or invalid `Content-Length`, more than 4
+/// `Connection` fields naming fields).
+pub(crate) fn scan(headers: &[httparse::Header<'_>]) -> Option<Scan> {
+    let mut s = Scan {
+        body_len: None,
+        conn_fields: [0; 4],
+        n_conn: 0,
+        close: false,
+    };
+    for (i, h) in headers.iter().enumerate() {
+        let name = h.name;
+        match name.len() {
+            14 if is(name, "content-length") => {
+                let (None, Some(n)) = (s.body_len, parse_len(h.value)) else {
+                    return None;
+                };
+                s.body_len = Some(n);
+            }
+            17 if is(name, "transfer-encoding") => return None,
+            6 if is(name, "expect") => return None,
+            7 if is(name, "upgrade") => return None,
+            10 if is(name, "connection") => {
+                if names_fields(h.value) {
+                    if s.n_conn == s.conn_fields.len() {
+                        return None;
+                    }
+                    s.conn_fields[s.n_conn] = i;
+                    s.n_conn += 1;
+                }
+                s.close |= has_token(h.value, b"close");
+            }
+            _ => {}
+        }
+    }
+    Some(s)
+}
+
+/// The request id a forwarded request carries: the client's (a slice of its head) or a new one.
+pub(crate) enum RequestId<'h> {
+    Kept(&'h [u8]),
+    New([u8; 32]),
+}
+
+impl RequestId<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Kept(v) => v,
+            RequestId::New(v) => v,
+        }
+    }
+}
+
+/// Writes the upstream's request head into `out` (cleared first): the request line (always
+/// HTTP/1.1), then the fields as the forwarding policy says (`proxy::policy`): the client's
+/// fields the table keeps, byte for byte, then the added ones. `conn_fields` are `Scan`'s.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_request<'h>(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: &'h [httparse::Header<'h>],
+    conn_fields: &[usize],
+    rules: &Rules<'_>,
+    conn: &ConnInfo,
+    authority: Option<&[u8]>,
+    instance: &Authority,
+    version: http::Version,
+) -> RequestId<'h> {
+    out.clear();
+    out.reserve(1024);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let listed = |name: &str| {
+        !conn_fields.is_empty()
+            && policy::listed_in(conn_fields.iter().map(|&i| headers[i].value), name)
+    };
+    let mut xff = false;
+    let mut te_trailers = false;
+    let mut request_id: Option<&'h [u8]> = None;
+    for h in headers {
+        match policy::action(h.name, rules, listed) {
+            Action::Keep => put_header(out, h.name.as_bytes(), h.value),
+            Action::Drop => {}
+            Action::Replace(Added::XForwardedFor) => xff |= !h.value.is_empty(),
+            Action::Replace(Added::Te) => te_trailers |= has_token(h.value, b"trailers"),
+            Action::Replace(Added::RequestId) => {
+                if request_id.is_none() && request_id_ok(h.value) {
+                    request_id = Some(h.value);
+                }
+            }
+            Action::Replace(_) => {}
+        }
+    }
+    let hop = policy::Hop {
+        client: conn.peer_header.as_bytes(),
+        https: conn.https,
+        authority,
+        instance,
+        version,
+        request_id,
+        te_trailers,
+    };
+    let mut sent = None;
+    for (field, value) in policy::added(rules, &hop) {
+        out.extend_from_slice(field.name().as_bytes());
+        out.extend_from_slice(b": ");
+        match value {
+            Value::Static(v) => out.extend_from_slice(v.as_bytes()),
+            Value::Given(v) => out.extend_from_slice(v),
+            Value::Instance(a) => out.extend_from_slice(a.as_str().as_bytes()),
+            Value::ForwardedFor(client) => {
+                // Every incoming field has the same action: all are merged, or none (listed).
+                let prev = headers
+                    .iter()
+                    .filter(|h| xff && is(h.name, "x-forwarded-for"))
+                    .map(|h| h.value);
+                policy::join_forwarded_for(prev, client, out);
+            }
+            Value::Generated(id) => {
+                out.extend_from_slice(&id);
+                sent = Some(id);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    match (request_id, sent) {
+        (Some(id), _) => RequestId::Kept(id),
+        (None, Some(id)) => RequestId::New(id),
+        (None, None) => unreachable!("the policy always adds a request id"),
+    }
+}
+
 fn plan(
     proxy: &Proxy,
     conn: &ConnInfo,
@@ -188,158 +314,106 @@ fn plan(
         return Plan::Fallback;
     }
     let headers = &*req.headers;
-    let mut body_len: Option<u64> = None;
-    let mut conn_fields = [0usize; 4];
-    let mut n_conn = 0;
-    let mut close = false;
-    for (i, h) in headers.iter().enumerate() {
-        let name = h.name;
-        match name.len() {
-            14 if is(name, "content-length") => {
-                let (None, Some(n)) = (body_len, parse_len(h.value)) else {
-                    return Plan::Fallback;
-                };
-                body_len = Some(n);
-            }
-            17 if is(name, "transfer-encoding") => return Plan::Fallback,
-            6 if is(name, "expect") => return Plan::Fallback,
-            7 if is(name, "upgrade") => return Plan::Fallback,
-            10 if is(name, "connection") => {
-                if names_fields(h.value) {
-                    if n_conn == conn_fields.len() {
-                        return Plan::Fallback;
-                    }
-                    conn_fields[n_conn] = i;
-                    n_conn += 1;
-                }
-                close |= has_token(h.value, b"close");
-            }
-            _ => {}
-        }
-    }
-    let conn_fields = &conn_fields[..n_conn];
-    let declared_body = body_len;
-    let body_len = body_len.unwrap_or(0);
+    let Some(scan) = scan(headers) else {
+        return Plan::Fallback;
+    };
+    let conn_fields = &scan.conn_fields[..scan.n_conn];
+    let close = scan.close;
+    let declared_body = scan.body_len;
+    let body_len = declared_body.unwrap_or(0);
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+
+    let snap = proxy.snapshot.load();
+    let access = crate::observe::access_log::sample(&snap.config.log);
+    // The access line of a request, when sampled (allocates only then).
+    let log = |request_id: Option<&[u8]>, reason| {
+        access.map(|format| {
+            Pending::new(
+                format,
+                http::Method::from_bytes(method.as_bytes()).unwrap_or(http::Method::GET),
+                path.to_string(),
+                request_id.and_then(|id| http::HeaderValue::from_bytes(id).ok()),
+                conn.peer.ip(),
+                reason,
+            )
+        })
+    };
+    let client_id = || {
+        crate::policy::headers::incoming_request_id(
+            headers
+                .iter()
+                .filter(|h| is(h.name, "x-request-id"))
+                .map(|h| h.value),
+        )
+    };
     let hosts = headers
         .iter()
         .filter(|h| is(h.name, "host"))
         .map(|h| h.value);
     let host = match request_authority(http::Version::HTTP_11, None, hosts) {
         Ok(host) => host,
-        // The rest of the head is not trusted to frame a body: the connection closes.
-        Err(e) => return local(e, head_len, true, body_len),
+        Err(e) => {
+            record_local(
+                At::Unrouted(&snap.unrouted),
+                e,
+                start,
+                log(client_id(), None),
+            );
+            // The rest of the head is not trusted to frame a body: the connection closes.
+            return local(e, head_len, true, body_len);
+        }
     };
     let host_str = host.and_then(|h| std::str::from_utf8(h).ok());
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
 
-    let snap = proxy.snapshot.load();
     let Some(d) = decide(&snap, host_str, path, headers, conn.peer.ip()) else {
-        return local(ProxyError::NoRoute, head_len, close, body_len);
+        let e = ProxyError::NoRoute;
+        record_local(
+            At::Unrouted(&snap.unrouted),
+            e,
+            start,
+            log(client_id(), None),
+        );
+        return local(e, head_len, close, body_len);
     };
     let route = &snap.routes[d.route];
     let (ti, reason) = (d.target, d.reason);
-    let preview_name = route.preview.as_ref().map(|p| p.header.as_str());
     let target_entry = &route.targets[ti];
     let upstream = &target_entry.upstream;
     if upstream.http2 || upstream.scheme != http::uri::Scheme::HTTP || body_len > MAX_BODY {
         return Plan::Fallback;
     }
     let limits = Limits::of(&snap.config.server);
-    let access = crate::observe::access_log::sample(&snap.config.log);
-    let target_entry = target_entry.clone();
-
-    let (index, instance, slot) = match admit(&target_entry, &limits, declared_body, start) {
+    let (index, instance, slot) = match admit(target_entry, &limits, declared_body) {
         Ok((index, instance, slot)) => (index, instance.clone(), slot),
-        Err(e) => return local(e, head_len, close, body_len),
+        Err((e, index)) => {
+            let at = At::Target {
+                target: target_entry,
+                index,
+                limits: &limits,
+            };
+            record_local(at, e, start, log(client_id(), Some(reason)));
+            return local(e, head_len, close, body_len);
+        }
     };
-
-    // The upstream's request head. Fields the client's `Connection` lists are dropped, except
-    // `Host` and `Content-Length`: they describe the message, not the connection (hyper's path
-    // sends both too); without `Content-Length` the upstream would read the body as the next
-    // request.
-    out.clear();
-    out.reserve(1024);
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff = false;
-    let mut te_trailers = false;
-    let mut request_id: Option<&[u8]> = None;
-    for h in headers {
-        let name = h.name;
-        if hop_by_hop(name) {
-            // `TE` (the one two-letter one): its `trailers` goes on, as on hyper's path.
-            te_trailers |= name.len() == 2 && has_token(h.value, b"trailers");
-            continue;
-        }
-        if is(name, "x-forwarded-proto")
-            || is(name, "x-forwarded-host")
-            || preview_name.is_some_and(|p| is(name, p))
-            || (!conn_fields.is_empty()
-                && !is(name, "host")
-                && !is(name, "content-length")
-                && listed(headers, conn_fields, name))
-        {
-            continue;
-        }
-        if is(name, "x-forwarded-for") {
-            xff |= !h.value.is_empty();
-            continue;
-        }
-        if is(name, "x-request-id") {
-            if request_id.is_some() || !request_id_ok(h.value) {
-                continue;
-            }
-            request_id = Some(h.value);
-        }
-        put_header(out, name.as_bytes(), h.value);
-    }
-    // Every incoming X-Forwarded-For value, then the client: one combined field.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if xff {
-        for h in headers.iter().filter(|h| is(h.name, "x-forwarded-for")) {
-            if !h.value.is_empty() {
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b", ");
-            }
-        }
-    }
-    out.extend_from_slice(conn.peer_header.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    put_header(
+    let target_entry = target_entry.clone();
+    let rules = Rules {
+        preview: route.preview.as_ref().map(|p| p.header.as_str()),
+        upgrade: false,
+        http2: false,
+    };
+    let request_id = write_request(
         out,
-        b"x-forwarded-proto",
-        if conn.https { b"https" } else { b"http" },
+        method,
+        target,
+        headers,
+        conn_fields,
+        &rules,
+        conn,
+        host,
+        &instance,
+        http::Version::HTTP_11,
     );
-    if let Some(h) = host {
-        put_header(out, b"x-forwarded-host", h);
-    }
-    put_header(out, b"via", b"1.1 flipgate");
-    if te_trailers {
-        out.extend_from_slice(b"te: trailers\r\nconnection: te\r\n");
-    }
-    let generated;
-    let request_id = match request_id {
-        Some(id) => id,
-        None => {
-            generated = new_request_id();
-            put_header(out, b"x-request-id", &generated);
-            &generated[..]
-        }
-    };
-    out.extend_from_slice(b"\r\n");
-
-    let access = access.map(|format| {
-        Pending::new(
-            format,
-            http::Method::from_bytes(method.as_bytes()).unwrap_or(http::Method::GET),
-            path.to_string(),
-            http::HeaderValue::from_bytes(request_id)
-                .unwrap_or(http::HeaderValue::from_static("-")),
-            conn.peer.ip(),
-        )
-    });
+    let access = log(Some(request_id.as_bytes()), Some(reason));
     let head_method = method == "HEAD";
     let idempotent = resend::idempotent(method.as_bytes());
     Plan::Forward(Forward {

@@ -61,7 +61,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::policy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
 use crate::policy::resend::{self, Unanswered};
-use crate::serve::proxy::{record_answer, record_error, ConnInfo, Proxy};
+use crate::serve::proxy::{record_answer, record_error, record_local, At, ConnInfo, Proxy};
 use crate::upstream::peer_gone;
 use downstream::{send, Downstream};
 use head::{Framing, Head, Plan, UpstreamHead};
@@ -335,7 +335,6 @@ impl<D: Downstream> Conn<D> {
             instance,
             limits,
             close,
-            reason,
             access,
             slot,
             ..
@@ -350,10 +349,12 @@ impl<D: Downstream> Conn<D> {
             }
             Err(Failed::Answer(e)) => {
                 tracing::debug!(route = %target.route, target = %target.name, %instance, ?e, "upstream request failed");
-                record_error(&target, index, &limits, e, start);
-                if let Some(a) = access {
-                    a.finish(&target, reason, e.status(), start);
-                }
+                let at = At::Target {
+                    target: &target,
+                    index,
+                    limits: &limits,
+                };
+                record_local(at, e, start, access);
                 // The request body may not all have been read: the connection cannot be reused.
                 let close = close || body_len > 0;
                 head::local_response(&mut self.out, e.status(), e.body(), close);
@@ -363,7 +364,7 @@ impl<D: Downstream> Conn<D> {
         record_answer(&target, index, &limits, resp.status, start);
         if let Some(a) = access {
             let status = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::OK);
-            a.finish(&target, reason, status, start);
+            a.finish(&target, status, start);
         }
         let idle = limits.body_idle_timeout;
         let done = self.relay_body(&mut up, resp.framing, idle, timer).await;

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::policy::error::{
     classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind,
 };
+use crate::policy::forward as policy;
 use crate::policy::{decide, grpc, headers, resend};
 use crate::snapshot::{Snapshot, TargetEntry};
 use crate::upstream::body::RequestBody;
@@ -207,32 +208,76 @@ fn log_failure(target: &TargetEntry, instance: &Authority, e: &(dyn std::error::
     }
 }
 
+/// Where an answer flipgate gives itself is recorded.
+pub(crate) enum At<'a> {
+    /// The request was going to `target` (instance `index`, chosen for `reason`).
+    Target {
+        target: &'a TargetEntry,
+        index: usize,
+        limits: &'a Limits,
+    },
+    /// No target: no route matched, or the request (or connection) was refused before routing.
+    Unrouted(&'a crate::observe::metrics::UnroutedMetrics),
+}
+
+/// Records an answer flipgate gives itself (404, 400, 413, 431, 502, 503, 504), the one recording
+/// function of both engines and of the server's own refusals: the metrics by the side that failed
+/// (`record_error` when a target was chosen, else the `route=""` series) and, when the request was
+/// sampled, its access-log line with the cause (`error`).
+pub(crate) fn record_local(
+    at: At<'_>,
+    e: ProxyError,
+    start: Instant,
+    log: Option<crate::observe::access_log::Pending>,
+) {
+    match at {
+        At::Target {
+            target,
+            index,
+            limits,
+        } => {
+            record_error(target, index, limits, e, start);
+            if let Some(log) = log {
+                log.finish_local(Some(target), e, start);
+            }
+        }
+        At::Unrouted(m) => {
+            match e {
+                ProxyError::NoRoute => m.no_route(),
+                ProxyError::Client(kind) => m.client_error(kind),
+                ProxyError::Local(kind) => m.local_error(kind),
+                // Upstream faults and unhealthy targets always have a target.
+                ProxyError::Upstream(_) | ProxyError::NoHealthy => {}
+            }
+            if let Some(log) = log {
+                log.finish_local(None, e, start);
+            }
+        }
+    }
+}
+
 /// Admits a request to `target`, the one admission rule of both engines: a declared body over
 /// `max_body_bytes` is refused before any upstream work, then an instance that passes its checks
-/// is picked and an in-flight slot taken. A refusal is recorded (`record_error`) and returned.
+/// is picked and an in-flight slot taken. A refusal is returned with the instance it concerns
+/// (0 when none was picked), for the caller to record (`record_local`).
 pub(crate) fn admit<'t>(
     target: &'t TargetEntry,
     limits: &Limits,
     declared_body: Option<u64>,
-    start: Instant,
-) -> Result<(usize, &'t Authority, Option<InflightGuard>), ProxyError> {
-    let refuse = |e: ProxyError, index: usize| {
-        record_error(target, index, limits, e, start);
-        Err(e)
-    };
+) -> Result<(usize, &'t Authority, Option<InflightGuard>), (ProxyError, usize)> {
     if limits.max_body_bytes > 0 && declared_body.is_some_and(|n| n > limits.max_body_bytes) {
-        return refuse(ProxyError::Client(ClientErrorKind::TooLarge), 0);
+        return Err((ProxyError::Client(ClientErrorKind::TooLarge), 0));
     }
     let upstream = &target.upstream;
     let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
         tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
-        return refuse(ProxyError::NoHealthy, 0);
+        return Err((ProxyError::NoHealthy, 0));
     };
     match upstream.acquire(index, limits.max_upstream_connections) {
         Ok(slot) => Ok((index, instance, slot)),
         Err(_) => {
             tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
-            refuse(ProxyError::Local(LocalErrorKind::Busy), index)
+            Err((ProxyError::Local(LocalErrorKind::Busy), index))
         }
     }
 }
@@ -273,8 +318,27 @@ impl Proxy {
         }
     }
 
+    /// Records an answer given before any request was read or parsed (a connection over
+    /// `max_connections`, a head hyper's parser refused): `route=""`, and an access line with
+    /// `-` for the method and path when sampled.
+    pub(crate) fn refused(&self, peer: IpAddr, e: ProxyError) {
+        let snap = self.snapshot.load();
+        let log = crate::observe::access_log::sample(&snap.config.log).map(|format| {
+            let dash = http::Method::from_bytes(b"-").unwrap_or(http::Method::GET);
+            crate::observe::access_log::Pending::new(
+                format,
+                dash,
+                "-".to_string(),
+                None,
+                peer,
+                None,
+            )
+        });
+        record_local(At::Unrouted(&snap.unrouted), e, Instant::now(), log);
+    }
+
     /// Serves one request. Never fails: every problem becomes a response.
-    pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
         // The authority the request is for (`headers::request_authority`): absolute form or
         // `:authority` over `Host`; `None` for an HTTP/1.0 request without one.
@@ -282,60 +346,100 @@ impl Proxy {
             let target = req.uri().authority().map(|a| a.as_str().as_bytes());
             let hosts = req.headers().get_all(header::HOST).iter();
             match headers::request_authority(req.version(), target, hosts.map(|v| v.as_bytes())) {
-                Err(e) => return local(e),
-                Ok(None) => None,
-                Ok(Some(_)) if target.is_none() => req.headers().get(header::HOST).cloned(),
-                Ok(Some(a)) => HeaderValue::from_bytes(a).ok(),
+                Err(e) => Err(e),
+                Ok(None) => Ok(None),
+                Ok(Some(_)) if target.is_none() => Ok(req.headers().get(header::HOST).cloned()),
+                Ok(Some(a)) => Ok(HeaderValue::from_bytes(a).ok()),
             }
         };
-        let (target, reason, limits, access) = {
+        let (host, target, reason, limits, access, preview) = {
             let snap = self.snapshot.load();
+            let access = crate::observe::access_log::sample(&snap.config.log);
+            // The line of an answer given before forwarding: the client's own request id.
+            let log = |reason| {
+                access.map(|format| {
+                    crate::observe::access_log::Pending::new(
+                        format,
+                        req.method().clone(),
+                        req.uri().path().to_string(),
+                        headers::incoming_request_id(
+                            req.headers()
+                                .get_all(&policy::X_REQUEST_ID)
+                                .iter()
+                                .map(|v| v.as_bytes()),
+                        )
+                        .and_then(|v| HeaderValue::from_bytes(v).ok()),
+                        conn.peer.ip(),
+                        reason,
+                    )
+                })
+            };
+            let host = match host {
+                Ok(host) => host,
+                Err(e) => {
+                    record_local(At::Unrouted(&snap.unrouted), e, start, log(None));
+                    return local(e);
+                }
+            };
             let host_str = host.as_ref().and_then(|h| h.to_str().ok());
             let path = req.uri().path();
             let peer = conn.peer.ip();
             let Some(d) = decide::decide(&snap, host_str, path, req.headers(), peer) else {
-                return local(ProxyError::NoRoute);
+                let e = ProxyError::NoRoute;
+                record_local(At::Unrouted(&snap.unrouted), e, start, log(None));
+                return local(e);
             };
             let route = &snap.routes[d.route];
+            let (ti, reason) = (d.target, d.reason);
+            let target = &route.targets[ti];
+            let limits = Limits::of(&snap.config.server);
             // `max_headers` holds on every protocol: HTTP/1.1's parsers refuse more fields, an
             // HTTP/2 request is counted here.
             if req.headers().len() > snap.config.server.max_headers {
                 let e = ProxyError::Client(ClientErrorKind::TooManyHeaders);
-                route.targets[0]
-                    .metrics
-                    .client_error(ClientErrorKind::TooManyHeaders);
+                let at = At::Target {
+                    target,
+                    index: 0,
+                    limits: &limits,
+                };
+                record_local(at, e, start, log(Some(reason)));
                 return local(e);
             }
-            // The preview header never reaches an upstream (forwarding policy).
-            if let Some(p) = &route.preview {
-                req.headers_mut().remove(&p.header);
-            }
-            let (ti, reason) = (d.target, d.reason);
-            (
-                route.targets[ti].clone(),
-                reason,
-                Limits::of(&snap.config.server),
-                crate::observe::access_log::sample(&snap.config.log),
-            )
+            let preview = route.preview.as_ref().map(|p| p.header.clone());
+            (host, target.clone(), reason, limits, access, preview)
         };
-        let Some(format) = access else {
-            return self.forward(req, host, conn, &target, limits, start).await;
-        };
-        let log = crate::observe::access_log::Pending::start(format, &mut req, conn.peer.ip());
-        let resp = self.forward(req, host, conn, &target, limits, start).await;
-        log.finish(&target, reason, resp.status(), start);
-        resp
+        let access = access.map(|a| (a, reason));
+        self.forward(req, host, preview, conn, &target, limits, start, access)
+            .await
     }
 
+    /// Admits, applies the forwarding policy, and forwards; records the outcome (and the access
+    /// line, when `access` holds its format).
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         host: Option<HeaderValue>,
+        preview: Option<http::HeaderName>,
         conn: &ConnInfo,
         target: &Arc<TargetEntry>,
         limits: Limits,
         start: Instant,
+        access: Option<(
+            crate::config::AccessLogFormat,
+            crate::snapshot::split::Reason,
+        )>,
     ) -> Response<ProxyBody> {
+        let mut log = access.map(|(format, reason)| {
+            crate::observe::access_log::Pending::new(
+                format,
+                req.method().clone(),
+                req.uri().path().to_string(),
+                None,
+                conn.peer.ip(),
+                Some(reason),
+            )
+        });
         // A declared length over the limit is refused before any upstream work; an undeclared
         // one is cut off by `RequestBody` while streaming.
         let declared = req
@@ -343,38 +447,51 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let (index, instance, slot) = match admit(target, &limits, declared, start) {
+        let (index, instance, slot) = match admit(target, &limits, declared) {
             Ok(x) => x,
-            Err(e) => return local(e),
+            Err((e, index)) => {
+                if let Some(log) = &mut log {
+                    let ids = req.headers().get_all(&policy::X_REQUEST_ID);
+                    let id = headers::incoming_request_id(ids.iter().map(|v| v.as_bytes()));
+                    if let Some(id) = id.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+                        log.sent_with(id);
+                    }
+                }
+                let at = At::Target {
+                    target,
+                    index,
+                    limits: &limits,
+                };
+                record_local(at, e, start, log);
+                return local(e);
+            }
         };
         let upstream = &target.upstream;
         // HTTP/2 has no `Upgrade`: to an HTTP/2 upstream the request goes as a plain one (its
         // upgrade headers stripped) and whatever it answers is relayed.
         let upgrade = !upstream.http2 && headers::is_upgrade(req.headers());
         let version = req.version();
+        // The forwarding policy (`policy`), the engine's too.
+        let rules = policy::Rules {
+            preview: preview.as_ref().map(|p| p.as_str()),
+            upgrade,
+            http2: upstream.http2,
+        };
         let bodyless = http_body::Body::is_end_stream(req.body());
-        {
-            let h = req.headers_mut();
-            // `te: trailers` is kept: the client takes trailers, and flipgate relays them.
-            headers::strip_hop_by_hop(h, upgrade, !upgrade);
-            headers::set_forwarded(h, &conn.peer_header, conn.https, host.clone());
-            headers::add_via(h, version);
-            headers::ensure_request_id(h);
-            if upstream.http2 {
-                h.remove(header::HOST);
-            } else {
-                headers::chunk_for_trailers(h, version, bodyless);
-                // `TE` is for the next hop only; HTTP/1.1 says so in `Connection`.
-                if h.contains_key(header::TE) {
-                    h.insert(header::CONNECTION, HeaderValue::from_static("te"));
-                }
-                // A request that names no authority (HTTP/1.0) gets the instance's, as nginx
-                // sends its upstream's: HTTP/1.1 requires a Host.
-                let host = host.or_else(|| HeaderValue::from_str(instance.as_str()).ok());
-                if let Some(host) = host {
-                    h.insert(header::HOST, host);
-                }
-            }
+        let id = policy::apply(
+            req.headers_mut(),
+            &rules,
+            &conn.peer_header,
+            conn.https,
+            host.as_ref(),
+            instance,
+            version,
+        );
+        if !upstream.http2 {
+            headers::chunk_for_trailers(req.headers_mut(), version, bodyless);
+        }
+        if let Some(log) = &mut log {
+            log.sent_with(id);
         }
         let path = req.uri_mut().path_and_query().cloned();
         // HTTP/1 downstream to a plain HTTP/1.1 upstream: this connection's own upstream
@@ -432,7 +549,7 @@ impl Proxy {
                     .send(instance, limits.connect_timeout, idle, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
-                        return self.relay(resp, target, index, &limits, start, None, held);
+                        return self.relay(resp, target, index, &limits, start, None, held, log);
                     }
                     Ok(Ok(Err(e))) => {
                         if let Some(again) = kept.as_mut().and_then(|k| k.again(e.unanswered())) {
@@ -441,9 +558,9 @@ impl Proxy {
                             continue;
                         }
                         log_failure(target, instance, &e);
-                        return self.fail(target, index, &limits, e.classify(), start);
+                        return self.fail(target, index, &limits, e.classify(), start, log);
                     }
-                    Err(_) => return self.fail(target, index, &limits, timed_out(), start),
+                    Err(_) => return self.fail(target, index, &limits, timed_out(), start, log),
                     // No room for another pinned connection: the shared pool takes it.
                     Ok(Err(back)) => {
                         req = back;
@@ -470,9 +587,9 @@ impl Proxy {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 log_failure(target, instance, &e);
-                return self.fail(target, index, &limits, classify(&e), start);
+                return self.fail(target, index, &limits, classify(&e), start, log);
             }
-            Err(_) => return self.fail(target, index, &limits, timed_out(), start),
+            Err(_) => return self.fail(target, index, &limits, timed_out(), start, log),
         };
         self.relay(
             resp,
@@ -482,6 +599,7 @@ impl Proxy {
             start,
             downstream_upgrade,
             held,
+            log,
         )
     }
 
@@ -496,13 +614,14 @@ impl Proxy {
         start: Instant,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
         held: Held,
+        log: Option<crate::observe::access_log::Pending>,
     ) -> Response<ProxyBody> {
         let status = resp.status();
         // A 101 to a request that asked for no upgrade is an invalid response (the engine's rule
         // too): the connection now speaks something else.
         if status == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_none() {
             let e = ProxyError::Upstream(UpstreamErrorKind::Reset);
-            return self.fail(target, index, limits, e, start);
+            return self.fail(target, index, limits, e, start, log);
         }
         // A gRPC call's outcome is its `grpc-status`: now when the head carries it
         // (Trailers-Only), else when the trailers arrive (`GrpcOutcome`).
@@ -524,6 +643,9 @@ impl Proxy {
             }
         } else {
             record_answer(target, index, limits, status.as_u16(), start);
+        }
+        if let Some(log) = log {
+            log.finish(target, status, start);
         }
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -550,7 +672,7 @@ impl Proxy {
             }
         }
         let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, false, false);
+        headers::strip_response(&mut parts.headers);
         headers::add_via(&mut parts.headers, parts.version);
         parts.version = http::Version::HTTP_11;
         Response::from_parts(
@@ -559,7 +681,7 @@ impl Proxy {
         )
     }
 
-    /// Answers a failed upstream exchange, recorded by the side that failed (`record_error`).
+    /// Answers a failed upstream exchange, recorded by the side that failed (`record_local`).
     fn fail(
         &self,
         target: &TargetEntry,
@@ -567,8 +689,14 @@ impl Proxy {
         limits: &Limits,
         e: ProxyError,
         start: Instant,
+        log: Option<crate::observe::access_log::Pending>,
     ) -> Response<ProxyBody> {
-        record_error(target, index, limits, e, start);
+        let at = At::Target {
+            target,
+            index,
+            limits,
+        };
+        record_local(at, e, start, log);
         local(e)
     }
 }
