@@ -816,5 +816,14 @@ async fn every_local_answer_is_logged_with_its_cause_and_counted() {
         0.0,
         "none of it counts against the target"
     );
+    // Issue 17 item 7: every answer is in requests_total, flipgate's own included: the 413 and
+    // the busy 503 under the route they were for, the 404, 400 and 431 under route="".
+    let requests = "flipgate_requests_total";
+    assert_eq!(m(requests, "route=\"bot\",code=\"4xx\"").await, 1.0);
+    assert!(m(requests, "route=\"bot\",code=\"5xx\"").await >= 1.0);
+    assert_eq!(
+        m(requests, "route=\"\",target=\"\",code=\"4xx\"").await,
+        3.0
+    );
     gw.stop().await;
 }

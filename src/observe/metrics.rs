@@ -65,9 +65,15 @@ impl TargetMetrics {
     /// Records one finished request: its status and time to response headers.
     #[inline]
     pub fn record(&self, status: u16, seconds: f64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
+        self.requests[class(status)].inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts an answer flipgate gave itself before any upstream exchange (413, a 503 of its own
+    /// limits) in `requests_total`, without a duration (which measures upstream answers).
+    #[inline]
+    pub fn answered(&self, status: u16) {
+        self.requests[class(status)].inc();
     }
 
     /// Records an upstream fault against this target.
@@ -95,18 +101,32 @@ impl TargetMetrics {
     }
 }
 
+/// The index of a status's class: 0 = 1xx .. 4 = 5xx.
+#[inline]
+fn class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
 /// Handles for flipgate's own answers that belong to no route, counted under `route=""`: a
 /// request no route matches (`client_errors_total{kind="no_route"}`), a bad `Host` (`bad_request`),
 /// a head HTTP/1's parser refused (`head_too_large`), a connection over `max_connections`
 /// (`local_errors_total{kind="busy"}`). Resolved once, held by every snapshot.
 #[derive(Clone)]
 pub struct UnroutedMetrics {
+    /// `requests_total{route="",target=""}` by status class, as `TargetMetrics::requests`.
+    requests: [IntCounter; 5],
     no_route: IntCounter,
     client: [IntCounter; ClientErrorKind::ALL.len()],
     local: [IntCounter; LocalErrorKind::ALL.len()],
 }
 
 impl UnroutedMetrics {
+    /// Counts an answer in `requests_total{route="",target=""}` by its status class.
+    #[inline]
+    pub fn answered(&self, status: u16) {
+        self.requests[class(status)].inc();
+    }
+
     /// Records a 404: no route for the request's host and path.
     #[inline]
     pub fn no_route(&self) {
@@ -129,6 +149,7 @@ impl Default for UnroutedMetrics {
     fn default() -> Self {
         let c = || must(IntCounter::new("unregistered", "unregistered"));
         UnroutedMetrics {
+            requests: [c(), c(), c(), c(), c()],
             no_route: c(),
             client: ClientErrorKind::ALL.map(|_| c()),
             local: LocalErrorKind::ALL.map(|_| c()),
@@ -352,7 +373,9 @@ impl Metrics {
 
     /// The `route=""` handles (`UnroutedMetrics`); the series exist from the start at 0.
     pub fn unrouted(&self) -> UnroutedMetrics {
+        let req = |code| self.requests.with_label_values(&["", "", code]);
         UnroutedMetrics {
+            requests: [req("1xx"), req("2xx"), req("3xx"), req("4xx"), req("5xx")],
             no_route: self.client_errors.with_label_values(&["", "no_route"]),
             client: ClientErrorKind::ALL
                 .map(|k| self.client_errors.with_label_values(&["", k.label()])),

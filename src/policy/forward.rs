@@ -404,11 +404,13 @@ mod tests {
             preview: Some("x-preview"),
             ..Rules::default()
         };
+        // `Connection` and `TE` are replaced by flipgate's own (`Connection: te` with
+        // `TE: trailers` when the client takes trailers, else none); `Trailer` goes on.
+        assert_eq!(act("Connection", &r), Action::Replace(Added::Connection));
+        assert_eq!(act("TE", &r), Action::Replace(Added::Te));
+        assert_eq!(act("Trailer", &r), Action::Keep);
         for drop in [
-            "Connection",
             "keep-alive",
-            "TE",
-            "trailer",
             "transfer-encoding",
             "upgrade",
             "proxy-connection",
@@ -490,10 +492,13 @@ mod tests {
             .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
             .collect();
         got.sort();
+        // The client's `TE: trailers` goes on, with `Connection: te` (HTTP/1.1 upstream).
         assert_eq!(
             got,
             [
+                "connection: te",
                 "host: a.example",
+                "te: trailers",
                 "via: 1.1 flipgate",
                 "via: 1.1 other",
                 "x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.1",

@@ -189,8 +189,14 @@ pub(crate) fn record_error(
                 .metrics
                 .record(e.status().as_u16(), elapsed.as_secs_f64());
         }
-        ProxyError::Client(kind) => target.metrics.client_error(kind),
-        ProxyError::Local(kind) => target.metrics.local_error(kind),
+        ProxyError::Client(kind) => {
+            target.metrics.client_error(kind);
+            target.metrics.answered(e.status().as_u16());
+        }
+        ProxyError::Local(kind) => {
+            target.metrics.local_error(kind);
+            target.metrics.answered(e.status().as_u16());
+        }
         ProxyError::NoRoute => {}
     }
 }
@@ -242,6 +248,7 @@ pub(crate) fn record_local(
             }
         }
         At::Unrouted(m) => {
+            m.answered(e.status().as_u16());
             match e {
                 ProxyError::NoRoute => m.no_route(),
                 ProxyError::Client(kind) => m.client_error(kind),
