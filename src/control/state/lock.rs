@@ -107,7 +107,16 @@ mod tests {
             other => panic!("second holder: {other:?}"),
         }
         drop(first);
-        assert!(matches!(try_lock(&state), Attempt::Locked(_)));
+        // Free once no process holds the open file: a child another test forks in the same
+        // moment shares it until its exec closes it (O_CLOEXEC), so wait for that, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !matches!(try_lock(&state), Attempt::Locked(_)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock was never released"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[test]
