@@ -10,6 +10,7 @@
 
 mod error;
 pub mod raw;
+pub mod rules;
 mod validate;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{clip, ConfigError, ConfigErrors};
+pub use rules::{Rule, RuleMatch};
 pub use validate::{parse, percent_to_bp, MAX_LONG, MAX_TIMEOUT};
 
 /// A validated route file.
@@ -166,6 +168,8 @@ pub struct Route {
     pub canary: Option<Canary>,
     pub preview: Option<Preview>,
     pub circuit: Option<Circuit>,
+    /// Cohort rules, in file order: evaluated before the split, first match wins.
+    pub rules: Vec<Rule>,
     /// gRPC status codes that count as a failure of the target, as a bit mask
     /// (`policy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
     pub grpc_errors: u32,

@@ -107,6 +107,9 @@ pub struct RawRoute {
     pub canary: Option<Spanned<RawCanary>>,
     pub preview: Option<Spanned<RawPreview>>,
     pub circuit: Option<Spanned<RawCircuit>>,
+    /// `[[routes.rules]]`: cohort rules (`config::rules`).
+    #[serde(default)]
+    pub rules: Vec<Spanned<super::rules::RawRule>>,
     /// gRPC status codes (names or numbers) that count as a failure of the target.
     pub grpc_error_codes: Option<Vec<Spanned<String>>>,
 }

@@ -684,6 +684,9 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         }
     });
 
+    let target_names = targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>();
+    let rules = super::rules::validate(sink, &name, &target_names, raw.rules);
+
     if sink.count() != errors_before {
         return None;
     }
@@ -715,6 +718,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         canary,
         preview,
         circuit,
+        rules,
         grpc_errors,
     })
 }

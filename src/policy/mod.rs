@@ -13,3 +13,4 @@ pub mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod resend;
+pub mod rules;

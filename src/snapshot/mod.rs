@@ -12,6 +12,7 @@
 //! with.
 
 pub mod router;
+pub mod rules;
 pub mod split;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub struct RouteEntry {
     pub targets: Vec<Arc<TargetEntry>>,
     pub split: Split,
     pub preview: Option<Preview>,
+    /// Cohort rules, tried after preview and before the split (`policy::rules`).
+    pub rules: rules::Rules,
     pub circuit: Option<Circuit>,
     /// The runtime state this entry was compiled from, for status and the circuit task.
     pub state: RouteState,
@@ -172,6 +175,7 @@ fn build_route(
         name,
         targets,
         preview: route.preview.clone(),
+        rules: rules::Rules::build(route, metrics),
         circuit: route.circuit.clone(),
         state,
     }

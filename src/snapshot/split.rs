@@ -25,6 +25,8 @@ pub enum Reason {
     Sticky,
     /// An allowed client named the target in the preview header.
     Preview,
+    /// A cohort rule (`[[routes.rules]]`) matched.
+    Rule,
 }
 
 impl Reason {
@@ -35,6 +37,7 @@ impl Reason {
             Reason::Canary => "canary",
             Reason::Sticky => "sticky",
             Reason::Preview => "preview",
+            Reason::Rule => "rule",
         }
     }
 }
