@@ -135,7 +135,7 @@ fn header_map(f: &[(&'static str, String)]) -> HeaderMap {
     h
 }
 
-fn parsed(f: &[(&'static str, String)]) -> Vec<httparse::Header<'_>> {
+fn parsed<'a>(f: &'a [(&'static str, String)]) -> Vec<httparse::Header<'a>> {
     f.iter()
         .map(|(k, v)| httparse::Header {
             name: k,

@@ -1,8 +1,8 @@
 //! The route file: `file -> raw (serde) -> validate -> Config`.
 //!
 //! Invariants: a `Config` only exists if every check passed, so everything downstream (snapshot
-//! build, the data path, the control plane) can rely on it: target names referenced by `live` and
-//! `canary` exist, percents are in basis points 0..=10_000, every target has at least one instance,
+//! build, the data path, the control plane) can rely on it: target names referenced by `live`,
+//! `canary` and cohort rules (`rules`) exist, percents are in basis points 0..=10_000, every target has at least one instance,
 //! (host, prefix) pairs are unique, durations are positive and bounded (at most a day; a bake and a
 //! tunnel's lifetime after a flip at most 30 days). `Config` is immutable once built; a
 //! reload builds a new one. No route file larger than `MAX_FILE_BYTES` is ever read whole: `read`
