@@ -20,14 +20,15 @@ use crate::snapshot::Snapshot;
 
 /// Read access to a request's header fields, whatever holds them.
 pub trait Fields {
-    /// The first value of field `name` (ASCII case-insensitive).
-    fn first(&self, name: &str) -> Option<&[u8]>;
+    /// The first value of field `name` (ASCII case-insensitive). Takes the name parsed in
+    /// advance (config), so a `HeaderMap` looks it up without parsing it again per request.
+    fn first(&self, name: &http::HeaderName) -> Option<&[u8]>;
     /// The value of cookie `name` in the first `Cookie` field that has it.
     fn cookie(&self, name: &str) -> Option<&[u8]>;
 }
 
 impl Fields for HeaderMap {
-    fn first(&self, name: &str) -> Option<&[u8]> {
+    fn first(&self, name: &http::HeaderName) -> Option<&[u8]> {
         self.get(name).map(|v| v.as_bytes())
     }
     fn cookie(&self, name: &str) -> Option<&[u8]> {
@@ -38,7 +39,8 @@ impl Fields for HeaderMap {
 }
 
 impl Fields for [httparse::Header<'_>] {
-    fn first(&self, name: &str) -> Option<&[u8]> {
+    fn first(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        let name = name.as_str();
         self.iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
@@ -82,7 +84,7 @@ pub fn decide<F: Fields + ?Sized>(
     let route = snap.router.lookup(host, path)?;
     let r = &snap.routes[route];
     let preview = r.preview.as_ref().and_then(|p| {
-        let name = fields.first(p.header.as_str())?;
+        let name = fields.first(&p.header)?;
         if !p.allow_from.iter().any(|n| n.contains(&peer)) {
             return None;
         }
@@ -109,7 +111,7 @@ pub fn decide<F: Fields + ?Sized>(
     let (target, reason) = r.split.decide_by(
         |sticky| match sticky {
             Sticky::None => None,
-            Sticky::Header(n) => fields.first(n.as_str()).filter(|v| !v.is_empty()),
+            Sticky::Header(n) => fields.first(n).filter(|v| !v.is_empty()),
             Sticky::Cookie(n) => fields.cookie(n.as_str()),
         },
         random_bucket,

@@ -18,7 +18,7 @@ use crate::snapshot::rules::{Matcher, Rules};
 pub fn first_match<F: Fields + ?Sized>(rules: &Rules, fields: &F, peer: IpAddr) -> Option<usize> {
     rules.list.iter().position(|r| match &r.matcher {
         Matcher::Header(name, values) => fields
-            .first(name.as_str())
+            .first(name)
             .is_some_and(|v| values.iter().any(|x| **x == *v)),
         Matcher::Cookie(name, values) => fields
             .cookie(name)
