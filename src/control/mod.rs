@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::config::{Config, ConfigErrors, Route};
 use crate::control::events::Events;
@@ -161,6 +162,9 @@ struct Inner {
 /// The control plane's single entry point.
 pub struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The generation of the last published snapshot, for tasks that wait for a change instead
+    /// of polling (the circuit task while no route has a candidate to judge).
+    published: watch::Sender<u64>,
     /// Published, so reading it never waits for a change in progress.
     last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
@@ -271,6 +275,7 @@ impl Control {
         );
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            published: watch::Sender::new(0),
             last_reload: ArcSwap::from_pointee(ReloadStatus {
                 result: "success",
                 error: None,
@@ -311,6 +316,11 @@ impl Control {
     /// The handle the data path loads from.
     pub fn snapshots(&self) -> Arc<ArcSwap<Snapshot>> {
         self.snapshot.clone()
+    }
+
+    /// Changes whenever a new snapshot is published (its generation).
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The config in force (from the published snapshot: never waits for a change in progress).
@@ -677,6 +687,7 @@ impl Control {
         }
         self.metrics.config_generation.set(inner.generation as i64);
         self.snapshot.store(Arc::new(snap));
+        self.published.send_replace(inner.generation);
         inner.generation
     }
 
