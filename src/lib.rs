@@ -166,6 +166,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         tasks.spawn(health_check::run(
             control.snapshots(),
+            control.published(),
             clients.clone(),
             rx.clone(),
         ));
