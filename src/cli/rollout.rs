@@ -238,20 +238,40 @@ fn plan(view: &RouteView, a: &RolloutArgs, target: &str) -> Result<String, Failu
 /// One progress line.
 fn line(view: &RouteView, ro: &RolloutView) -> String {
     let mut s = format!(
-        "{}: step {}/{} {}%  {}  requests {}/{}  errors {:.1}%",
+        "{}: step {}/{} {}%  {}",
         view.name,
         ro.step + 1,
         ro.steps.len(),
         ro.percent,
         ro.state,
-        ro.requests,
-        ro.min_requests_per_step,
-        ro.error_rate * 100.0
     );
     if ro.active() {
-        s.push_str(&format!("  hold {} left", human(ro.hold_remaining_ms)));
+        s.push_str(&format!(
+            "  requests {}/{}  errors {:.1}%  hold {} left",
+            ro.requests,
+            ro.min_requests_per_step,
+            ro.error_rate * 100.0,
+            human(ro.hold_remaining_ms)
+        ));
     }
     s
+}
+
+/// Lines for steps taken between two reads (a short hold passes between polls): every step
+/// taken gets its line.
+fn passed(view: &RouteView, ro: &RolloutView, from: usize) -> Vec<String> {
+    (from..ro.step)
+        .filter_map(|i| ro.steps.get(i).map(|p| (i, p)))
+        .filter(|(_, p)| **p < 100)
+        .map(|(i, p)| {
+            format!(
+                "{}: step {}/{} {p}%  passed",
+                view.name,
+                i + 1,
+                ro.steps.len()
+            )
+        })
+        .collect()
 }
 
 /// Follows the route's rollout (the one started at `started`, or whichever is there) until it
@@ -287,6 +307,14 @@ async fn follow(admin: &AdminArgs, route: &str, started: Option<u64>) -> Result<
         }
         let key = (ro.state.clone(), ro.step);
         let text = line(&view, &ro);
+        // Steps that began and ended between two reads.
+        let from = last.as_ref().map_or(ro.step, |(_, s)| s + 1);
+        for l in passed(&view, &ro, from) {
+            if tty {
+                print!("\r\x1b[2K");
+            }
+            println!("{l}");
+        }
         if tty {
             print!("\r\x1b[2K{text}");
             if last.as_ref() != Some(&key) && last.is_some() && !ro.active() {
