@@ -309,6 +309,9 @@ pub fn table(routes: &[RouteView]) -> String {
         if let Some(t) = &r.circuit.tripped {
             out.push_str(&wrap(&format!("{} tripped: {}", r.name, t.reason), WIDTH));
         }
+        if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.active()) {
+            out.push_str(&wrap(&rollout::summary(&r.name, ro), WIDTH));
+        }
     }
     if routes.iter().any(|r| !r.persisted) {
         out.push_str("warning: runtime state not persisted: the decisions shown are in force but would not survive a restart (see /readyz)\n");

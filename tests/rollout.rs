@@ -274,6 +274,12 @@ async fn without_traffic_a_step_waits_pause_holds_resume_continues_abort_rolls_b
     })
     .await;
     assert_eq!(route(admin).await["rollout"]["step"], 0);
+    let o = fg(admin, &["status"]).await;
+    assert!(
+        o.stdout
+            .contains("bot rollout of green: step 1/3 at 5%, waiting for traffic"),
+        "{o}"
+    );
 
     // Paused, traffic enough for the step does not move it.
     let o = fg(admin, &["pause", "bot"]).await;

@@ -257,6 +257,22 @@ fn line(view: &RouteView, ro: &RolloutView) -> String {
     s
 }
 
+/// The status table's note on a rollout in progress.
+pub fn summary(route: &str, ro: &RolloutView) -> String {
+    format!(
+        "{route} rollout of {}: step {}/{} at {}%, {}, {}/{} requests, {:.1}% errors, hold {} left",
+        ro.target,
+        ro.step + 1,
+        ro.steps.len(),
+        ro.percent,
+        ro.state.replace('_', " "),
+        ro.requests,
+        ro.min_requests_per_step,
+        ro.error_rate * 100.0,
+        human(ro.hold_remaining_ms)
+    )
+}
+
 /// Lines for steps taken between two reads (a short hold passes between polls): every step
 /// taken gets its line.
 fn passed(view: &RouteView, ro: &RolloutView, from: usize) -> Vec<String> {
