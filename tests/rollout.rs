@@ -483,3 +483,68 @@ async fn a_kill_9_and_restart_resumes_the_same_step_with_its_hold_restarted() {
     .await;
     assert_eq!(route(p.admin).await["live"], "green");
 }
+
+/// The status page shows the ladder with the current step highlighted and the time left (rendered
+/// in headless Chromium; skipped loudly when none is installed, as in `status_page.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_ladder_and_the_time_left() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let gw = Gw::start(&cfg(&blue, &green, 5, "")).await;
+    let r = post(
+        gw.admin,
+        "rollout",
+        r#"{"target": "green", "steps": [5, 25, 50, 100], "hold": "1h"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let page = get(&client(), &gw.admin_url("/"), &[]).await.text();
+    assert!(page.contains("rolloutView") && page.contains("aria-current"));
+    let Some(bin) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("SKIPPED: no chromium installed; the status page was not rendered");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(gw.admin_url("/"))
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("chromium finishes")
+    .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("data-loaded=\"1\""), "{dom}");
+    for want in [
+        "<li class=\"current\" aria-current=\"step\">5%</li>",
+        "<li class=\"\">25%</li>",
+        "running",
+        "step 1/4 at 5%",
+        "59m",
+        "s left",
+    ] {
+        assert!(dom.contains(want), "rendered page lacks `{want}`:\n{dom}");
+    }
+    gw.stop().await;
+}
