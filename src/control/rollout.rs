@@ -605,7 +605,9 @@ fn observe<'a>(r: &'a RouteEntry, ro: &Rollout, now_ms: u64, now_unix_ms: u64) -
 
 /// The rollout task: every `TICK`, decides for each running rollout and asks the control plane
 /// for the change (on the blocking pool: it takes the control lock). On its first look at a
-/// running rollout whose step started before this process did, restarts that step.
+/// running rollout whose step started before this process did, restarts that step. A process
+/// that does not own the runtime state (a `SO_REUSEPORT` upgrade's second process) only follows:
+/// it drives nothing until it takes over.
 pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let boot = unix_ms();
     let mut tick = tokio::time::interval(TICK);
@@ -616,6 +618,13 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        // Only the process that owns the runtime state changes it; another one follows.
+        if !matches!(
+            control.persist_status().ownership,
+            crate::control::state::writer::Ownership::Owner
+        ) {
+            continue;
         }
         let now_unix = unix_ms();
         let now_ms = crate::clock::now_ms();
