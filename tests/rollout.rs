@@ -548,3 +548,48 @@ async fn the_status_page_shows_the_ladder_and_the_time_left() {
     }
     gw.stop().await;
 }
+
+/// A route file that changes the route's split is the newest intent: a rollout in progress ends
+/// as `aborted` and says why; one that leaves the split alone (here: new rollout defaults) keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edit_of_the_split_ends_a_rollout_and_other_edits_keep_it() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let text = cfg(&blue, &green, 5, "");
+    let gw = Gw::start(&text).await;
+    let r = post(
+        gw.admin,
+        "rollout",
+        r#"{"target": "green", "steps": [5, 100], "hold": "1h"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let g = gw.generation();
+    gw.rewrite(&format!("{text}[routes.rollout]\nhold = \"5m\"\n"));
+    wait_until("the edit is applied", DEADLINE, || async {
+        gw.generation() > g
+    })
+    .await;
+    let v = route(gw.admin).await;
+    assert_eq!(v["rollout"]["state"], "running", "{v}");
+    assert_eq!(v["rollout_defaults"]["hold_ms"], 300_000);
+    gw.rewrite(&text.replace("live = \"blue\"", "live = \"green\""));
+    wait_until("the rollout ends", DEADLINE, || async {
+        rollout_state(gw.admin).await == "aborted"
+    })
+    .await;
+    let v = route(gw.admin).await;
+    assert_eq!(v["live"], "green");
+    assert!(
+        v["rollout"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("route file changed"),
+        "{v}"
+    );
+    assert_eq!(
+        metric(&gw, "flipgate_rollout_step", "route=\"bot\"").await,
+        0.0
+    );
+    gw.stop().await;
+}
