@@ -603,8 +603,9 @@ fn observe<'a>(r: &'a RouteEntry, ro: &Rollout, now_ms: u64, now_unix_ms: u64) -
     }
 }
 
-/// The rollout task: every `TICK`, decides for each running rollout and asks the control plane
-/// for the change (on the blocking pool: it takes the control lock). On its first look at a
+/// The rollout task: every `TICK` while a rollout runs (otherwise it waits for the next published
+/// snapshot), decides for each running rollout and asks the control plane for the change (on the
+/// blocking pool: it takes the control lock). On its first look at a
 /// running rollout whose step started before this process did, restarts that step. A process
 /// that does not own the runtime state (a `SO_REUSEPORT` upgrade's second process) only follows:
 /// it drives nothing until it takes over.
@@ -614,9 +615,26 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // (route, rollout start, step) already told to be waiting for traffic: said once per step.
     let mut waiting: HashSet<(String, u64, usize)> = HashSet::new();
+    let mut published = control.published();
     loop {
+        // With no rollout running there is nothing to step: wait for the next published
+        // snapshot instead of ticking (an idle proxy does not wake for this task).
+        published.borrow_and_update();
+        let running = control.snapshots().load().routes.iter().any(|r| {
+            r.state
+                .rollout
+                .as_ref()
+                .is_some_and(|x| x.phase == Phase::Running)
+        });
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick(), if running => {}
+            r = published.changed(), if !running => {
+                if r.is_err() {
+                    return;
+                }
+                tick.reset_immediately();
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         // Only the process that owns the runtime state changes it; another one follows.
