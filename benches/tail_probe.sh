@@ -122,6 +122,8 @@ for r in "${ROWS[@]}"; do
   curl -sf -o /dev/null "http://127.0.0.1:${PORT[$r]}/12" || { echo "tail_probe.sh: $r does not answer: $(cat "$W/$r.log" 2>/dev/null)" >&2; exit 1; }
 done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+csw() { awk '/ctxt_switches/ {s += $2} END {print s}' "/proc/$1/status"; }
+UP_PID=${PIDS[0]}
 
 if [ "$RATE" = 0 ]; then
   out=$(load wrk -t1 -c32 -d2s "http://127.0.0.1:${PORT[nginx]}/12")
@@ -131,15 +133,19 @@ echo "tail_probe.sh: open loop at $RATE rps, $CONNS connections, ${SECS}s, $ROUN
 RES="$W/res.tsv"; : >"$RES"
 for round in $(seq "$ROUNDS"); do
   for r in "${ROWS[@]}"; do
-    t0=$(ticks "${PID[$r]}")
+    t0=$(ticks "${PID[$r]}"); c0=$(csw "$UP_PID"); p0=$(csw "${PID[$r]}")
     if [ "$PERF" = 1 ]; then
       perf sched record -q -C 1 -o "$W/sched.data" -- sleep "$SECS.5" >/dev/null 2>&1 & perfpid=$!
     fi
     out=$(load "$LOADGEN" --url "http://127.0.0.1:${PORT[$r]}/12" --conns "$CONNS" --rate "$RATE" \
       --warmup 0.5 --duration "$SECS" --sticky-header x-user-id 2>&1) || { echo "tail_probe.sh: $r: $out" >&2; exit 1; }
-    t1=$(ticks "${PID[$r]}")
+    t1=$(ticks "${PID[$r]}"); c1=$(csw "$UP_PID"); p1=$(csw "${PID[$r]}")
+    n=$(python3 -c "print($RATE * ($SECS + 0.5))")
     line="$r	$(tr ' ' '\n' <<<"$out" | awk -F= '$1 ~ /^(p50_us|p99_us|p999_us)$/ {printf "%s=%s ", $1, $2}')"
-    line="$line cpu_us=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / ($RATE * ($SECS + 0.5)), 2))")"
+    line="$line cpu_us=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $n, 2))")"
+    # Context switches per request: the load generator's (all its threads), the upstream's, the proxy's main process.
+    lg_csw=$(tr ' ' '\n' <<<"$out" | awk -F= '$1 == "csw" {print $2}')
+    line="$line lg_csw=$(python3 -c "print(round($lg_csw / $n, 3))") up_csw=$(python3 -c "print(round(($c1 - $c0) / $n, 3))") px_csw=$(python3 -c "print(round(($p1 - $p0) / $n, 3))")"
     if [ "$PERF" = 1 ]; then
       wait "$perfpid" || true
       comm=$(cat "/proc/${PID[$r]}/comm")
@@ -164,5 +170,6 @@ for name in order:
         if k not in keys: keys.append(k)
 print(f"{'row':15}" + "".join(f"{k:>16}" for k in keys) + "   (medians)")
 for name in order:
-    print(f"{name:15}" + "".join(f"{statistics.median(rows[name][k]) if rows[name][k] else float('nan'):>16.1f}" for k in keys))
+    cell = lambda v: f"{v:>16.1f}" if abs(v) >= 10 else f"{v:>16.3f}"
+    print(f"{name:15}" + "".join(cell(statistics.median(rows[name][k]) if rows[name][k] else float('nan')) for k in keys))
 PY
