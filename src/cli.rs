@@ -4,6 +4,8 @@
 //! server's `error` text when it gave one), 2 on bad usage (clap's own). Client commands talk only
 //! to the admin API, so they work against any replica from anywhere the API is reachable.
 
+pub mod rollout;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -72,6 +74,27 @@ pub enum Command {
     },
     /// Clear a tripped circuit (keeps the current split).
     Reset {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Roll TARGET out step by step (run by the server); follow it until it promotes (exit 0) or
+    /// rolls back or is aborted (exit 1).
+    Rollout(rollout::RolloutArgs),
+    /// Pause the route's rollout (its current step holds).
+    Pause {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Resume the route's paused rollout.
+    Resume {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Abort the route's rollout: its canary back to 0 %.
+    Abort {
         route: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -186,7 +209,10 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
         Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
         Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
-        Command::Run { .. } | Command::Demo(_) | Command::Check { .. } => {
+        Command::Pause { route, admin } => (admin, post(&route, "rollout/pause"), None),
+        Command::Resume { route, admin } => (admin, post(&route, "rollout/resume"), None),
+        Command::Abort { route, admin } => (admin, post(&route, "rollout/abort"), None),
+        Command::Run { .. } | Command::Demo(_) | Command::Check { .. } | Command::Rollout(_) => {
             unreachable!("not a client command")
         }
     };
@@ -282,6 +308,9 @@ pub fn table(routes: &[RouteView]) -> String {
     for r in routes {
         if let Some(t) = &r.circuit.tripped {
             out.push_str(&wrap(&format!("{} tripped: {}", r.name, t.reason), WIDTH));
+        }
+        if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.active()) {
+            out.push_str(&wrap(&rollout::summary(&r.name, ro), WIDTH));
         }
     }
     if routes.iter().any(|r| !r.persisted) {

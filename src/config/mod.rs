@@ -11,6 +11,7 @@
 mod error;
 pub mod raw;
 pub mod rules;
+pub mod rollout;
 mod validate;
 
 use std::net::SocketAddr;
@@ -170,6 +171,8 @@ pub struct Route {
     pub circuit: Option<Circuit>,
     /// Cohort rules, in file order: evaluated before the split, first match wins.
     pub rules: Vec<Rule>,
+    /// Defaults of a rollout of this route (`[routes.rollout]`, or the implicit ones).
+    pub rollout: rollout::RolloutDefaults,
     /// gRPC status codes that count as a failure of the target, as a bit mask
     /// (`policy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
     pub grpc_errors: u32,

@@ -110,6 +110,8 @@ pub struct RawRoute {
     /// `[[routes.rules]]`: cohort rules (`config::rules`).
     #[serde(default)]
     pub rules: Vec<Spanned<super::rules::RawRule>>,
+    /// `[routes.rollout]`: defaults of `flipgate rollout` (`config::rollout`).
+    pub rollout: Option<Spanned<super::rollout::RawRollout>>,
     /// gRPC status codes (names or numbers) that count as a failure of the target.
     pub grpc_error_codes: Option<Vec<Spanned<String>>>,
 }

@@ -686,6 +686,12 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
 
     let target_names = targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>();
     let rules = super::rules::validate(sink, &name, &target_names, raw.rules);
+    let rollout = super::rollout::validate(
+        sink,
+        &name,
+        raw.rollout,
+        circuit.as_ref().map(|c| c.min_requests),
+    );
 
     if sink.count() != errors_before {
         return None;
@@ -719,6 +725,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         preview,
         circuit,
         rules,
+        rollout,
         grpc_errors,
     })
 }

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// `rule_requests_total{route,rule}`: requests each cohort rule matched (handles per rule,
     /// resolved at snapshot build by `rule`).
     rule_requests: IntCounterVec,
+    /// `rollout_step{route}`: the canary percent of the running rollout's step (0 when none).
+    pub rollout_step: IntGaugeVec,
+    /// `rollouts_total{route,result}`: rollouts ended, by result (promoted, rolled_back, aborted).
+    pub rollouts: IntCounterVec,
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -243,9 +247,23 @@ impl Metrics {
         let rollbacks = must(IntCounterVec::new(
             opts(
                 "rollbacks_total",
-                "Rollbacks, by route and reason (circuit, admin, file).",
+                "Rollbacks, by route and reason (circuit, admin, file, rollout).",
             ),
             &["route", "reason"],
+        ));
+        let rollout_step = must(IntGaugeVec::new(
+            opts(
+                "rollout_step",
+                "Canary percent of the running rollout's current step (0 when none), by route.",
+            ),
+            &["route"],
+        ));
+        let rollouts = must(IntCounterVec::new(
+            opts(
+                "rollouts_total",
+                "Rollouts ended, by route and result (promoted, rolled_back, aborted).",
+            ),
+            &["route", "result"],
         ));
         let flips = must(IntCounterVec::new(
             opts("flips_total", "Changes of the live target, by route."),
@@ -315,6 +333,8 @@ impl Metrics {
             Box::new(admin_refusals.clone()),
             Box::new(state_persist_failures.clone()),
             Box::new(rule_requests.clone()),
+            Box::new(rollout_step.clone()),
+            Box::new(rollouts.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -350,6 +370,8 @@ impl Metrics {
             admin_refusals,
             state_persist_failures,
             rule_requests,
+            rollout_step,
+            rollouts,
         }
     }
 
@@ -368,9 +390,13 @@ impl Metrics {
     /// the route's flip and rollback series at 0, so `increase()` sees their first change.
     pub fn target(&self, route: &str, target: &str) -> TargetMetrics {
         self.flips.with_label_values(&[route]);
-        for reason in ["circuit", "admin", "file"] {
+        for reason in ["circuit", "admin", "file", "rollout"] {
             self.rollbacks.with_label_values(&[route, reason]);
         }
+        for result in ["promoted", "rolled_back", "aborted"] {
+            self.rollouts.with_label_values(&[route, result]);
+        }
+        self.rollout_step.with_label_values(&[route]);
         let req = |code| self.requests.with_label_values(&[route, target, code]);
         let err = |kind| {
             self.upstream_errors

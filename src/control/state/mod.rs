@@ -63,6 +63,10 @@ pub struct RouteState {
     pub tripped: Option<Trip>,
     /// Unix milliseconds until which the live target is watched after a flip or promote.
     pub bake_until_unix_ms: Option<u64>,
+    /// The route's rollout ladder (`control::rollout`): running, paused, or how the last one
+    /// ended. Absent from files written before rollouts existed, and written only when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::control::rollout::Rollout>,
 }
 
 /// What a target does in a route's split; a target that takes a new role is judged afresh.
@@ -87,6 +91,7 @@ impl RouteState {
             previous: None,
             tripped: None,
             bake_until_unix_ms: None,
+            rollout: None,
         }
     }
 
