@@ -10,8 +10,8 @@
 
 mod error;
 pub mod raw;
-pub mod rules;
 pub mod rollout;
+pub mod rules;
 mod validate;
 
 use std::net::SocketAddr;
