@@ -379,6 +379,9 @@ fn grafana_dashboard_is_importable_json_over_our_metrics() {
     m.split_percent.with_label_values(&["r", "t"]).set(0.0);
     m.live_target.with_label_values(&["r", "t"]).set(0);
     m.circuit_tripped.with_label_values(&["r"]).set(0);
+    m.rollout_step.with_label_values(&["r"]).set(0);
+    m.rollouts.with_label_values(&["r", "promoted"]).reset();
+    m.rule("r", "x");
     let known = m.render();
     for name in text
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
