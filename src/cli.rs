@@ -14,6 +14,8 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::admin::view::{RouteView, RoutesView};
 
+mod instances;
+
 /// flipgate: blue/green and canary reverse proxy for bot services.
 #[derive(Parser, Debug)]
 #[command(name = "flipgate", version, about, propagate_version = true)]
@@ -76,6 +78,12 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Stop sending new requests to one instance (its in-flight requests finish).
+    Drain(instances::InstanceArgs),
+    /// Send new requests to a drained instance again.
+    Undrain(instances::InstanceArgs),
+    /// Wait until a drained instance has no request or tunnel in flight (exit 1 on timeout).
+    WaitDrained(instances::WaitArgs),
 }
 
 /// Where the admin API is and how to authenticate.
@@ -93,7 +101,7 @@ pub struct AdminArgs {
 #[derive(Debug)]
 pub struct Failure(pub String);
 
-async fn call(
+pub(crate) async fn call(
     admin: &AdminArgs,
     method: http::Method,
     path: &str,
@@ -186,6 +194,9 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
         Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
         Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
+        Command::Drain(a) => return instances::drain(a, true).await,
+        Command::Undrain(a) => return instances::drain(a, false).await,
+        Command::WaitDrained(a) => return instances::wait_drained(a).await,
         Command::Run { .. } | Command::Demo(_) | Command::Check { .. } => {
             unreachable!("not a client command")
         }
@@ -205,7 +216,7 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
     Ok(note + &table(&[view]))
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {

@@ -33,6 +33,7 @@
 //! merge (per route name) as its live states.
 
 pub mod circuit;
+pub mod drain;
 pub mod events;
 pub mod health_check;
 pub mod reload;
@@ -182,6 +183,12 @@ pub enum Action {
     Promote,
     Rollback,
     Reset,
+    /// Drain (`drain: true`) or undrain one instance of a target (`drain`).
+    Drain {
+        target: String,
+        instance: String,
+        drain: bool,
+    },
 }
 
 impl Control {
@@ -820,7 +827,9 @@ pub(crate) fn reconcile(
         let cur = current.get(name);
         if let Some(c) = cur {
             if c.made_against(route) && state_fits(route, &c.state) {
-                new_states.insert(name.to_string(), c.state.clone());
+                let mut s = c.state.clone();
+                drain::prune(route, &mut s);
+                new_states.insert(name.to_string(), s);
                 continue;
             }
         }
@@ -860,6 +869,8 @@ pub(crate) fn reconcile(
                 .entry(name.to_string())
                 .or_insert_with(|| park(c, false));
         }
+        let mut s = s;
+        drain::prune(route, &mut s);
         new_states.insert(name.to_string(), s);
     }
     // `current` is sorted by name, so the events are too.
@@ -976,10 +987,13 @@ fn merge(
         return RouteState::from_file(route);
     };
     if same_split && state_fits(route, old) {
-        return old.clone();
+        let mut s = old.clone();
+        drain::prune(route, &mut s);
+        return s;
     }
     let name = route.name.as_str();
     let mut s = RouteState::from_file(route);
+    drain::carry(route, old, &mut s);
     if old.live_source != Source::File || old.canary_source != Source::File || old.tripped.is_some()
     {
         tracing::info!(route = %name, live = %old.live, tripped = old.tripped.is_some(), "route's split changed in the file; runtime overrides dropped (newest intent wins)");
@@ -1039,6 +1053,11 @@ fn apply(
 ) -> Result<(&'static str, String), ControlError> {
     let name = route.name.as_str();
     match action {
+        Action::Drain {
+            target,
+            instance,
+            drain: d,
+        } => drain::apply(route, s, target, instance, *d),
         Action::Flip { target } => {
             let to = match target {
                 Some(t) => target_of(route, t)?,

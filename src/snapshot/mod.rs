@@ -143,8 +143,13 @@ fn build_route(
             };
             let upstream = match old_t {
                 Some(o) if o.upstream.same_as(t) => o.upstream.clone(),
-                _ => Arc::new(Upstream::new(t)),
+                o => Arc::new(Upstream::new(t, o.map(|o| &*o.upstream))),
             };
+            // The operator's drains, from the runtime state (`control::drain`).
+            for (i, a) in t.instances.iter().enumerate() {
+                let drained = crate::control::drain::is_drained(&state, &t.name, a.as_str());
+                upstream.set_drained(i, drained);
+            }
             Arc::new(TargetEntry {
                 route: name.clone(),
                 name: t.name.as_str().into(),
