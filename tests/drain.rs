@@ -21,20 +21,27 @@ use tokio::task::JoinSet;
 struct Instance {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<TcpListener>,
+    handover: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Instance {
-    /// Serves on `addr` (`127.0.0.1:0` for a new port); answers `200` with its port as body.
+    /// Serves on a new port; answers `200` with its port as body.
     async fn start(addr: SocketAddr) -> Instance {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::on(TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// Serves on `listener` (a new process taking over its predecessor's socket).
+    fn on(listener: TcpListener) -> Instance {
         let addr = listener.local_addr().unwrap();
+        let (handover, mut stop) = tokio::sync::oneshot::channel();
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {
+                    _ = &mut stop => return listener,
                     r = listener.accept() => {
                         let Ok((stream, _)) = r else { continue };
                         let h = h.clone();
@@ -56,7 +63,12 @@ impl Instance {
                 }
             }
         });
-        Instance { addr, hits, task }
+        Instance {
+            addr,
+            hits,
+            task,
+            handover,
+        }
     }
 
     fn hits(&self) -> usize {
@@ -67,6 +79,13 @@ impl Instance {
     async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+
+    /// Stops serving and closes its connections, handing its listening socket on (as a restart
+    /// by socket activation or `SO_REUSEPORT` does: the address never refuses a connect).
+    async fn hand_over(self) -> TcpListener {
+        let _ = self.handover.send(());
+        self.task.await.unwrap()
     }
 }
 
@@ -233,14 +252,14 @@ async fn rolling_replacement_under_keep_alive_load_loses_nothing() {
         load.progress(30).await;
         assert_eq!(pool[k].hits(), hits, "a drained instance got a new request");
         let replaced = pool.remove(k);
-        let at = replaced.addr;
-        replaced.stop().await;
         if k == 0 {
             // In place: the new process on the old address, then undrain.
-            pool.insert(k, Instance::start(at).await);
+            let listener = replaced.hand_over().await;
+            pool.insert(k, Instance::on(listener));
             code(&fg(&gw, &["undrain", "bot", "blue", &old]).await, 0);
         } else {
             // On a new port: the route file swaps the address (the old one's drain goes with it).
+            replaced.stop().await;
             pool.insert(k, Instance::start("127.0.0.1:0".parse().unwrap()).await);
             let generation = gw.generation();
             gw.rewrite(&pool_config(&addrs(&pool), ""));
@@ -544,4 +563,17 @@ async fn a_drained_instance_s_idle_pooled_connections_close() {
     )
     .await;
     gw.stop().await;
+}
+
+/// The route file's balancing fields: `lb` per target, `weight` per instance in the table form.
+#[test]
+fn lb_and_weights_parse_from_the_table_form() {
+    let text = "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = { instances = [{ addr = \"10.0.0.1:80\", weight = 3 }, \"10.0.0.2:80\"], lb = \"round_robin\" }\ngreen = [\"10.0.1.1:80\"]\n";
+    let cfg = flipgate::config::parse(std::path::Path::new("t.toml"), text).unwrap();
+    let blue = &cfg.routes[0].targets[0];
+    assert_eq!(blue.weights, vec![3, 1]);
+    assert_eq!(blue.lb, flipgate::upstream::balance::Lb::RoundRobin);
+    let green = &cfg.routes[0].targets[1];
+    assert_eq!(green.weights, vec![1]);
+    assert_eq!(green.lb, flipgate::upstream::balance::Lb::P2c);
 }
