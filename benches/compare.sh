@@ -6,6 +6,8 @@
 #   bash benches/compare.sh            # default run, 3 rounds, well under 10 minutes
 #   bash benches/compare.sh --quick    # 1 round, short runs, HTTP/1.1 12 B only: a sanity check
 #   bash benches/compare.sh --tls-only # only the TLS rows (closed loop, open loop at 50 %)
+#   bash benches/compare.sh --tail     # only the open-loop rows at 50 and 75 % (HTTP/1.1, h2c),
+#                                      # 3 rounds, a few minutes: to check a tail change
 #   options: --rounds N  --secs S  --out FILE (the results table, also printed)
 #            --no-build (use the binaries already built; FLIPGATE_BIN, LOADGEN_BIN, PIPE_BIN
 #            override their paths, e.g. to compare two builds of flipgate)
@@ -15,7 +17,12 @@
 #   - open loop (examples/loadgen.rs, latency from the intended send time) at 25/50/75 % of nginx's
 #     32-connection ceiling: p50/p99/p99.9, and the proxy's own CPU time per request (utime+stime
 #     of its processes from /proc);
-#   - HTTP/1.1 with 12 B and 64 KiB bodies, TLS (12 B), HTTP/2 cleartext (h2load, 12 B);
+#   - HTTP/1.1 with 12 B and 64 KiB bodies, TLS (12 B), HTTP/2 cleartext and over TLS (h2load,
+#     12 B, closed loop; open loop for h2c at 50/75 % of nginx's h2c ceiling, 64 request slots
+#     over 4 connections);
+#   - what a proxy's way of answering costs the rest of the machine, per request in the open-loop
+#     runs: the load CPU's time (load generator + upstream, `load_cpu_us`), TCP segments sent on
+#     loopback (`segs`), and upstream connections opened (`up_conns`, per run);
 #   - peak RSS, and RSS per idle keep-alive client connection (10,000 of them);
 #   - flipgate under change: 10 file reloads + 10 flips per second during a closed-loop run.
 # The sticky canary (5 %, header:x-user-id), metrics and the circuit are on in flipgate's config.
@@ -27,17 +34,19 @@ ROUNDS=3
 SECS=2
 QUICK=0
 TLS_ONLY=0
+TAIL=0
 OUT=""
 BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; ROUNDS=1; SECS=1 ;;
     --tls-only) TLS_ONLY=1 ;;
+    --tail) TAIL=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --secs) SECS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -131,7 +140,7 @@ http {
   uwsgi_temp_path $W/up; scgi_temp_path $W/up;
   server {
     listen 127.0.0.1:$UP reuseport backlog=4096; listen 127.0.0.1:$UP_H2 http2;
-    listen 127.0.0.1:$UP_TLS ssl;
+    listen 127.0.0.1:$UP_TLS ssl http2;
     ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
     location = /12 { default_type text/plain; return 200 "hello world\n"; }
     location = /64k { default_type application/octet-stream; alias $W/64k; }
@@ -140,6 +149,7 @@ http {
 EOF
 load nginx -c "$W/up/nginx.conf" -p "$W/up" -e "$W/up/error.log" &
 PIDS+=($!)
+UPSTREAM_PID=$!
 
 # nginx as the proxy: 1 worker, upstream keepalive, the same forwarding headers flipgate sets.
 cat >"$W/ngx/nginx.conf" <<EOF
@@ -316,10 +326,10 @@ wrk_run() { # proxy proto path conns secs
   P99_US=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); print v } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } }' <<<"$out")
   [ -n "$RPS" ] || abort "cannot parse wrk output: $out"
 }
-# h2load closed loop over h2c: sets RPS
-h2_run() { # proxy conns secs
+# h2load closed loop over h2c (proto h2) or h2 over TLS (proto tls): sets RPS
+h2_run() { # proxy conns secs [proto]
   local out
-  out=$(load h2load -t1 -c"$2" -m4 -D"$3" "$(url_of "$1" h2 /12)" 2>&1) || abort "h2load failed for $1: $out"
+  out=$(load h2load -t1 -c"$2" -m4 -D"$3" "$(url_of "$1" "${4:-h2}" /12)" 2>&1) || abort "h2load failed for $1: $out"
   local failed
   failed=$(awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^(failed|errored),?$/) s += $i; print s + 0}' <<<"$out")
   local non2xx
@@ -328,40 +338,61 @@ h2_run() { # proxy conns secs
   RPS=$(awk '/^finished in/ {for (i = 1; i <= NF; i++) if ($i ~ /req\/s/) {printf "%d", $(i-1); exit}}' <<<"$out")
   [ -n "$RPS" ] || abort "cannot parse h2load output: $out"
 }
-# loadgen open loop: sets P50 P99 P999 CPU_US (proxy CPU per request, µs)
-open_run() { # proxy proto path rate secs
-  local extra=() out t0 t1
+tcp_stat() { # a counter of the Tcp line in /proc/net/snmp (OutSegs, ActiveOpens)
+  awk -v k="$1" '$1 == "Tcp:" && !n { for (i = 2; i <= NF; i++) col[$i] = i; n = 1; next }
+                 $1 == "Tcp:" && n { print $col[k] }' /proc/net/snmp
+}
+# loadgen open loop: sets P50 P99 P999 (µs), CPU_US (proxy CPU per request, µs), LOAD_CPU_US (load
+# generator + upstream CPU per request, µs), SEGS (TCP segments per request), UP_CONNS (connections
+# opened other than the generator's own: the proxy's to the upstream)
+open_run() { # proxy proto(h1|tls|h2) path rate secs
+  local extra=() out t0 t1 u0 u1 s0 s1 o0 o1 conns=64
   [ "$2" = tls ] && extra=(--ca "$W/ca.pem")
-  t0=$(cpu_ticks "$1")
+  [ "$2" = h2 ] && { extra=(--h2 --h2-conns 4); conns=4; }
+  t0=$(cpu_ticks "$1"); u0=$(awk '{print $14 + $15}' "/proc/$UPSTREAM_PID/stat")
+  s0=$(tcp_stat OutSegs); o0=$(tcp_stat ActiveOpens)
   out=$(load "$LOADGEN" --url "$(url_of "$1" "$2" "$3")" --conns 64 --rate "$4" --warmup 0.5 \
     --duration "$5" --sticky-header x-user-id "${extra[@]}" 2>&1) || abort "loadgen $1 $2 $3 @$4: $out"
-  t1=$(cpu_ticks "$1")
-  eval "$(tr ' ' '\n' <<<"$out" | grep -E '^(requests|p50_us|p99_us|p999_us)=' | sed 's/^/LG_/')"
+  t1=$(cpu_ticks "$1"); u1=$(awk '{print $14 + $15}' "/proc/$UPSTREAM_PID/stat")
+  s1=$(tcp_stat OutSegs); o1=$(tcp_stat ActiveOpens)
+  eval "$(tr ' ' '\n' <<<"$out" | grep -E '^(requests|p50_us|p99_us|p999_us|cpu_us)=' | sed 's/^/LG_/')"
   P50=$LG_p50_us; P99=$LG_p99_us; P999=$LG_p999_us
-  # Ticks cover warm-up + measured phase: divide by every request sent in both.
-  local total
-  total=$(python3 -c "print(int($4 * ($5 + 0.5)))")
-  CPU_US=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $total, 2) if '$1' != 'direct' else '')")
+  # Counters cover warm-up + measured phase: divide by every request sent in both.
+  local total hz
+  total=$(python3 -c "print(int($4 * ($5 + 0.5)))"); hz=$(getconf CLK_TCK)
+  CPU_US=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $hz / $total, 2) if '$1' != 'direct' else '')")
+  LOAD_CPU_US=$(python3 -c "print(round((($u1 - $u0) * 1e6 / $hz + $LG_cpu_us) / $total, 2))")
+  SEGS=$(python3 -c "print(round(($s1 - $s0) / $total, 2))")
+  UP_CONNS=$((o1 - o0 - conns))
 }
+OPEN_METRICS="P50 P99 P999 CPU_US LOAD_CPU_US SEGS UP_CONNS"
 
 # ---------------------------------------------------------------- runs
 echo "compare.sh: warm-up (discarded)" >&2
 for p in "${PROXIES[@]}"; do
   if [ "$TLS_ONLY" = 1 ]; then skip "$p" tls || wrk_run "$p" tls /12 32 1; continue; fi
   wrk_run "$p" h1 /12 32 1
-  wrk_run "$p" h1 /64k 32 1
-  skip "$p" tls || wrk_run "$p" tls /12 32 1
   h2_run "$p" 32 1
+  [ "$TAIL" = 1 ] && continue
+  wrk_run "$p" h1 /64k 32 1
+  skip "$p" tls || { wrk_run "$p" tls /12 32 1; h2_run "$p" 32 1 tls; }
 done
 
-CASES=("h1 /12" "h1 /64k" "tls /12")
 for r in $(seq "$ROUNDS"); do
   echo "compare.sh: closed loop, round $r/$ROUNDS" >&2
   for p in "${PROXIES[@]}"; do
+    if [ "$TAIL" = 1 ]; then
+      # Only nginx's ceilings, which set the open-loop rates.
+      [ "$p" = nginx ] || continue
+      wrk_run nginx h1 /12 32 "$SECS"; record nginx "h1-12B" "rps_c32" "$r" "$RPS"
+      h2_run nginx 32 "$SECS"; record nginx "h2c-12B" "rps_c32" "$r" "$RPS"
+      continue
+    fi
     if [ "$TLS_ONLY" = 1 ]; then
       skip "$p" tls && continue
       wrk_run "$p" tls /12 32 "$SECS"
       record "$p" "tls-12B" "rps_c32" "$r" "$RPS"; record "$p" "tls-12B" "p99_c32_us" "$r" "$P99_US"
+      h2_run "$p" 32 "$SECS" tls; record "$p" "h2-tls-12B" "rps_c32" "$r" "$RPS"
       continue
     fi
     for c in 32 256; do
@@ -374,6 +405,7 @@ for r in $(seq "$ROUNDS"); do
     if ! skip "$p" tls; then
       wrk_run "$p" tls /12 32 "$SECS"
       record "$p" "tls-12B" "rps_c32" "$r" "$RPS"; record "$p" "tls-12B" "p99_c32_us" "$r" "$P99_US"
+      h2_run "$p" 32 "$SECS" tls; record "$p" "h2-tls-12B" "rps_c32" "$r" "$RPS"
     fi
     h2_run "$p" 32 "$SECS"
     record "$p" "h2c-12B" "rps_c32" "$r" "$RPS"
@@ -390,40 +422,47 @@ if [ "$TLS_ONLY" = 1 ]; then
     for p in "${PROXIES[@]}"; do
       skip "$p" tls && continue
       open_run "$p" tls /12 $(($(ceiling nginx tls-12B) / 2)) "$SECS"
-      for m in P50 P99 P999 CPU_US; do record "$p" "tls-12B" "${m,,}_at50" "$r" "${!m}"; done
+      for m in $OPEN_METRICS; do record "$p" "tls-12B" "${m,,}_at50" "$r" "${!m}"; done
     done
   done
   QUICK=1 # the memory and change sections below are skipped
 else
 NGX_H1=$(ceiling nginx h1-12B)
-echo "compare.sh: nginx ceiling (h1 12 B, 32 conns) = $NGX_H1 rps" >&2
+NGX_H2=$(ceiling nginx h2c-12B)
+echo "compare.sh: nginx ceilings (12 B, 32 conns): h1 $NGX_H1 rps, h2c $NGX_H2 rps" >&2
 
 LOADS="25 50 75"
 [ "$QUICK" = 1 ] && LOADS="50"
+[ "$TAIL" = 1 ] && LOADS="50 75"
 for r in $(seq "$ROUNDS"); do
   echo "compare.sh: open loop, round $r/$ROUNDS" >&2
   for pct in $LOADS; do
     for p in "${PROXIES[@]}"; do
-      rate=$((NGX_H1 * pct / 100))
-      open_run "$p" h1 /12 "$rate" "$SECS"
-      for m in P50 P99 P999 CPU_US; do record "$p" "h1-12B" "${m,,}_at$pct" "$r" "${!m}"; done
+      open_run "$p" h1 /12 $((NGX_H1 * pct / 100)) "$SECS"
+      for m in $OPEN_METRICS; do record "$p" "h1-12B" "${m,,}_at$pct" "$r" "${!m}"; done
+    done
+    [ "$QUICK" = 1 ] || [ "$pct" = 25 ] && continue
+    for p in "${PROXIES[@]}"; do
+      open_run "$p" h2 /12 $((NGX_H2 * pct / 100)) "$SECS"
+      for m in $OPEN_METRICS; do record "$p" "h2c-12B" "${m,,}_at$pct" "$r" "${!m}"; done
     done
   done
-  [ "$QUICK" = 1 ] && continue
+  [ "$QUICK" = 1 ] || [ "$TAIL" = 1 ] && continue
   ngx64=$(ceiling nginx h1-64KiB)
   for p in "${PROXIES[@]}"; do
     open_run "$p" h1 /64k $((ngx64 / 2)) "$SECS"
-    for m in P50 P99 P999 CPU_US; do record "$p" "h1-64KiB" "${m,,}_at50" "$r" "${!m}"; done
+    for m in $OPEN_METRICS; do record "$p" "h1-64KiB" "${m,,}_at50" "$r" "${!m}"; done
     if ! skip "$p" tls; then
       open_run "$p" tls /12 $(($(ceiling nginx tls-12B) / 2)) "$SECS"
-      for m in P50 P99 P999 CPU_US; do record "$p" "tls-12B" "${m,,}_at50" "$r" "${!m}"; done
+      for m in $OPEN_METRICS; do record "$p" "tls-12B" "${m,,}_at50" "$r" "${!m}"; done
     fi
   done
 done
+[ "$TAIL" = 1 ] && QUICK=1 # the change section below is skipped
 
 fi
 
-if [ "$TLS_ONLY" = 0 ]; then
+if [ "$TLS_ONLY" = 0 ] && [ "$TAIL" = 0 ]; then
 echo "compare.sh: memory" >&2
 [ "$QUICK" = 1 ] && IDLE=2000
 record all mem idle_connections 1 "$IDLE"
@@ -504,6 +543,7 @@ for case, metric in keys:
             cells.append(f"{fmt(v) + ' ' + ratio(v, ngx) + '/' + ratio(v, lim):>24}")
     print(f"{case:10} {metric:16} " + " ".join(cells))
 print("latency rows (p50/p99/p999 at N % of nginx's ceiling, µs): direct's absolute value, others as added over direct (ratio to nginx's added)")
-print("cpu_us rows: proxy CPU µs per request; mem rows: KiB")
+print("cpu_us rows: proxy CPU µs per request; load_cpu_us: load generator + upstream CPU µs per request;")
+print("segs: TCP segments sent on loopback per request; up_conns: connections the proxy opened per run; mem rows: KiB")
 PY
 echo "compare.sh: done; raw results in the table above (work dir removed)" >&2

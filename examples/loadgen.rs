@@ -20,6 +20,13 @@
 //! replacement connection (not requests). The first few errors are printed as
 //! they happen, and every kind of error with its count at the end (stderr).
 //!
+//! `--h2` speaks HTTP/2 (prior knowledge over cleartext, ALPN `h2` over TLS): the `--conns`
+//! request slots then share `--h2-conns` connections (default 4), so each connection carries many
+//! concurrent streams, as browsers and gRPC clients do.
+//!
+//! The summary line also has `cpu_us`, the generator's own CPU time (user + system) over the whole
+//! run, so the script can tell how much of the load CPU a proxy's way of answering costs.
+//!
 //! `--idle N` instead opens N keep-alive connections, sends one request on each, prints `ready`,
 //! and holds them until stdin closes: the script measures the proxy's memory per idle connection.
 
@@ -31,8 +38,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -48,13 +55,15 @@ struct Args {
     idle: usize,
     keep_going: bool,
     expect: Vec<String>,
+    h2: bool,
+    h2_conns: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen --url URL [--conns N] [--rate RPS (0 = closed loop)] [--duration SECS] \
          [--warmup SECS] [--header 'name: value']... [--sticky-header NAME] [--ca PEM] [--idle N] \
-         [--keep-going] [--expect-body A,B,...]"
+         [--keep-going] [--expect-body A,B,...] [--h2] [--h2-conns N]"
     );
     std::process::exit(2)
 }
@@ -72,11 +81,17 @@ fn parse_args() -> Args {
         idle: 0,
         keep_going: false,
         expect: Vec::new(),
+        h2: false,
+        h2_conns: 4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--keep-going" {
             a.keep_going = true;
+            continue;
+        }
+        if flag == "--h2" {
+            a.h2 = true;
             continue;
         }
         let v = it.next().unwrap_or_else(|| usage());
@@ -89,6 +104,7 @@ fn parse_args() -> Args {
             "--warmup" => a.warmup = secs(&v),
             "--sticky-header" => a.sticky = Some(v.parse().unwrap_or_else(|_| usage())),
             "--ca" => a.ca = Some(v),
+            "--h2-conns" => a.h2_conns = v.parse().unwrap_or_else(|_| usage()),
             "--idle" => a.idle = v.parse().unwrap_or_else(|_| usage()),
             "--expect-body" => a.expect = v.split(',').map(str::to_string).collect(),
             "--header" => {
@@ -101,7 +117,7 @@ fn parse_args() -> Args {
             _ => usage(),
         }
     }
-    if a.conns == 0 {
+    if a.conns == 0 || a.h2_conns == 0 || (a.h2 && (a.keep_going || a.idle > 0)) {
         usage()
     }
     a
@@ -112,6 +128,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 struct Target {
     addr: String,
+    h2: bool,
     tls: Option<(
         tokio_rustls::TlsConnector,
         rustls::pki_types::ServerName<'static>,
@@ -140,11 +157,19 @@ fn target(args: &Args) -> Target {
         .expect("TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![if args.h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let name = rustls::pki_types::ServerName::try_from(auth.host().to_string()).expect("SNI");
         (tokio_rustls::TlsConnector::from(Arc::new(config)), name)
     });
-    Target { addr, tls }
+    Target {
+        addr,
+        h2: args.h2,
+        tls,
+    }
 }
 
 async fn connect(t: &Target) -> std::io::Result<Box<dyn Io>> {
@@ -156,15 +181,45 @@ async fn connect(t: &Target) -> std::io::Result<Box<dyn Io>> {
     })
 }
 
-type Sender = http1::SendRequest<Empty<Bytes>>;
+/// One request slot's way to send: its own HTTP/1.1 connection, or a handle on a shared HTTP/2
+/// one.
+enum Sender {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn send(
+        &mut self,
+        req: http::Request<Empty<Bytes>>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+            Sender::H2(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+        }
+    }
+}
 
 async fn handshake(t: &Target) -> Result<Sender, String> {
     let io = connect(t).await.map_err(|e| format!("connect: {e}"))?;
+    if t.h2 {
+        let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        return Ok(Sender::H2(tx));
+    }
     let (tx, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    Ok(tx)
+    Ok(Sender::H1(tx))
 }
 
 fn request(args: &Args, conn: usize) -> http::Request<Empty<Bytes>> {
@@ -238,8 +293,7 @@ async fn one(
     expect: &[String],
 ) -> Outcome {
     let res = async {
-        tx.ready().await?;
-        let resp = tx.send_request(req).await?;
+        let resp = tx.send(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok::<_, hyper::Error>((status, body))
@@ -354,14 +408,24 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     let end = measure_from + args.duration;
     let mut tasks = Vec::new();
     let mut pacer_tx = Vec::new();
+    let mut shared = Vec::new(); // --h2: the connections the slots share
     for c in 0..args.conns {
-        let mut tx = match handshake(&t).await {
-            Ok(tx) => tx,
-            Err(e) => {
-                eprintln!("loadgen: connection {c}: {e}");
-                return 1;
+        let mut tx = if args.h2 && shared.len() == args.h2_conns {
+            Sender::H2(http2::SendRequest::clone(&shared[c % args.h2_conns]))
+        } else {
+            match handshake(&t).await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    eprintln!("loadgen: connection {c}: {e}");
+                    return 1;
+                }
             }
         };
+        if let Sender::H2(h2) = &tx {
+            if shared.len() < args.h2_conns {
+                shared.push(h2.clone());
+            }
+        }
         let (args, counts, t) = (args.clone(), counts.clone(), t.clone());
         let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         if args.rate > 0 {
@@ -418,7 +482,7 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     let unexpected = counts.unexpected.load(Relaxed);
     let connect_errors = counts.connect_errors.load(Relaxed);
     let n = total.len();
-    let mut extra = format!(" connect_errors={connect_errors}");
+    let mut extra = format!(" connect_errors={connect_errors} cpu_us={}", own_cpu_us());
     if !args.expect.is_empty() {
         extra.push_str(&format!(" unexpected={unexpected}"));
         for (name, c) in args.expect.iter().zip(&counts.bodies) {
@@ -437,6 +501,15 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
         eprintln!("loadgen: {n} x {kind}");
     }
     i32::from(errors > 0 || non2xx > 0 || unexpected > 0 || connect_errors > 0)
+}
+
+/// This process's CPU time so far (user + system), in µs.
+fn own_cpu_us() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(u.ru_utime) + us(u.ru_stime)
 }
 
 /// Releases request k at `start + k / rate`, round-robin over the connections.
