@@ -17,7 +17,9 @@
 //! across reloads and restarts only while that route's split in the file (`FileSplit`: live,
 //! canary, target names) is unchanged (newest intent wins); when the file moves `live`, the target
 //! it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it consumes
-//! `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request path.
+//! `previous`, so a retried rollback cannot undo itself. Instance drains (`drain`) are part of a
+//! route's state but not of its split: a split change in the file keeps them, and they follow the
+//! instances the file lists. Nothing here runs on the request path.
 //!
 //! Runtime state is never lost to one read of a half-written file: when a reload (or a start)
 //! would drop a route's runtime state (the route left the file, or its split changed), the state
