@@ -591,9 +591,10 @@ impl Proxy {
         if pinned {
             loop {
                 let idle = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
+                let load = upstream.load(index);
                 let send = conn
                     .pinned
-                    .send(instance, limits.connect_timeout, idle, req);
+                    .send(instance, load, limits.connect_timeout, idle, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
                         return self.relay(resp, target, index, &limits, start, None, held, log);
