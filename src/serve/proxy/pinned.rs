@@ -308,7 +308,13 @@ mod tests {
     async fn get(slot: &Slot, instance: &Authority, idle: Idle) {
         let req = Request::get("/").body(RequestBody::empty()).unwrap();
         let resp = slot
-            .send(instance, Duration::from_secs(5), idle, req)
+            .send(
+                instance,
+                &Default::default(),
+                Duration::from_secs(5),
+                idle,
+                req,
+            )
             .await
             .unwrap_or_else(|_| panic!("no room to pin"))
             .unwrap();
