@@ -3,21 +3,23 @@
 # faster than compare.sh: the upstream (nginx, 1 worker) and the load generator on CPU 0, each
 # proxy alone on CPU 1, open loop at one rate, rows measured in turns, medians over rounds.
 #
-#   bash benches/tail_probe.sh [--rate RPS] [--secs S] [--rounds N] [--perf] [--conns N]
+#   bash benches/tail_probe.sh [--load PCT | --rate RPS] [--secs S] [--rounds N] [--perf] [--conns N]
 #
 # Rows: pipe (L4 limit), nginx, flipgate (compare.sh's config: 5 % sticky canary, circuit on),
 # flipgate-bare (one target, no canary, no circuit: what the control plane's work costs), and
-# flipgate-b when FLIPGATE_BIN_B names a second build (an A/B of a change).
-# --rate defaults to 50 % of nginx's closed-loop ceiling (wrk -c32). With --perf, `perf sched`
+# flipgate-b when FLIPGATE_BIN_B names a second build (an A/B of a change; FLIPGATE_B_ENV, e.g.
+# "KNOB=1 OTHER=2", is its environment).
+# The rate is --load % (default 50) of nginx's closed-loop ceiling (wrk -c32), or --rate. With --perf, `perf sched`
 # records CPU 1 during each run and the row adds: the proxy's worst wait for the CPU, its number of
 # waits over 1 ms, and the CPU time other tasks took on CPU 1 (they preempt the proxy).
 # Binaries: FLIPGATE_BIN, FLIPGATE_BIN_B, LOADGEN_BIN, PIPE_BIN (default: target/release).
 # Loopback only; everything it starts is stopped on exit.
 set -euo pipefail
-RATE=0; SECS=3; ROUNDS=3; PERF=0; CONNS=64
+RATE=0; LOAD=50; SECS=3; ROUNDS=3; PERF=0; CONNS=64
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE="$2"; shift ;;
+    --load) LOAD="$2"; shift ;;
     --secs) SECS="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
     --conns) CONNS="$2"; shift ;;
@@ -105,37 +107,45 @@ bake = "5m"
 EOF
 }
 ROWS=(pipe nginx flipgate flipgate-bare)
-fg_start() { # row binary admin bare
+fg_start() { # row binary admin bare [env]
   fg_config "$1" "${PORT[$1]}" "$3" "$4" >"$W/$1.toml"
-  RUST_LOG=warn proxied "$2" run -c "$W/$1.toml" 2>"$W/$1.log" & PIDS+=($!); PID[$1]=$!
+  # shellcheck disable=SC2086 # $5 is a list of KEY=VALUE words
+  RUST_LOG=warn exec_env ${5:-} taskset -c 1 "$2" run -c "$W/$1.toml" 2>"$W/$1.log" & PIDS+=($!); PID[$1]=$!
 }
+exec_env() { exec env "$@"; }
 fg_start flipgate "$FLIPGATE" 19904 0
 fg_start flipgate-bare "$FLIPGATE" 19905 1
-if [ -n "${FLIPGATE_BIN_B:-}" ]; then fg_start flipgate-b "$FLIPGATE_BIN_B" 19906 0; ROWS+=(flipgate-b); fi
+if [ -n "${FLIPGATE_BIN_B:-}" ]; then fg_start flipgate-b "$FLIPGATE_BIN_B" 19906 0 "${FLIPGATE_B_ENV:-}"; ROWS+=(flipgate-b); fi
 
 for r in "${ROWS[@]}"; do
   for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:${PORT[$r]}/12" && break; sleep 0.05; done
   curl -sf -o /dev/null "http://127.0.0.1:${PORT[$r]}/12" || { echo "tail_probe.sh: $r does not answer: $(cat "$W/$r.log" 2>/dev/null)" >&2; exit 1; }
 done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+csw() { awk '/ctxt_switches/ {s += $2} END {print s}' "/proc/$1/status"; }
+UP_PID=${PIDS[0]}
 
 if [ "$RATE" = 0 ]; then
   out=$(load wrk -t1 -c32 -d2s "http://127.0.0.1:${PORT[nginx]}/12")
-  RATE=$(( $(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out") / 2 ))
+  RATE=$(( $(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out") * LOAD / 100 ))
 fi
 echo "tail_probe.sh: open loop at $RATE rps, $CONNS connections, ${SECS}s, $ROUNDS rounds" >&2
 RES="$W/res.tsv"; : >"$RES"
 for round in $(seq "$ROUNDS"); do
   for r in "${ROWS[@]}"; do
-    t0=$(ticks "${PID[$r]}")
+    t0=$(ticks "${PID[$r]}"); c0=$(csw "$UP_PID"); p0=$(csw "${PID[$r]}")
     if [ "$PERF" = 1 ]; then
       perf sched record -q -C 1 -o "$W/sched.data" -- sleep "$SECS.5" >/dev/null 2>&1 & perfpid=$!
     fi
     out=$(load "$LOADGEN" --url "http://127.0.0.1:${PORT[$r]}/12" --conns "$CONNS" --rate "$RATE" \
       --warmup 0.5 --duration "$SECS" --sticky-header x-user-id 2>&1) || { echo "tail_probe.sh: $r: $out" >&2; exit 1; }
-    t1=$(ticks "${PID[$r]}")
+    t1=$(ticks "${PID[$r]}"); c1=$(csw "$UP_PID"); p1=$(csw "${PID[$r]}")
+    n=$(python3 -c "print($RATE * ($SECS + 0.5))")
     line="$r	$(tr ' ' '\n' <<<"$out" | awk -F= '$1 ~ /^(p50_us|p99_us|p999_us)$/ {printf "%s=%s ", $1, $2}')"
-    line="$line cpu_us=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / ($RATE * ($SECS + 0.5)), 2))")"
+    line="$line cpu_us=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $n, 2))")"
+    # Context switches per request: the load generator's (all its threads), the upstream's, the proxy's main process.
+    lg_csw=$(tr ' ' '\n' <<<"$out" | awk -F= '$1 == "csw" {print $2}')
+    line="$line lg_csw=$(python3 -c "print(round($lg_csw / $n, 3))") up_csw=$(python3 -c "print(round(($c1 - $c0) / $n, 3))") px_csw=$(python3 -c "print(round(($p1 - $p0) / $n, 3))")"
     if [ "$PERF" = 1 ]; then
       wait "$perfpid" || true
       comm=$(cat "/proc/${PID[$r]}/comm")
@@ -160,5 +170,6 @@ for name in order:
         if k not in keys: keys.append(k)
 print(f"{'row':15}" + "".join(f"{k:>16}" for k in keys) + "   (medians)")
 for name in order:
-    print(f"{name:15}" + "".join(f"{statistics.median(rows[name][k]) if rows[name][k] else float('nan'):>16.1f}" for k in keys))
+    cell = lambda v: f"{v:>16.1f}" if abs(v) >= 10 else f"{v:>16.3f}"
+    print(f"{name:15}" + "".join(cell(statistics.median(rows[name][k]) if rows[name][k] else float('nan')) for k in keys))
 PY

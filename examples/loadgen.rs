@@ -24,8 +24,9 @@
 //! request slots then share `--h2-conns` connections (default 4), so each connection carries many
 //! concurrent streams, as browsers and gRPC clients do.
 //!
-//! The summary line also has `cpu_us`, the generator's own CPU time (user + system) over the whole
-//! run, so the script can tell how much of the load CPU a proxy's way of answering costs.
+//! The summary line also has `cpu_us` and `csw`, the generator's own CPU time (user + system) and
+//! context switches over the whole run, so the script can tell how much of the load CPU a proxy's
+//! way of answering costs.
 //!
 //! `--idle N` instead opens N keep-alive connections, sends one request on each, prints `ready`,
 //! and holds them until stdin closes: the script measures the proxy's memory per idle connection.
@@ -482,7 +483,8 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     let unexpected = counts.unexpected.load(Relaxed);
     let connect_errors = counts.connect_errors.load(Relaxed);
     let n = total.len();
-    let mut extra = format!(" connect_errors={connect_errors} cpu_us={}", own_cpu_us());
+    let (cpu_us, csw) = own_usage();
+    let mut extra = format!(" connect_errors={connect_errors} cpu_us={cpu_us} csw={csw}");
     if !args.expect.is_empty() {
         extra.push_str(&format!(" unexpected={unexpected}"));
         for (name, c) in args.expect.iter().zip(&counts.bodies) {
@@ -503,13 +505,17 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     i32::from(errors > 0 || non2xx > 0 || unexpected > 0 || connect_errors > 0)
 }
 
-/// This process's CPU time so far (user + system), in µs.
-fn own_cpu_us() -> u64 {
+/// This process's CPU time so far (user + system, µs) and its context switches (voluntary and
+/// not), all threads.
+fn own_usage() -> (u64, u64) {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    us(u.ru_utime) + us(u.ru_stime)
+    (
+        us(u.ru_utime) + us(u.ru_stime),
+        (u.ru_nvcsw + u.ru_nivcsw) as u64,
+    )
 }
 
 /// Releases request k at `start + k / rate`, round-robin over the connections.

@@ -4,6 +4,8 @@
 //! server's `error` text when it gave one), 2 on bad usage (clap's own). Client commands talk only
 //! to the admin API, so they work against any replica from anywhere the API is reachable.
 
+pub mod rollout;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -84,6 +86,27 @@ pub enum Command {
     Undrain(instances::InstanceArgs),
     /// Wait until a drained instance has no request or tunnel in flight (exit 1 on timeout).
     WaitDrained(instances::WaitArgs),
+    /// Roll TARGET out step by step (run by the server); follow it until it promotes (exit 0) or
+    /// rolls back or is aborted (exit 1).
+    Rollout(rollout::RolloutArgs),
+    /// Pause the route's rollout (its current step holds).
+    Pause {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Resume the route's paused rollout.
+    Resume {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Abort the route's rollout: its canary back to 0 %.
+    Abort {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// Where the admin API is and how to authenticate.
@@ -197,7 +220,10 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Drain(a) => return instances::drain(a, true).await,
         Command::Undrain(a) => return instances::drain(a, false).await,
         Command::WaitDrained(a) => return instances::wait_drained(a).await,
-        Command::Run { .. } | Command::Demo(_) | Command::Check { .. } => {
+        Command::Pause { route, admin } => (admin, post(&route, "rollout/pause"), None),
+        Command::Resume { route, admin } => (admin, post(&route, "rollout/resume"), None),
+        Command::Abort { route, admin } => (admin, post(&route, "rollout/abort"), None),
+        Command::Run { .. } | Command::Demo(_) | Command::Check { .. } | Command::Rollout(_) => {
             unreachable!("not a client command")
         }
     };
@@ -293,6 +319,9 @@ pub fn table(routes: &[RouteView]) -> String {
     for r in routes {
         if let Some(t) = &r.circuit.tripped {
             out.push_str(&wrap(&format!("{} tripped: {}", r.name, t.reason), WIDTH));
+        }
+        if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.active()) {
+            out.push_str(&wrap(&rollout::summary(&r.name, ro), WIDTH));
         }
     }
     if routes.iter().any(|r| !r.persisted) {

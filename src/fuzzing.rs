@@ -798,6 +798,16 @@ pub fn admin_request(data: &[u8]) -> bool {
     {
         assert!(percent.is_finite());
     }
+    // A rollout body is judged by the file's rules; bad ones are refused, never a panic.
+    if let Ok(crate::admin::rollout::Request::Start(b)) = crate::admin::rollout::parse(&verb, body)
+    {
+        if let Some(steps) = b.steps {
+            let _ = crate::config::rollout::check_steps(&steps);
+        }
+        if let Some(h) = b.hold {
+            let _ = crate::config::rollout::parse_hold(&h);
+        }
+    }
     true
 }
 

@@ -166,6 +166,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         tasks.spawn(health_check::run(
             control.snapshots(),
+            control.published(),
             clients.clone(),
             rx.clone(),
         ));
@@ -195,6 +196,7 @@ impl Gateway {
         tasks.spawn(serve::serve(listener, proxy, settings, None, rx.clone()));
         tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
         tasks.spawn(reload::run(control.clone(), path, rx.clone()));
+        tasks.spawn(control::rollout::run(control.clone(), rx.clone()));
         tasks.spawn(circuit::run(control.clone(), rx));
         ready.store(true, Ordering::Release);
         tracing::info!(%addr, admin = %admin_addr, "flipgate serving");

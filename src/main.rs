@@ -67,6 +67,13 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Rollout(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            ExitCode::from(rt.block_on(flipgate::cli::rollout::run(args)))
+        }
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -398,6 +398,48 @@ async fn the_task_trips_on_its_own_within_a_tick() {
     task.await.unwrap();
 }
 
+/// With no candidate to judge the task waits for the control plane instead of polling; a canary
+/// set later wakes it, and errors then trip within a poll as before.
+#[tokio::test(start_paused = true)]
+async fn the_task_waits_while_nothing_is_judged_and_wakes_for_a_new_canary() {
+    use flipgate::control::Action;
+    let dir = tempfile::tempdir().unwrap();
+    let control = paused_control(
+        dir.path(),
+        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
+    );
+    control.act("bot", Action::Rollback).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(circuit::run(control.clone(), rx));
+    // Nothing is judged: green's errors are not a candidate's.
+    record(&control, "green", 20, true, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(tripped(&control).is_none());
+    control
+        .act(
+            "bot",
+            Action::Canary {
+                percent: 10.0,
+                target: Some("green".into()),
+            },
+        )
+        .unwrap();
+    // The canary starts on a fresh window; its errors trip within a poll.
+    record(&control, "green", 20, true, 1);
+    let start = tokio::time::Instant::now();
+    while tripped(&control).is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(start.elapsed() < Duration::from_secs(30), "never tripped");
+    }
+    assert!(
+        start.elapsed() <= circuit::POLL * 2,
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn latency_criterion_trips_on_p99() {
     let dir = tempfile::tempdir().unwrap();

@@ -255,9 +255,10 @@ async fn operations_recipes_work_as_written() {
     let curl = find("curl -s -XPOST");
     let rewrite = find("./generate-routes");
     let rolling = find("flipgate wait-drained");
+    let ladder = find("flipgate rollout bot --to green");
     assert_eq!(
         blocks.len(),
-        7,
+        8,
         "a new operations recipe needs a verdict here"
     );
 
@@ -281,6 +282,36 @@ async fn operations_recipes_work_as_written() {
         let (code, said) = b.run(&flip, failing).await;
         assert_eq!(code, exit, "flip and smoke test, failing={failing}: {said}");
         assert_eq!(b.answer("bot").await, live, "{said}");
+        b.stop().await;
+    }
+
+    // The canary ladder, with users arriving all along (a step needs its requests) and a short
+    // hold standing in for two minutes: promoted and smoke-tested, or rolled back by the circuit
+    // in its first step and the deploy failed.
+    let short = ladder.replace("--hold 2m", "--hold 100ms");
+    assert_ne!(short, ladder, "the ladder recipe names its hold");
+    for failing in [false, true] {
+        let b = bench(failing).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let users = {
+            let (stop, url) = (stop.clone(), b.gw.url("/bot/"));
+            tokio::spawn(async move {
+                let c = client();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    get(&c, &url, &[]).await;
+                }
+            })
+        };
+        let (code, said) = b.run(&short, failing).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        users.await.unwrap();
+        let (live, exit) = if failing { ("blue", 1) } else { ("green", 0) };
+        assert_eq!(code, exit, "rollout, failing={failing}: {said}");
+        assert_eq!(b.live("bot").await, live, "{said}");
+        assert_eq!(b.answer("bot").await, live);
+        if failing {
+            assert!(said.contains("circuit tripped"), "{said}");
+        }
         b.stop().await;
     }
 

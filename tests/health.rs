@@ -103,6 +103,27 @@ async fn failing_active_checks_take_an_instance_out_and_bring_it_back() {
     gw.stop().await;
 }
 
+/// Checks added by a reload start without a restart (the task sleeps while no target has checks
+/// and wakes for the new snapshot).
+#[tokio::test]
+async fn checks_added_by_a_reload_start_at_once() {
+    let good = spawn_upstream("good").await;
+    let bad = spawn_upstream("bad").await;
+    bad.fail_every(1);
+    let gw = Gw::start(&pool(&[good.addr, bad.addr], "")).await;
+    let c = client();
+    assert_eq!(instance_health(&c, &gw).await, ["up", "up"]);
+    gw.rewrite(&pool(
+        &[good.addr, bad.addr],
+        ", health_check = \"/healthz\", health_interval = \"100ms\"",
+    ));
+    wait_until("bad instance marked down", WAIT, || async {
+        instance_health(&c, &gw).await == ["up", "down"]
+    })
+    .await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn no_instance_passing_checks_is_503() {
     let bad = spawn_upstream("bad").await;

@@ -1,8 +1,8 @@
 """Summarises `perf sched timehist` (stdin) for tail_probe.sh: the proxy's threads (argv[2] = pid)
 against everything else that ran on the recorded CPU. Prints key=value pairs:
-  wait_max_ms   the proxy's worst scheduling delay (runnable, not running)
+  wait_max_ms   the proxy's main thread's worst scheduling delay (runnable, not running)
   waits_over_1ms  how many times it waited more than 1 ms
-  others_ms     CPU time other tasks (not idle) took on that CPU
+  others_ms     CPU time other tasks (not idle), the proxy's other threads included, took on that CPU
   top_other     the task that took most of it (name:ms)
 """
 import collections
@@ -20,7 +20,7 @@ for line in sys.stdin:
         continue
     name, tid, tpid, _wait, delay, run = m.groups()
     delay, run = float(delay), float(run)
-    if (tpid or tid) == pid:
+    if tid == pid:  # the proxy's main thread (its event loop)
         wait_max = max(wait_max, delay)
         waits += delay > 1.0
     elif not name.startswith("<idle>"):
@@ -28,4 +28,4 @@ for line in sys.stdin:
 top = others.most_common(1)
 top = f"{top[0][0]}:{top[0][1]:.1f}" if top else "-"
 print(f"wait_max_ms={wait_max:.2f} waits_over_1ms={waits} others_ms={sum(others.values()):.1f}", file=sys.stdout)
-print(f"top_other={top}", file=sys.stderr)
+print(f"top_other={top} (of: {', '.join(f'{n}:{t:.1f}' for n, t in others.most_common(4))})", file=sys.stderr)

@@ -28,6 +28,7 @@
 
 pub mod guard;
 pub mod instances;
+pub mod rollout;
 pub mod token;
 pub mod view;
 
@@ -47,7 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::control::state::writer::{pid_text, Ownership, PersistStatus};
-use crate::control::{Action, Control, Durability};
+use crate::control::{Action, Control, ControlError, Durability};
 use guard::{Access, Refusal, TokenState};
 use token::TokenSource;
 use view::{RouteView, RoutesView};
@@ -146,6 +147,9 @@ pub fn mutation_target(method: &Method, path: &str) -> Option<(String, String)> 
     match (method, segments.as_slice()) {
         (&Method::POST, ["api", "v1", "routes", name, verb]) => {
             Some((name.to_string(), verb.to_string()))
+        }
+        (&Method::POST, ["api", "v1", "routes", name, "rollout", sub]) => {
+            Some((name.to_string(), format!("rollout/{sub}")))
         }
         (&Method::POST, ["api", "v1", "routes", name, rest @ ..]) => {
             Some((name.to_string(), instances::verb(rest)?))
@@ -390,16 +394,47 @@ impl Admin {
         if let Err(r) = guard::check_body(&parts.headers, &body) {
             return self.refuse(r, &parts.method, parts.uri.path());
         }
-        let action = match parse_action(&verb, &body) {
-            Ok(a) => a,
-            Err((status, msg)) => return error(status, msg),
-        };
         let control = self.control.clone();
         let route = name.clone();
-        let result = tokio::task::spawn_blocking(move || control.act(&route, action)).await;
+        let (result, ok) = if verb == "rollout" || verb.starts_with("rollout/") {
+            let request = match rollout::parse(&verb, &body) {
+                Ok(r) => r,
+                Err((status, msg)) => return error(status, msg),
+            };
+            let ok = match request {
+                rollout::Request::Start(_) => StatusCode::ACCEPTED,
+                rollout::Request::Op(_) => StatusCode::OK,
+            };
+            let result = tokio::task::spawn_blocking(move || match request {
+                rollout::Request::Start(b) => {
+                    let config = control.config();
+                    let r = config
+                        .route(&route)
+                        .ok_or_else(|| ControlError::UnknownRoute(route.clone()))?;
+                    let plan = rollout::plan(r, b).map_err(ControlError::Rejected)?;
+                    control.rollout_start(&route, plan)
+                }
+                rollout::Request::Op(op) => control.rollout_op(&route, op),
+            })
+            .await;
+            (result, ok)
+        } else {
+            let action = match parse_action(&verb, &body) {
+                Ok(a) => a,
+                Err((status, msg)) => return error(status, msg),
+            };
+            let result = tokio::task::spawn_blocking(move || control.act(&route, action)).await;
+            (result, StatusCode::OK)
+        };
         match result {
             Ok(Ok(applied)) => match self.control.durable(applied.version, PERSIST_WAIT).await {
-                Durability::Persisted => self.route_view(&name),
+                Durability::Persisted => {
+                    let mut r = self.route_view(&name);
+                    if r.status() == StatusCode::OK {
+                        *r.status_mut() = ok;
+                    }
+                    r
+                }
                 Durability::Failed(e) => not_persisted(format!(
                     "applied, but the runtime state could not be persisted: {e}; flipgate retries in the background, and until a retry succeeds the change will not survive a restart"
                 )),

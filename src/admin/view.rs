@@ -86,6 +86,12 @@ pub struct RouteView {
     /// This route's state is in the state file (false while any decision in force is not).
     #[serde(default = "yes")]
     pub persisted: bool,
+    /// The route's rollout: in progress, or how the last one ended (`admin::rollout`).
+    #[serde(default)]
+    pub rollout: Option<crate::admin::rollout::RolloutView>,
+    /// What a rollout of this route uses where the call names nothing (`[routes.rollout]`).
+    #[serde(default)]
+    pub rollout_defaults: Option<crate::admin::rollout::DefaultsView>,
 }
 
 fn yes() -> bool {
@@ -292,6 +298,8 @@ impl RouteView {
             targets,
             circuit,
             persisted,
+            rollout: crate::admin::rollout::RolloutView::of(r),
+            rollout_defaults: Some(crate::admin::rollout::DefaultsView::of(&cfg.rollout)),
         }
     }
 }

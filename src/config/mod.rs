@@ -10,6 +10,7 @@
 
 mod error;
 pub mod raw;
+pub mod rollout;
 mod validate;
 
 use std::net::SocketAddr;
@@ -166,6 +167,8 @@ pub struct Route {
     pub canary: Option<Canary>,
     pub preview: Option<Preview>,
     pub circuit: Option<Circuit>,
+    /// Defaults of a rollout of this route (`[routes.rollout]`, or the implicit ones).
+    pub rollout: rollout::RolloutDefaults,
     /// gRPC status codes that count as a failure of the target, as a bit mask
     /// (`policy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
     pub grpc_errors: u32,

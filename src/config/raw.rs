@@ -107,6 +107,8 @@ pub struct RawRoute {
     pub canary: Option<Spanned<RawCanary>>,
     pub preview: Option<Spanned<RawPreview>>,
     pub circuit: Option<Spanned<RawCircuit>>,
+    /// `[routes.rollout]`: defaults of `flipgate rollout` (`config::rollout`).
+    pub rollout: Option<Spanned<super::rollout::RawRollout>>,
     /// gRPC status codes (names or numbers) that count as a failure of the target.
     pub grpc_error_codes: Option<Vec<Spanned<String>>>,
 }

@@ -684,6 +684,13 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         }
     });
 
+    let rollout = super::rollout::validate(
+        sink,
+        &name,
+        raw.rollout,
+        circuit.as_ref().map(|c| c.min_requests),
+    );
+
     if sink.count() != errors_before {
         return None;
     }
@@ -715,6 +722,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         canary,
         preview,
         circuit,
+        rollout,
         grpc_errors,
     })
 }

@@ -3,8 +3,9 @@
 //! health (`upstream::health`, with its rise/fall hysteresis).
 //!
 //! Invariants: one task for the process, reading the current snapshot each tick (so a reload's
-//! targets are checked from the next tick); a check never outlives its `timeout`; it stops on
-//! the shutdown signal.
+//! targets are checked from the next tick); while no target has checks it sleeps until the next
+//! published snapshot instead of ticking; a check never outlives its `timeout`; it stops on the
+//! shutdown signal.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -18,14 +19,28 @@ const TICK: Duration = Duration::from_millis(250);
 /// `health_interval` with `GET path` (2xx/3xx pass). Runs until shutdown.
 pub async fn run(
     snapshots: std::sync::Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+    mut published: tokio::sync::watch::Receiver<u64>,
     clients: crate::upstream::Clients,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        published.borrow_and_update();
+        let checked = snapshots
+            .load()
+            .routes
+            .iter()
+            .any(|r| r.targets.iter().any(|t| t.upstream.health_check.is_some()));
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick(), if checked => {}
+            r = published.changed(), if !checked => {
+                if r.is_err() {
+                    return;
+                }
+                tick.reset_immediately();
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         let snap = snapshots.load_full();

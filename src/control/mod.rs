@@ -39,6 +39,7 @@ pub mod drain;
 pub mod events;
 pub mod health_check;
 pub mod reload;
+pub mod rollout;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -47,6 +48,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::config::{Config, ConfigErrors, Route};
 use crate::control::events::Events;
@@ -76,6 +78,9 @@ pub enum ControlError {
     },
     #[error("{0}")]
     Rejected(String),
+    /// The change conflicts with work in progress (a rollout already running, none to pause).
+    #[error("{0}")]
+    Conflict(String),
     #[error("runtime state is owned by flipgate process {}, which runs on the same state.dir; this process follows its decisions and takes changes once it has exited: send this one there, or retry then", pid_text(*.0))]
     NotOwner(Option<u32>),
     #[error("changes are refused: {0}")]
@@ -88,6 +93,7 @@ impl ControlError {
         match self {
             ControlError::UnknownRoute(_) => 404,
             ControlError::UnknownTarget { .. } | ControlError::Rejected(_) => 422,
+            ControlError::Conflict(_) => 409,
             ControlError::NotOwner(_) | ControlError::Blocked(_) => 503,
         }
     }
@@ -164,6 +170,9 @@ struct Inner {
 /// The control plane's single entry point.
 pub struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The generation of the last published snapshot, for tasks that wait for a change instead
+    /// of polling (the circuit task while no route has a candidate to judge).
+    published: watch::Sender<u64>,
     /// Published, so reading it never waits for a change in progress.
     last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
@@ -280,6 +289,7 @@ impl Control {
         );
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            published: watch::Sender::new(0),
             last_reload: ArcSwap::from_pointee(ReloadStatus {
                 result: "success",
                 error: None,
@@ -320,6 +330,11 @@ impl Control {
     /// The handle the data path loads from.
     pub fn snapshots(&self) -> Arc<ArcSwap<Snapshot>> {
         self.snapshot.clone()
+    }
+
+    /// Changes whenever a new snapshot is published (its generation).
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The config in force (from the published snapshot: never waits for a change in progress).
@@ -489,8 +504,24 @@ impl Control {
     /// Applies an operator action to a route: published before this returns, so the very next
     /// request follows it, and handed to the state writer; `Control::durable` with the returned
     /// version says when it is on disk. Refused (nothing changes) while another process owns the
-    /// state, or while the state file left by one cannot be read.
+    /// state, or while the state file left by one cannot be read. A split change (flip, canary,
+    /// promote, rollback) stops a running rollout of the route (`rollout::interrupted`).
     pub fn act(&self, route: &str, action: Action) -> Result<Applied, ControlError> {
+        self.change(route, |r, s, now| {
+            let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
+            rollout::interrupted(r, s, kind, now, &self.metrics);
+            Ok((kind, message))
+        })
+    }
+
+    /// Changes one route's state with `f` (route, its state, now in unix ms), which says what it
+    /// did (event kind and message) or refuses (then nothing changes). Like `act`: published,
+    /// handed to the state writer, refused while another process owns the state.
+    pub(crate) fn change(
+        &self,
+        route: &str,
+        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
         let mut inner = self.lock();
         let config = inner.config.clone();
         let r = config
@@ -507,7 +538,7 @@ impl Control {
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
         let now = unix_ms();
-        let (kind, message) = apply(r, &mut s, &action, now, &self.metrics)?;
+        let (kind, message) = f(r, &mut s, now)?;
         inner.states.insert(route.to_string(), s);
         // The operator decided on the state in force: a parked, older one must not come back.
         inner.parked.remove(route);
@@ -567,6 +598,7 @@ impl Control {
             "circuit tripped on `{candidate}`: {}; rolled back, live is now `{}`",
             trip.reason, s.live
         );
+        rollout::on_trip(route, &mut s, &trip.reason, now_unix_ms, &self.metrics);
         s.tripped = Some(trip);
         inner.states.insert(route.to_string(), s);
         // A newer decision than any parked state of the route: it must not come back.
@@ -683,9 +715,14 @@ impl Control {
                 .circuit_tripped
                 .with_label_values(&[&route.name])
                 .set(route.state.tripped.is_some() as i64);
+            self.metrics
+                .rollout_step
+                .with_label_values(&[&route.name])
+                .set(rollout::current_percent(&route.state));
         }
         self.metrics.config_generation.set(inner.generation as i64);
         self.snapshot.store(Arc::new(snap));
+        self.published.send_replace(inner.generation);
         inner.generation
     }
 
@@ -996,6 +1033,7 @@ fn merge(
     let name = route.name.as_str();
     let mut s = RouteState::from_file(route);
     drain::carry(route, old, &mut s);
+    s.rollout = rollout::after_file_change(name, old.rollout.as_ref(), now_unix_ms, metrics);
     if old.live_source != Source::File || old.canary_source != Source::File || old.tripped.is_some()
     {
         tracing::info!(route = %name, live = %old.live, tripped = old.tripped.is_some(), "route's split changed in the file; runtime overrides dropped (newest intent wins)");

@@ -41,6 +41,10 @@ pub struct Metrics {
     /// Admin requests refused before any handler ran, by `admin::guard::Refusal::reason`.
     pub admin_refusals: IntCounterVec,
     pub state_persist_failures: IntCounter,
+    /// `rollout_step{route}`: the canary percent of the running rollout's step (0 when none).
+    pub rollout_step: IntGaugeVec,
+    /// `rollouts_total{route,result}`: rollouts ended, by result (promoted, rolled_back, aborted).
+    pub rollouts: IntCounterVec,
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -240,9 +244,23 @@ impl Metrics {
         let rollbacks = must(IntCounterVec::new(
             opts(
                 "rollbacks_total",
-                "Rollbacks, by route and reason (circuit, admin, file).",
+                "Rollbacks, by route and reason (circuit, admin, file, rollout).",
             ),
             &["route", "reason"],
+        ));
+        let rollout_step = must(IntGaugeVec::new(
+            opts(
+                "rollout_step",
+                "Canary percent of the running rollout's current step (0 when none), by route.",
+            ),
+            &["route"],
+        ));
+        let rollouts = must(IntCounterVec::new(
+            opts(
+                "rollouts_total",
+                "Rollouts ended, by route and result (promoted, rolled_back, aborted).",
+            ),
+            &["route", "result"],
         ));
         let flips = must(IntCounterVec::new(
             opts("flips_total", "Changes of the live target, by route."),
@@ -304,6 +322,8 @@ impl Metrics {
             Box::new(open_tunnels.clone()),
             Box::new(admin_refusals.clone()),
             Box::new(state_persist_failures.clone()),
+            Box::new(rollout_step.clone()),
+            Box::new(rollouts.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -338,6 +358,8 @@ impl Metrics {
             open_tunnels,
             admin_refusals,
             state_persist_failures,
+            rollout_step,
+            rollouts,
         }
     }
 
@@ -345,9 +367,13 @@ impl Metrics {
     /// the route's flip and rollback series at 0, so `increase()` sees their first change.
     pub fn target(&self, route: &str, target: &str) -> TargetMetrics {
         self.flips.with_label_values(&[route]);
-        for reason in ["circuit", "admin", "file"] {
+        for reason in ["circuit", "admin", "file", "rollout"] {
             self.rollbacks.with_label_values(&[route, reason]);
         }
+        for result in ["promoted", "rolled_back", "aborted"] {
+            self.rollouts.with_label_values(&[route, result]);
+        }
+        self.rollout_step.with_label_values(&[route]);
         let req = |code| self.requests.with_label_values(&[route, target, code]);
         let err = |kind| {
             self.upstream_errors

@@ -172,7 +172,16 @@ impl Weights {
 }
 
 thread_local! {
-    static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    static STATE: Cell<u64> = Cell::new(seed());
+}
+
+/// A per-thread seed from the standard library's per-thread hash keys (no allocation, unlike
+/// `rand`'s thread generator, so even a thread's first choice allocates nothing).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(&h as *const _ as usize);
+    h.finish() | 1
 }
 
 /// A per-thread xorshift64* draw: statistical quality enough to spread requests, one multiply.

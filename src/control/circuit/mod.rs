@@ -4,7 +4,9 @@
 //! Invariants: the decision is a pure function of (route entry, windows, now), so tests drive it
 //! with a paused clock (`check_all_at` takes both clocks). The request path never decides and never
 //! wakes anything: it bumps window counters and, on a bad outcome, one process-wide counter that the
-//! task polls, so a trip follows the crossing within `POLL`. The task only ever asks the control
+//! task polls, so a trip follows the crossing within `POLL`. The task polls only while some route
+//! has a candidate to judge; otherwise it waits for the next published snapshot (an idle proxy
+//! does not wake on a timer for the circuit). The task only ever asks the control
 //! plane to roll back (never to re-promote), with the route state its verdict was reached on; the
 //! control plane drops the verdict if that state changed meanwhile, so a trip that races an
 //! operator's action is never applied to the wrong target.
@@ -155,17 +157,32 @@ fn pending(control: &Control, now_ms: u64, now_unix_ms: u64) -> Vec<Pending> {
         .collect()
 }
 
-/// The circuit task: evaluates every route every `TICK`, and within `POLL` of any new error or
-/// slow request, until shutdown. Evaluation is a few atomic loads per watched target, done inline;
-/// only an actual trip (which takes the control lock and builds a snapshot) goes to the blocking
-/// pool. A trip never waits for the disk: the state writer persists it afterwards.
+/// The circuit task: while some route has a candidate to judge, evaluates every route every
+/// `TICK`, and within `POLL` of any new error or slow request; while none has (the steady state:
+/// no canary, no bake), it sleeps until the control plane publishes a new snapshot, so an idle
+/// proxy does not wake `1 / POLL` times a second. Evaluation is a few atomic loads per watched
+/// target, done inline; only an actual trip (which takes the control lock and builds a snapshot)
+/// goes to the blocking pool. A trip never waits for the disk: the state writer persists it
+/// afterwards.
 pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+    let mut published = control.published();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Evaluate on the first poll, whatever was recorded before the task started.
     let mut seen = u64::MAX;
     let mut last = tokio::time::Instant::now();
     loop {
+        if !watching(&control, unix_ms()) {
+            published.borrow_and_update();
+            tokio::select! {
+                r = published.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            // Something changed: evaluate at the next poll, whatever the counters say.
+            seen = u64::MAX;
+            poll.reset_immediately();
+            continue;
+        }
         tokio::select! {
             _ = poll.tick() => {
                 let bad = window::bad_outcomes();
@@ -190,4 +207,14 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Whether any route has a circuit and, now, a candidate it could roll back (a canary, or a live
+/// target still baking) and is not tripped: only then is there anything to evaluate.
+fn watching(control: &Control, now_unix_ms: u64) -> bool {
+    control.snapshots().load().routes.iter().any(|r| {
+        r.circuit.is_some()
+            && r.state.tripped.is_none()
+            && current_candidate(&r.state, now_unix_ms).is_some()
+    })
 }

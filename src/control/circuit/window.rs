@@ -52,6 +52,12 @@ struct Bucket {
 
 /// Outcome counters of one target over a sliding window.
 pub struct Window {
+    /// Unique to this window in this process and across restarts (`control::rollout` uses it to
+    /// tell whether a persisted count baseline was taken on this window).
+    id: u64,
+    /// Every outcome recorded into this window since it was made, never reset by sliding
+    /// (requests, errors): what a rollout step counts from.
+    lifetime: [AtomicU64; 2],
     width_ms: u64,
     /// Latency above which a request counts as slow; `u64::MAX` when unused.
     slow_ms: u64,
@@ -64,6 +70,8 @@ impl Window {
         let width_ms =
             (u64::try_from(length.as_millis()).unwrap_or(u64::MAX) / BUCKETS as u64).max(1);
         Window {
+            id: next_id(),
+            lifetime: Default::default(),
             width_ms,
             slow_ms: slow.map_or(u64::MAX, |d| {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -93,6 +101,10 @@ impl Window {
             b.slow.store(0, Relaxed);
         }
         b.requests.fetch_add(1, Relaxed);
+        self.lifetime[0].fetch_add(1, Relaxed);
+        if error {
+            self.lifetime[1].fetch_add(1, Relaxed);
+        }
         let slow = latency_ms > self.slow_ms;
         if error {
             b.errors.fetch_add(1, Relaxed);
@@ -103,6 +115,19 @@ impl Window {
         if error || slow {
             BAD_OUTCOMES.fetch_add(1, Relaxed);
         }
+    }
+
+    /// This window's identity (see the field).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Requests and errors recorded since this window was made (never slides, never cleared).
+    pub fn lifetime(&self) -> (u64, u64) {
+        (
+            self.lifetime[0].load(Relaxed),
+            self.lifetime[1].load(Relaxed),
+        )
     }
 
     /// Sums the buckets still inside the window at `now_ms`.
@@ -131,6 +156,27 @@ impl Window {
             b.slow.store(0, Relaxed);
         }
     }
+}
+
+/// A window id no other window of this or an earlier process has: the process's start time and
+/// id in the high bits, a counter in the low ones.
+fn next_id() -> u64 {
+    use std::sync::OnceLock;
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        xxhash_rust::xxh3::xxh3_64(
+            &[
+                nanos.to_le_bytes(),
+                u64::from(std::process::id()).to_le_bytes(),
+            ]
+            .concat(),
+        ) << 24
+    });
+    base.wrapping_add(N.fetch_add(1, Relaxed) & 0xff_ffff)
 }
 
 #[cfg(test)]

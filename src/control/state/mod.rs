@@ -67,6 +67,10 @@ pub struct RouteState {
     /// there are some, so a state without drains reads the same to an older binary.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drained: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The route's rollout ladder (`control::rollout`): running, paused, or how the last one
+    /// ended. Absent from files written before rollouts existed, and written only when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::control::rollout::Rollout>,
 }
 
 /// What a target does in a route's split; a target that takes a new role is judged afresh.
@@ -92,6 +96,7 @@ impl RouteState {
             tripped: None,
             bake_until_unix_ms: None,
             drained: BTreeMap::new(),
+            rollout: None,
         }
     }
 
