@@ -817,3 +817,183 @@ fn check_refuses_what_run_refuses() {
         "{said}"
     );
 }
+
+/// A route `bot` over `blue` and `green` (lines 1-6), then `$rules` from line 7 on.
+macro_rules! with_rules {
+    ($rules:literal) => {
+        concat!(
+            "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\ngreen = [\"127.0.0.1:2\"]\n",
+            $rules
+        )
+    };
+}
+
+/// Cohort rules (`[[routes.rules]]`), as `CASES`.
+const RULE_CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
+    (
+        "rule without header, cookie or source",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nvalues = [\"beta\"]\n"),
+        7,
+        1,
+        "routes[bot].rules[beta].header",
+        "exactly one of `header = NAME`, `cookie = NAME` or `source = [CIDR, ...]`",
+    ),
+    (
+        "rule with header and cookie",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nheader = \"x-user-tier\"\ncookie = \"tier\"\nvalues = [\"beta\"]\n"),
+        11,
+        10,
+        "routes[bot].rules[beta].cookie",
+        "`header` and `cookie` both given",
+    ),
+    (
+        "rule with cookie and source",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nsource = [\"10.0.0.0/8\"]\ncookie = \"tier\"\nvalues = [\"beta\"]\n"),
+        11,
+        10,
+        "routes[bot].rules[beta].cookie",
+        "`source` and `cookie` both given",
+    ),
+    (
+        "header rule without values",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nheader = \"x-user-tier\"\n"),
+        10,
+        10,
+        "routes[bot].rules[beta].values",
+        "a `header` rule needs `values`",
+    ),
+    (
+        "cookie rule with empty values",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\ncookie = \"tier\"\nvalues = []\n"),
+        11,
+        10,
+        "routes[bot].rules[beta].values",
+        "must list at least one value",
+    ),
+    (
+        "rule with an empty value",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nheader = \"x-user-tier\"\nvalues = [\"beta\", \"\"]\n"),
+        11,
+        19,
+        "routes[bot].rules[beta].values",
+        "an empty value never matches",
+    ),
+    (
+        "source rule with an empty list",
+        with_rules!("[[routes.rules]]\nname = \"office\"\ntarget = \"green\"\nsource = []\n"),
+        10,
+        10,
+        "routes[bot].rules[office].source",
+        "at least one CIDR",
+    ),
+    (
+        "source rule with a bad CIDR",
+        with_rules!("[[routes.rules]]\nname = \"office\"\ntarget = \"green\"\nsource = [\"10.1.0.0/16\", \"10.1.0.0/33\"]\n"),
+        10,
+        26,
+        "routes[bot].rules[office].source",
+        "`10.1.0.0/33` is not a CIDR",
+    ),
+    (
+        "source rule with an IPv6 CIDR typo",
+        with_rules!("[[routes.rules]]\nname = \"office\"\ntarget = \"green\"\nsource = [\"fd00::/129\"]\n"),
+        10,
+        11,
+        "routes[bot].rules[office].source",
+        "`fd00::/129` is not a CIDR",
+    ),
+    (
+        "source rule with values",
+        with_rules!("[[routes.rules]]\nname = \"office\"\ntarget = \"green\"\nsource = [\"10.0.0.0/8\"]\nvalues = [\"10.0.0.0/8\"]\n"),
+        11,
+        10,
+        "routes[bot].rules[office].values",
+        "a source rule lists its CIDRs in `source`",
+    ),
+    (
+        "rule target unknown",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"gren\"\nheader = \"x-user-tier\"\nvalues = [\"beta\"]\n"),
+        9,
+        10,
+        "routes[bot].rules[beta].target",
+        "unknown target `gren`; defined targets: blue, green",
+    ),
+    (
+        "duplicate rule names",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nheader = \"x-user-tier\"\nvalues = [\"beta\"]\n[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\ncookie = \"tier\"\nvalues = [\"beta\"]\n"),
+        13,
+        8,
+        "routes[bot].rules[beta].name",
+        "duplicate rule name `beta`",
+    ),
+    (
+        "rule name not a label value",
+        with_rules!("[[routes.rules]]\nname = \"beta testers\"\ntarget = \"green\"\nheader = \"x-user-tier\"\nvalues = [\"beta\"]\n"),
+        8,
+        8,
+        "routes[bot].rules.name",
+        "rule name `beta testers` must be non-empty and use only letters, digits",
+    ),
+    (
+        "rule with a bad header name",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nheader = \"x user\"\nvalues = [\"beta\"]\n"),
+        10,
+        10,
+        "routes[bot].rules[beta].header",
+        "`x user` is not a valid header name",
+    ),
+    (
+        "rule with a bad cookie name",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\ncookie = \"ti;er\"\nvalues = [\"beta\"]\n"),
+        10,
+        10,
+        "routes[bot].rules[beta].cookie",
+        "`ti;er` is not a valid cookie name",
+    ),
+    (
+        "unknown rule key",
+        with_rules!("[[routes.rules]]\nname = \"beta\"\ntarget = \"green\"\nheader = \"x-user-tier\"\nvalue = [\"beta\"]\n"),
+        11,
+        1,
+        "",
+        "unknown field `value`",
+    ),
+];
+
+#[test]
+fn every_invalid_rule_names_its_error_and_location() {
+    let failures: Vec<String> = RULE_CASES
+        .iter()
+        .filter_map(|(case, text, line, col, field, msg)| {
+            check(case, text, *line, *col, field, msg).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn valid_rules_are_accepted_in_file_order() {
+    let text = with_rules!(
+        "[[routes.rules]]\nname = \"beta-testers\"\ntarget = \"green\"\nheader = \"X-User-Tier\"\nvalues = [\"beta\", \"staff\"]\n\
+         [[routes.rules]]\nname = \"cookie.tier\"\ntarget = \"green\"\ncookie = \"tier\"\nvalues = [\"beta\"]\n\
+         [[routes.rules]]\nname = \"office_v6\"\ntarget = \"blue\"\nsource = [\"10.1.2.3/16\", \"fd00::/8\", \"192.0.2.7\"]\n"
+    );
+    let config = parse(Path::new("f.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let rules = &config.routes[0].rules;
+    let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["beta-testers", "cookie.tier", "office_v6"]);
+    match &rules[0].matcher {
+        flipgate::config::RuleMatch::Header { name, values } => {
+            assert_eq!(name.as_str(), "x-user-tier");
+            assert_eq!(values, &["beta", "staff"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &rules[2].matcher {
+        flipgate::config::RuleMatch::Source(nets) => {
+            let shown: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            assert_eq!(shown, ["10.1.0.0/16", "fd00::/8", "192.0.2.7/32"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -341,3 +341,146 @@ async fn engines_answer_the_same_to_the_same_upstream_responses() {
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// A flipgate process whose route `bot` has cohort rules in front of a 0 % canary: blue is live,
+/// the rules send to green (one, listed first, to blue), so where a request lands shows the
+/// decision.
+fn rules_gateway(dir: &std::path::Path, blue: SocketAddr, green: SocketAddr, hyper: bool) -> Proc {
+    let file = dir.join(if hyper {
+        "rules-hyper.toml"
+    } else {
+        "rules-engine.toml"
+    });
+    let state = if hyper {
+        "rules-state-hyper"
+    } else {
+        "rules-state-engine"
+    };
+    write_atomic(
+        &file,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nupstream_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{state}\"\n\
+             [[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"{blue}\"]\ngreen = [\"{green}\"]\n\
+             [routes.canary]\ntarget = \"green\"\npercent = 0.0\n\
+             [routes.preview]\nheader = \"x-preview\"\nallow_from = [\"127.0.0.1/32\"]\n\
+             [[routes.rules]]\nname = \"pinned-blue\"\ntarget = \"blue\"\nheader = \"x-a\"\nvalues = [\"v3\"]\n\
+             [[routes.rules]]\nname = \"tier\"\ntarget = \"green\"\nheader = \"x-tier\"\nvalues = [\"v1\", \"v2\", \"beta\"]\n\
+             [[routes.rules]]\nname = \"office\"\ntarget = \"green\"\nsource = [\"10.0.0.0/8\", \"fd00::/8\"]\n\
+             [[routes.rules]]\nname = \"group\"\ntarget = \"green\"\ncookie = \"grp\"\nvalues = [\"a\", \"b\"]\n"
+        ),
+    );
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"));
+    if hyper {
+        cmd.env("FLIPGATE_HTTP1", "hyper");
+    } else {
+        cmd.env_remove("FLIPGATE_HTTP1");
+    }
+    Proc::start_with(cmd, &file)
+}
+
+/// A generated request (as `request`) with the fields the rules look at added: `x-tier` and
+/// `x-a` values that match or nearly do, `Cookie` fields (one or two, odd spacing, a quoted
+/// value, a name that only ends in the rule's), and preview requests naming either target.
+fn rule_request(rng: &mut SmallRng) -> Vec<u8> {
+    let base = request(rng);
+    let end = base.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
+    let mut extra = String::new();
+    if rng.random_bool(0.4) {
+        let name = pick(rng, &["x-tier", "X-Tier", "x-TIER"]);
+        let value = pick(rng, &["v1", "v2", "beta", "Beta", "v1 ", "v12", ""]);
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if rng.random_bool(0.15) {
+        extra.push_str(&format!("x-a: {}\r\n", pick(rng, &["v3", "v4"])));
+    }
+    for _ in 0..rng.random_range(0..3) {
+        let mut pairs: Vec<&str> = Vec::new();
+        for _ in 0..rng.random_range(1..4) {
+            pairs.push(pick(
+                rng,
+                &[
+                    "grp=a",
+                    "grp=c",
+                    "xgrp=a",
+                    "grp=",
+                    "grp=\"b\"",
+                    "theme=dark",
+                    "grp=a=b",
+                ],
+            ));
+        }
+        let sep = pick(rng, &["; ", ";", " ;  "]);
+        extra.push_str(&format!("Cookie: {}\r\n", pairs.join(sep)));
+    }
+    if rng.random_bool(0.1) {
+        extra.push_str(&format!(
+            "x-preview: {}\r\n",
+            pick(rng, &["blue", "green", "nope"])
+        ));
+    }
+    let mut out = base[..end].to_vec();
+    out.extend_from_slice(extra.as_bytes());
+    out.extend_from_slice(&base[end..]);
+    out
+}
+
+/// Generated requests through both engines with cohort rules: every request lands on the same
+/// target (and the same rule counts it) on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_agree_on_rule_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eb, eg, hb, hg) = (
+        recorder().await,
+        recorder().await,
+        recorder().await,
+        recorder().await,
+    );
+    let engine = rules_gateway(dir.path(), eb.addr, eg.addr, false);
+    let hyper = rules_gateway(dir.path(), hb.addr, hg.addr, true);
+    let seed: u64 = rand::random();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut to_green = 0;
+    for case in 0..CASES {
+        let req = rule_request(&mut rng);
+        let a = call(engine.addr, &req).await;
+        let b = call(hyper.addr, &req).await;
+        let shown = String::from_utf8_lossy(&req[..req.len().min(2000)]).into_owned();
+        assert_eq!(
+            a.0, b.0,
+            "seed {seed} case {case}: status differs for\n{shown}"
+        );
+        let landed = |blue: &Recorder, green: &Recorder| {
+            (
+                blue.seen.lock().unwrap().pop(),
+                green.seen.lock().unwrap().pop(),
+            )
+        };
+        let (ea, ha) = (landed(&eb, &eg), landed(&hb, &hg));
+        assert_eq!(
+            ea, ha,
+            "seed {seed} case {case}: the engines sent different requests to (blue, green) for\n{shown}"
+        );
+        to_green += ea.1.is_some() as usize;
+    }
+    assert!(
+        to_green > 10,
+        "seed {seed}: only {to_green} requests matched a rule"
+    );
+    // Each rule counted the same requests on both.
+    let counts = |p: &Proc| {
+        let url = p.admin_url("/metrics");
+        async move {
+            let text = support::get(&support::client(), &url, &[]).await.text();
+            let mut lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("flipgate_rule_requests_total{"))
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        }
+    };
+    let (ce, ch) = (counts(&engine).await, counts(&hyper).await);
+    assert_eq!(ce.len(), 4, "{ce:?}");
+    assert_eq!(ce, ch, "seed {seed}: rule counts differ");
+}

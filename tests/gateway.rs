@@ -451,3 +451,221 @@ async fn changed_listen_address_is_reported_as_needing_a_restart() {
     assert_eq!(get(&client(), &gw.url("/"), &[]).await.text(), "blue");
     gw.stop().await;
 }
+
+// Cohort rules (`[[routes.rules]]`, issue 14): before the split, after preview, first match wins.
+
+/// Route `bot`: live blue, canary green at 0 %, then `rules`.
+fn rules_cfg(blue: &Upstream, green: &Upstream, rules: &str) -> String {
+    config(
+        "blue",
+        &[("blue", blue.addr), ("green", green.addr)],
+        &format!("[routes.canary]\ntarget = \"green\"\npercent = 0.0\n\n[routes.preview]\nheader = \"x-flipgate-target\"\n\n{rules}"),
+    )
+}
+
+const BETA_RULE: &str = "[[routes.rules]]\nname = \"beta-testers\"\ntarget = \"green\"\nheader = \"x-user-tier\"\nvalues = [\"beta\", \"staff\"]\n";
+
+async fn route_view(c: &TestClient, gw: &Gw) -> serde_json::Value {
+    get(c, &gw.admin_url("/api/v1/routes/bot"), &[])
+        .await
+        .json()
+}
+
+#[tokio::test]
+async fn a_header_rule_sends_beta_testers_to_green_while_everyone_else_follows_the_split() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let gw = Gw::start(&rules_cfg(&blue, &green, BETA_RULE)).await;
+    let c = client();
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        assert_eq!(
+            get(&c, &gw.url("/"), &[("x-user-id", &user)]).await.text(),
+            "blue"
+        );
+        assert_eq!(
+            get(&c, &gw.url("/"), &[("x-user-tier", "free")])
+                .await
+                .text(),
+            "blue"
+        );
+        assert_eq!(
+            get(&c, &gw.url("/"), &[("x-user-tier", "beta")])
+                .await
+                .text(),
+            "green"
+        );
+    }
+    assert_eq!(
+        get(&c, &gw.url("/"), &[("X-User-Tier", "staff")])
+            .await
+            .text(),
+        "green",
+        "field names are case-insensitive"
+    );
+    assert_eq!(
+        get(&c, &gw.url("/"), &[("x-user-tier", "Beta")])
+            .await
+            .text(),
+        "blue",
+        "values are exact"
+    );
+    // Preview (an explicit tester request) comes before the rules.
+    assert_eq!(
+        get(
+            &c,
+            &gw.url("/"),
+            &[("x-user-tier", "beta"), ("x-flipgate-target", "blue")]
+        )
+        .await
+        .text(),
+        "blue"
+    );
+
+    // 21 matched: counted by the metric and the API, and in green's circuit window.
+    assert_eq!(
+        metric(&gw, "flipgate_rule_requests_total", "rule=\"beta-testers\"").await,
+        21.0
+    );
+    let v = route_view(&c, &gw).await;
+    let rule = &v["rules"][0];
+    assert_eq!(rule["name"], "beta-testers");
+    assert_eq!(rule["target"], "green");
+    assert_eq!(rule["kind"], "header");
+    assert_eq!(rule["field"], "x-user-tier");
+    assert_eq!(rule["values"], serde_json::json!(["beta", "staff"]));
+    assert_eq!(rule["matched"], 21);
+    let green_window = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "green")
+        .unwrap()["window"]["requests"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        green_window, 21,
+        "rule traffic counts in its target's window"
+    );
+    // The split is untouched: green still gets 0 % of the rest.
+    let green_share = v["split"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["target"] == "green")
+        .unwrap()["percent"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(green_share, 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_cookie_rule_matches_the_exact_cookie_in_any_cookie_field() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let rule = "[[routes.rules]]\nname = \"cohort\"\ntarget = \"green\"\ncookie = \"tier\"\nvalues = [\"beta\"]\n";
+    let gw = Gw::start(&rules_cfg(&blue, &green, rule)).await;
+    let c = client();
+    let to = |cookie: &'static str| {
+        let (c, url) = (c.clone(), gw.url("/"));
+        async move { get(&c, &url, &[("cookie", cookie)]).await.text() }
+    };
+    assert_eq!(to("tier=beta").await, "green");
+    assert_eq!(to("theme=dark;  tier=beta ; lang=en").await, "green");
+    assert_eq!(to("tier=free; other=beta").await, "blue");
+    assert_eq!(to("xtier=beta").await, "blue");
+    assert_eq!(to("tier=betas").await, "blue");
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    // Two Cookie fields (as HTTP/2 clients send them): the one that has `tier` decides.
+    assert_eq!(
+        get(
+            &c,
+            &gw.url("/"),
+            &[("cookie", "a=1"), ("cookie", "tier=beta")]
+        )
+        .await
+        .text(),
+        "green"
+    );
+    assert_eq!(
+        metric(&gw, "flipgate_rule_requests_total", "rule=\"cohort\"").await,
+        3.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_source_rule_matches_the_client_network_and_rules_survive_reloads() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let source = |cidr: &str| {
+        format!("[[routes.rules]]\nname = \"office\"\ntarget = \"green\"\nsource = [\"{cidr}\"]\n")
+    };
+    let gw = Gw::start(&rules_cfg(&blue, &green, &source("10.0.0.0/8"))).await;
+    let c = client();
+    // The loopback client is not in 10.0.0.0/8.
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    assert_eq!(route_view(&c, &gw).await["rules"][0]["kind"], "source");
+
+    // A runtime decision, then a reload that changes only the rules: the decision stays (rules
+    // are not part of the split), and the new rule applies.
+    assert_eq!(
+        gw.act(&c, "canary", "{\"percent\": 0.01}").await.status,
+        200
+    );
+    let generation = gw.generation();
+    gw.rewrite(&rules_cfg(&blue, &green, &source("127.0.0.0/8")));
+    wait_until("the 127.0.0.0/8 rule applied", WAIT, || async {
+        gw.generation() > generation
+    })
+    .await;
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+    let v = route_view(&c, &gw).await;
+    assert_eq!(v["canary"]["percent"], 0.01, "{v}");
+    assert_eq!(v["canary"]["source"], "admin", "{v}");
+    assert_eq!(v["rules"][0]["values"], serde_json::json!(["127.0.0.0/8"]));
+
+    // A bad rule file is rejected whole: the old rules keep serving.
+    let control = gw.gateway.as_ref().unwrap().control.clone();
+    let bad = rules_cfg(
+        &blue,
+        &green,
+        "[[routes.rules]]\nname = \"office\"\ntarget = \"purple\"\nsource = [\"127.0.0.0/8\"]\n",
+    );
+    let failures = || {
+        control
+            .metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .get()
+    };
+    let before = failures();
+    gw.rewrite(&bad);
+    wait_until("the bad rule file rejected", WAIT, || async {
+        failures() > before
+    })
+    .await;
+    let error = control.last_reload().error.clone().unwrap_or_default();
+    assert!(
+        error.contains("routes[bot].rules[office].target")
+            && error.contains("unknown target `purple`"),
+        "{error}"
+    );
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+
+    // Rules removed (and the canary stopped): everyone follows the split again, and the rule's
+    // series is gone.
+    assert_eq!(gw.act(&c, "rollback", "").await.status, 200);
+    let generation = gw.generation();
+    gw.rewrite(&rules_cfg(&blue, &green, ""));
+    wait_until("rules removed", WAIT, || async {
+        gw.generation() > generation
+    })
+    .await;
+    assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+    let text = get(&c, &gw.admin_url("/metrics"), &[]).await.text();
+    assert!(!text.contains("rule=\"office\""), "{text}");
+    assert_eq!(route_view(&c, &gw).await["rules"], serde_json::json!([]));
+    gw.stop().await;
+}

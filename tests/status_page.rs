@@ -48,6 +48,12 @@ min_requests = 1000
 max_error_rate = 0.05
 bake = "5m"
 
+[[routes.rules]]
+name = "beta-testers"
+target = "green"
+header = "x-user-tier"
+values = ["beta"]
+
 [[routes]]
 name = "webhooks"
 path_prefix = "/hooks"
@@ -275,6 +281,7 @@ async fn renders_in_headless_chromium_without_errors_or_injection() {
         "reload_rejected",
         "sticky header:x-user-id",
         "class=\"i-",
+        "data-rule=\"beta-testers\"",
     ] {
         assert!(dom.contains(want), "rendered page lacks `{want}`:\n{dom}");
     }

@@ -83,6 +83,9 @@ pub struct RouteView {
     pub split: Vec<Share>,
     pub targets: Vec<TargetView>,
     pub circuit: CircuitView,
+    /// Cohort rules in file order (tried after preview, before the split), with what each matched.
+    #[serde(default)]
+    pub rules: Vec<RuleView>,
     /// This route's state is in the state file (false while any decision in force is not).
     #[serde(default = "yes")]
     pub persisted: bool,
@@ -96,6 +99,46 @@ pub struct RouteView {
 
 fn yes() -> bool {
     true
+}
+
+/// One cohort rule and the requests it sent to its target.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RuleView {
+    pub name: String,
+    pub target: String,
+    /// `header`, `cookie` or `source`.
+    pub kind: String,
+    /// The header or cookie name; none for a source rule.
+    pub field: Option<String>,
+    /// The exact values (header, cookie) or the CIDRs (source) that match.
+    pub values: Vec<String>,
+    /// Requests this rule matched since the process started (`flipgate_rule_requests_total`).
+    pub matched: u64,
+}
+
+impl RuleView {
+    fn all(cfg: &crate::config::Route, r: &RouteEntry) -> Vec<RuleView> {
+        use crate::config::RuleMatch;
+        cfg.rules
+            .iter()
+            .zip(r.rules.list.iter())
+            .map(|(c, compiled)| {
+                let (field, values) = match &c.matcher {
+                    RuleMatch::Header { name, values } => (Some(name.to_string()), values.clone()),
+                    RuleMatch::Cookie { name, values } => (Some(name.clone()), values.clone()),
+                    RuleMatch::Source(nets) => (None, nets.iter().map(|n| n.to_string()).collect()),
+                };
+                RuleView {
+                    name: c.name.clone(),
+                    target: c.target.clone(),
+                    kind: c.matcher.kind().into(),
+                    field,
+                    values,
+                    matched: compiled.requests.get(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -297,6 +340,7 @@ impl RouteView {
             split,
             targets,
             circuit,
+            rules: RuleView::all(cfg, r),
             persisted,
             rollout: crate::admin::rollout::RolloutView::of(r),
             rollout_defaults: Some(crate::admin::rollout::DefaultsView::of(&cfg.rollout)),

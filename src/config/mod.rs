@@ -1,8 +1,8 @@
 //! The route file: `file -> raw (serde) -> validate -> Config`.
 //!
 //! Invariants: a `Config` only exists if every check passed, so everything downstream (snapshot
-//! build, the data path, the control plane) can rely on it: target names referenced by `live` and
-//! `canary` exist, percents are in basis points 0..=10_000, every target has at least one instance,
+//! build, the data path, the control plane) can rely on it: target names referenced by `live`,
+//! `canary` and cohort rules (`rules`) exist, percents are in basis points 0..=10_000, every target has at least one instance,
 //! (host, prefix) pairs are unique, durations are positive and bounded (at most a day; a bake and a
 //! tunnel's lifetime after a flip at most 30 days). `Config` is immutable once built; a
 //! reload builds a new one. No route file larger than `MAX_FILE_BYTES` is ever read whole: `read`
@@ -11,6 +11,7 @@
 mod error;
 pub mod raw;
 pub mod rollout;
+pub mod rules;
 mod validate;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{clip, ConfigError, ConfigErrors};
+pub use rules::{Rule, RuleMatch};
 pub use validate::{parse, percent_to_bp, MAX_LONG, MAX_TIMEOUT};
 
 /// A validated route file.
@@ -167,6 +169,8 @@ pub struct Route {
     pub canary: Option<Canary>,
     pub preview: Option<Preview>,
     pub circuit: Option<Circuit>,
+    /// Cohort rules, in file order: evaluated before the split, first match wins.
+    pub rules: Vec<Rule>,
     /// Defaults of a rollout of this route (`[routes.rollout]`, or the implicit ones).
     pub rollout: rollout::RolloutDefaults,
     /// gRPC status codes that count as a failure of the target, as a bit mask

@@ -107,6 +107,9 @@ pub struct RawRoute {
     pub canary: Option<Spanned<RawCanary>>,
     pub preview: Option<Spanned<RawPreview>>,
     pub circuit: Option<Spanned<RawCircuit>>,
+    /// `[[routes.rules]]`: cohort rules (`config::rules`).
+    #[serde(default)]
+    pub rules: Vec<Spanned<super::rules::RawRule>>,
     /// `[routes.rollout]`: defaults of `flipgate rollout` (`config::rollout`).
     pub rollout: Option<Spanned<super::rollout::RawRollout>>,
     /// gRPC status codes (names or numbers) that count as a failure of the target.

@@ -684,6 +684,8 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         }
     });
 
+    let target_names = targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>();
+    let rules = super::rules::validate(sink, &name, &target_names, raw.rules);
     let rollout = super::rollout::validate(
         sink,
         &name,
@@ -722,6 +724,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         canary,
         preview,
         circuit,
+        rules,
         rollout,
         grpc_errors,
     })

@@ -471,6 +471,14 @@ impl Control {
                     self.metrics.forget_target(&old_route.name, &t.name);
                 }
             }
+            for r in &old_route.rules {
+                let kept = new
+                    .route(&old_route.name)
+                    .is_some_and(|n| n.rules.iter().any(|x| x.name == r.name));
+                if !kept {
+                    self.metrics.forget_rule(&old_route.name, &r.name);
+                }
+            }
         }
         inner.config = Arc::new(new);
         inner.states = states;

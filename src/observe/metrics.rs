@@ -41,6 +41,9 @@ pub struct Metrics {
     /// Admin requests refused before any handler ran, by `admin::guard::Refusal::reason`.
     pub admin_refusals: IntCounterVec,
     pub state_persist_failures: IntCounter,
+    /// `rule_requests_total{route,rule}`: requests each cohort rule matched (handles per rule,
+    /// resolved at snapshot build by `rule`).
+    rule_requests: IntCounterVec,
     /// `rollout_step{route}`: the canary percent of the running rollout's step (0 when none).
     pub rollout_step: IntGaugeVec,
     /// `rollouts_total{route,result}`: rollouts ended, by result (promoted, rolled_back, aborted).
@@ -297,6 +300,13 @@ impl Metrics {
             "Failed attempts to write the runtime state file (every retry counts). While it grows, \
              decisions are in force but would not survive a restart.",
         )));
+        let rule_requests = must(IntCounterVec::new(
+            opts(
+                "rule_requests_total",
+                "Requests a cohort rule ([[routes.rules]]) sent to its target, by route and rule.",
+            ),
+            &["route", "rule"],
+        ));
         let build_info = must(IntGaugeVec::new(
             opts("build_info", "Build information; always 1."),
             &["version"],
@@ -322,6 +332,7 @@ impl Metrics {
             Box::new(open_tunnels.clone()),
             Box::new(admin_refusals.clone()),
             Box::new(state_persist_failures.clone()),
+            Box::new(rule_requests.clone()),
             Box::new(rollout_step.clone()),
             Box::new(rollouts.clone()),
             Box::new(build_info),
@@ -358,9 +369,21 @@ impl Metrics {
             open_tunnels,
             admin_refusals,
             state_persist_failures,
+            rule_requests,
             rollout_step,
             rollouts,
         }
+    }
+
+    /// The pre-resolved `rule_requests_total` handle of one rule; called when a snapshot is built
+    /// (the series exists from then on, at 0).
+    pub fn rule(&self, route: &str, rule: &str) -> IntCounter {
+        self.rule_requests.with_label_values(&[route, rule])
+    }
+
+    /// Forgets the series of a rule that left the config.
+    pub fn forget_rule(&self, route: &str, rule: &str) {
+        let _ = self.rule_requests.remove_label_values(&[route, rule]);
     }
 
     /// Resolves the handles of one (route, target); called when a snapshot is built. Also creates

@@ -15,3 +15,4 @@ pub mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod resend;
+pub mod rules;

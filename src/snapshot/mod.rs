@@ -14,6 +14,7 @@
 //! snapshot's upstream even when the target's table changed (`upstream::balance`).
 
 pub mod router;
+pub mod rules;
 pub mod split;
 
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub struct RouteEntry {
     pub targets: Vec<Arc<TargetEntry>>,
     pub split: Split,
     pub preview: Option<Preview>,
+    /// Cohort rules, tried after preview and before the split (`policy::rules`).
+    pub rules: rules::Rules,
     pub circuit: Option<Circuit>,
     /// The runtime state this entry was compiled from, for status and the circuit task.
     pub state: RouteState,
@@ -179,6 +182,7 @@ fn build_route(
         name,
         targets,
         preview: route.preview.clone(),
+        rules: rules::Rules::build(route, metrics),
         circuit: route.circuit.clone(),
         state,
     }

@@ -25,6 +25,8 @@ pub enum Reason {
     Sticky,
     /// An allowed client named the target in the preview header.
     Preview,
+    /// A cohort rule (`[[routes.rules]]`) matched.
+    Rule,
 }
 
 impl Reason {
@@ -35,6 +37,7 @@ impl Reason {
             Reason::Canary => "canary",
             Reason::Sticky => "sticky",
             Reason::Preview => "preview",
+            Reason::Rule => "rule",
         }
     }
 }
@@ -125,17 +128,21 @@ pub fn sticky_key<'a>(sticky: &Sticky, headers: &'a HeaderMap) -> Option<&'a [u8
     }
 }
 
-/// Finds `name=value` in one `Cookie` header value (`a=1; b=2`).
+/// Finds `name=value` in one `Cookie` header value (`a=1; b=2`). `name` is a cookie-name token
+/// (validated in the config: no '='), so a pair is `name` exactly when it starts with `name=`;
+/// other pairs are rejected by that prefix test without looking for their '='.
 pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+        let pair = pair.trim_ascii_start();
+        let v = pair
+            .strip_prefix(name)?
+            .strip_prefix(b"=")?
+            .trim_ascii_end();
         let v = v
             .strip_prefix(b"\"")
             .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(v);
-        (k == name && !v.is_empty()).then_some(v)
+        (!v.is_empty()).then_some(v)
     })
 }
 
@@ -164,6 +171,8 @@ mod tests {
         assert_eq!(cookie_value(b"uid=\"q\"", b"uid"), Some(&b"q"[..]));
         assert_eq!(cookie_value(b"xuid=1", b"uid"), None);
         assert_eq!(cookie_value(b"uid=", b"uid"), None);
+        assert_eq!(cookie_value(b"  uid = 1; uid=2 ", b"uid"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(b"uidx=1;uid=a=b", b"uid"), Some(&b"a=b"[..]));
     }
 
     #[test]

@@ -383,6 +383,7 @@ fn plan(
     if upstream.http2 || upstream.scheme != http::uri::Scheme::HTTP || body_len > MAX_BODY {
         return Plan::Fallback;
     }
+    d.record(&snap);
     let limits = Limits::of(&snap.config.server);
     let (index, instance, slot) = match admit(target_entry, &limits, declared_body) {
         Ok((index, instance, slot)) => (index, instance.clone(), slot),

@@ -431,6 +431,7 @@ impl Proxy {
                 record_local(At::Unrouted(&snap.unrouted), e, start, log(None));
                 return local(e);
             };
+            d.record(&snap);
             let route = &snap.routes[d.route];
             let (ti, reason) = (d.target, d.reason);
             let target = &route.targets[ti];
