@@ -16,6 +16,8 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::admin::view::{RouteView, RoutesView};
 
+mod instances;
+
 /// flipgate: blue/green and canary reverse proxy for bot services.
 #[derive(Parser, Debug)]
 #[command(name = "flipgate", version, about, propagate_version = true)]
@@ -78,6 +80,12 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Stop sending new requests to one instance (its in-flight requests finish).
+    Drain(instances::InstanceArgs),
+    /// Send new requests to a drained instance again.
+    Undrain(instances::InstanceArgs),
+    /// Wait until a drained instance has no request or tunnel in flight (exit 1 on timeout).
+    WaitDrained(instances::WaitArgs),
     /// Roll TARGET out step by step (run by the server); follow it until it promotes (exit 0) or
     /// rolls back or is aborted (exit 1).
     Rollout(rollout::RolloutArgs),
@@ -116,7 +124,7 @@ pub struct AdminArgs {
 #[derive(Debug)]
 pub struct Failure(pub String);
 
-async fn call(
+pub(crate) async fn call(
     admin: &AdminArgs,
     method: http::Method,
     path: &str,
@@ -209,6 +217,9 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
         Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
         Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
+        Command::Drain(a) => return instances::drain(a, true).await,
+        Command::Undrain(a) => return instances::drain(a, false).await,
+        Command::WaitDrained(a) => return instances::wait_drained(a).await,
         Command::Pause { route, admin } => (admin, post(&route, "rollout/pause"), None),
         Command::Resume { route, admin } => (admin, post(&route, "rollout/resume"), None),
         Command::Abort { route, admin } => (admin, post(&route, "rollout/abort"), None),
@@ -231,7 +242,7 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
     Ok(note + &table(&[view]))
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {

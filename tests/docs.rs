@@ -80,6 +80,10 @@ fi
 const SMOKE: &str = "#!/bin/sh\n# The deploy's smoke test: the live bot answers.\n\
     for i in 1 2 3 4 5; do curl -sf -o /dev/null \"$FG_PROXY/bot/\" || exit 1; done\n";
 
+const RESTART: &str = "#!/bin/sh\n# The deploy's instance restart: records the instance's state in flipgate at that moment.\n\
+    flipgate status bot --json | jq -r --arg a \"$1\" \
+    '.targets[].instance_status[] | select(.addr == $a) | \"\\(.addr) \\(.state)\"' >> \"$FG_WORK/restarted\"\n";
+
 /// Where a recipe runs: shims first on `PATH`, the deploy's scripts in the working directory.
 struct Bench {
     gw: Gw,
@@ -109,6 +113,7 @@ async fn bench(failing: bool) -> Bench {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_flipgate"), shims.join("flipgate")).unwrap();
     exe(&shims.join("sleep"), SLEEP);
     exe(&work.path().join("smoke-test.sh"), SMOKE);
+    exe(&work.path().join("restart-instance.sh"), RESTART);
     // The deploy's route generator: the route file in force (a valid one).
     let current = std::fs::read_to_string(&gw.file).unwrap();
     std::fs::write(work.path().join("routes.toml"), current).unwrap();
@@ -249,10 +254,11 @@ async fn operations_recipes_work_as_written() {
     let status = find("flipgate status            # table of all routes");
     let curl = find("curl -s -XPOST");
     let rewrite = find("./generate-routes");
+    let rolling = find("flipgate wait-drained");
     let ladder = find("flipgate rollout bot --to green");
     assert_eq!(
         blocks.len(),
-        7,
+        8,
         "a new operations recipe needs a verdict here"
     );
 
@@ -339,6 +345,17 @@ async fn operations_recipes_work_as_written() {
         "blue",
         "reset ends on the file's live: {said}"
     );
+
+    // Rolling replacement by drain: each instance of blue is drained (nothing in flight) when it
+    // is restarted, and takes requests again afterwards.
+    let (code, said) = b.run(&rolling, false).await;
+    assert_eq!(code, 0, "{said}");
+    let restarted = std::fs::read_to_string(b.work.path().join("restarted")).unwrap();
+    assert_eq!(restarted, format!("{} drained\n", b.blue.addr), "{said}");
+    let v = get(&client(), &b.gw.admin_url("/api/v1/routes/bot"), &[])
+        .await
+        .json();
+    assert_eq!(v["targets"][0]["instance_status"][0]["state"], "up", "{v}");
 
     // The route file replaced by rename: a good file lands, a broken one is refused and leaves
     // no temporary file behind.

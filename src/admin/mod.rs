@@ -27,6 +27,7 @@
 //!   outage) and says so in its body, one `state: ...` line per problem.
 
 pub mod guard;
+pub mod instances;
 pub mod rollout;
 pub mod token;
 pub mod view;
@@ -150,6 +151,9 @@ pub fn mutation_target(method: &Method, path: &str) -> Option<(String, String)> 
         (&Method::POST, ["api", "v1", "routes", name, "rollout", sub]) => {
             Some((name.to_string(), format!("rollout/{sub}")))
         }
+        (&Method::POST, ["api", "v1", "routes", name, rest @ ..]) => {
+            Some((name.to_string(), instances::verb(rest)?))
+        }
         _ => None,
     }
 }
@@ -181,14 +185,16 @@ pub fn parse_action(verb: &str, body: &[u8]) -> Result<Action, (StatusCode, Stri
                 target: b.target,
             })
         }
-        "promote" | "rollback" | "reset" => {
+        _ if verb.starts_with("targets/") || matches!(verb, "promote" | "rollback" | "reset") => {
             if !empty && serde_json::from_slice::<serde_json::Value>(body).is_err() {
                 return Err((StatusCode::BAD_REQUEST, "bad JSON body".into()));
             }
             Ok(match verb {
                 "promote" => Action::Promote,
                 "rollback" => Action::Rollback,
-                _ => Action::Reset,
+                "reset" => Action::Reset,
+                _ => instances::action(verb)
+                    .ok_or_else(|| (StatusCode::NOT_FOUND, format!("unknown action `{verb}`")))?,
             })
         }
         _ => Err((StatusCode::NOT_FOUND, format!("unknown action `{verb}`"))),

@@ -163,6 +163,13 @@ pub struct TargetView {
     /// active health checks).
     #[serde(default)]
     pub instance_health: Vec<String>,
+    /// Per instance (same order): state (`up`, `ejected`, `down`, `draining`, `drained`),
+    /// requests and tunnels in flight, and weight (`admin::instances`).
+    #[serde(default)]
+    pub instance_status: Vec<crate::admin::instances::InstanceView>,
+    /// How requests are spread over the instances: `p2c` or `round_robin`.
+    #[serde(default)]
+    pub lb: String,
     /// Outcomes in the circuit's current window.
     pub window: WindowView,
 }
@@ -275,6 +282,8 @@ impl RouteView {
                             .to_string()
                         })
                         .collect(),
+                    instance_status: crate::admin::instances::views(&t.upstream, now_ms),
+                    lb: t.upstream.lb.as_str().into(),
                     window: WindowView {
                         seconds: t.window.length().as_secs_f64(),
                         requests: tot.requests,

@@ -199,6 +199,10 @@ pub struct Target {
     pub name: String,
     /// `host:port` authorities.
     pub instances: Vec<http::uri::Authority>,
+    /// Per-instance weights (same index as `instances`; 1 unless the table form says otherwise).
+    pub weights: Vec<u32>,
+    /// How requests are spread over the instances (`lb`; power of two choices by default).
+    pub lb: crate::upstream::balance::Lb,
     pub tls: bool,
     pub http2: bool,
     pub sni: Option<String>,

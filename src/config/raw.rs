@@ -120,7 +120,10 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTargetTable {
-    pub instances: Vec<String>,
+    /// `"host:port"` strings or `{ addr = "host:port", weight = N }` tables (`validate::instance_entry`).
+    pub instances: Vec<toml::Value>,
+    /// `"p2c"` (default) or `"round_robin"`.
+    pub lb: Option<String>,
     #[serde(default)]
     pub tls: bool,
     #[serde(default)]

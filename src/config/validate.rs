@@ -768,7 +768,7 @@ fn target(
             let mut instances = Vec::with_capacity(items.len());
             for item in items {
                 match item {
-                    toml::Value::String(s) => instances.push(s),
+                    s @ toml::Value::String(_) => instances.push(s),
                     other => {
                         sink.push(
                             span.clone(),
@@ -784,6 +784,7 @@ fn target(
             }
             RawTargetTable {
                 instances,
+                lb: None,
                 tls: false,
                 http2: false,
                 sni: None,
@@ -816,15 +817,34 @@ fn target(
         return None;
     }
     let mut instances = Vec::with_capacity(table.instances.len());
-    for s in &table.instances {
-        match instance(s) {
-            Ok(a) => instances.push(a),
+    let mut weights = Vec::with_capacity(table.instances.len());
+    for v in &table.instances {
+        match instance_entry(v) {
+            Ok((a, w)) => {
+                instances.push(a);
+                weights.push(w);
+            }
             Err(msg) => {
                 sink.push(span.clone(), &field, msg);
                 return None;
             }
         }
     }
+    let lb = match table.lb.as_deref().map(crate::upstream::balance::Lb::parse) {
+        None => crate::upstream::balance::Lb::default(),
+        Some(Some(lb)) => lb,
+        Some(None) => {
+            sink.push(
+                span,
+                &field,
+                format!(
+                    "lb `{}` is not a balancing policy; use \"p2c\" (power of two choices, the default) or \"round_robin\"",
+                    quote(table.lb.as_deref().unwrap_or_default())
+                ),
+            );
+            return None;
+        }
+    };
     if !table.tls && (table.sni.is_some() || table.ca.is_some()) {
         sink.push(
             span,
@@ -897,6 +917,8 @@ fn target(
     Some(Target {
         name,
         instances,
+        weights,
+        lb,
         tls: table.tls,
         http2: table.http2,
         sni: table.sni,
@@ -906,6 +928,44 @@ fn target(
 }
 
 /// Validates an upstream `host:port`.
+/// Largest `weight` of an instance.
+const MAX_WEIGHT: i64 = 10_000;
+
+/// One entry of a target's `instances`: `"host:port"` (weight 1) or, in the table form,
+/// `{ addr = "host:port", weight = N }`.
+fn instance_entry(v: &toml::Value) -> Result<(http::uri::Authority, u32), String> {
+    let t = match v {
+        toml::Value::String(s) => return Ok((instance(s)?, 1)),
+        toml::Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "instances must be \"host:port\" strings or {{ addr = \"host:port\", weight = N }} tables, found {}",
+                other.type_str()
+            ))
+        }
+    };
+    if let Some(k) = t.keys().find(|k| *k != "addr" && *k != "weight") {
+        return Err(format!(
+            "unknown field `{}` in an instance; expected `addr` or `weight`",
+            quote(k)
+        ));
+    }
+    let Some(toml::Value::String(addr)) = t.get("addr") else {
+        return Err("an instance table needs `addr = \"host:port\"`".into());
+    };
+    let weight = match t.get("weight") {
+        None => 1,
+        Some(toml::Value::Integer(w)) if (1..=MAX_WEIGHT).contains(w) => *w as u32,
+        Some(w) => {
+            return Err(format!(
+                "weight of `{}` must be an integer from 1 to {MAX_WEIGHT}, found {w}",
+                quote(addr)
+            ))
+        }
+    };
+    Ok((instance(addr)?, weight))
+}
+
 fn instance(s: &str) -> Result<http::uri::Authority, String> {
     let bad = || {
         format!(

@@ -17,7 +17,9 @@
 //! across reloads and restarts only while that route's split in the file (`FileSplit`: live,
 //! canary, target names) is unchanged (newest intent wins); when the file moves `live`, the target
 //! it replaced becomes `previous` and the new one bakes. `rollback` never toggles: it consumes
-//! `previous`, so a retried rollback cannot undo itself. Nothing here runs on the request path.
+//! `previous`, so a retried rollback cannot undo itself. Instance drains (`drain`) are part of a
+//! route's state but not of its split: a split change in the file keeps them, and they follow the
+//! instances the file lists. Nothing here runs on the request path.
 //!
 //! Runtime state is never lost to one read of a half-written file: when a reload (or a start)
 //! would drop a route's runtime state (the route left the file, or its split changed), the state
@@ -33,6 +35,7 @@
 //! merge (per route name) as its live states.
 
 pub mod circuit;
+pub mod drain;
 pub mod events;
 pub mod health_check;
 pub mod reload;
@@ -191,6 +194,12 @@ pub enum Action {
     Promote,
     Rollback,
     Reset,
+    /// Drain (`drain: true`) or undrain one instance of a target (`drain`).
+    Drain {
+        target: String,
+        instance: String,
+        drain: bool,
+    },
 }
 
 impl Control {
@@ -865,7 +874,9 @@ pub(crate) fn reconcile(
         let cur = current.get(name);
         if let Some(c) = cur {
             if c.made_against(route) && state_fits(route, &c.state) {
-                new_states.insert(name.to_string(), c.state.clone());
+                let mut s = c.state.clone();
+                drain::prune(route, &mut s);
+                new_states.insert(name.to_string(), s);
                 continue;
             }
         }
@@ -905,6 +916,8 @@ pub(crate) fn reconcile(
                 .entry(name.to_string())
                 .or_insert_with(|| park(c, false));
         }
+        let mut s = s;
+        drain::prune(route, &mut s);
         new_states.insert(name.to_string(), s);
     }
     // `current` is sorted by name, so the events are too.
@@ -1021,10 +1034,13 @@ fn merge(
         return RouteState::from_file(route);
     };
     if same_split && state_fits(route, old) {
-        return old.clone();
+        let mut s = old.clone();
+        drain::prune(route, &mut s);
+        return s;
     }
     let name = route.name.as_str();
     let mut s = RouteState::from_file(route);
+    drain::carry(route, old, &mut s);
     s.rollout = rollout::after_file_change(name, old.rollout.as_ref(), now_unix_ms, metrics);
     if old.live_source != Source::File || old.canary_source != Source::File || old.tripped.is_some()
     {
@@ -1085,6 +1101,11 @@ fn apply(
 ) -> Result<(&'static str, String), ControlError> {
     let name = route.name.as_str();
     match action {
+        Action::Drain {
+            target,
+            instance,
+            drain: d,
+        } => drain::apply(route, s, target, instance, *d),
         Action::Flip { target } => {
             let to = match target {
                 Some(t) => target_of(route, t)?,

@@ -272,7 +272,8 @@ pub(crate) fn interrupted(
     now_unix_ms: u64,
     metrics: &Metrics,
 ) {
-    if kind == "reset" {
+    // A reset, and a drain (instances, not the split), leave a rollout alone.
+    if matches!(kind, "reset" | "drain" | "undrain") {
         return;
     }
     if let Some(r) = s.rollout.as_mut().filter(|r| r.phase.active()) {

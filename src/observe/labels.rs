@@ -74,13 +74,17 @@ pub enum LocalErrorKind {
     /// replay bound (`body::REPLAY_MAX`) and already partly streamed, or the resend was refused
     /// too. Safe for the client to retry.
     Refused = 2,
+    /// Every instance of the chosen target is drained by an operator (`drain`): nothing the
+    /// target did, so it is never counted against it.
+    Drained = 3,
 }
 
 impl LocalErrorKind {
-    pub const ALL: [LocalErrorKind; 3] = [
+    pub const ALL: [LocalErrorKind; 4] = [
         LocalErrorKind::Busy,
         LocalErrorKind::Resources,
         LocalErrorKind::Refused,
+        LocalErrorKind::Drained,
     ];
 
     /// The `kind` label.
@@ -89,6 +93,7 @@ impl LocalErrorKind {
             LocalErrorKind::Busy => "busy",
             LocalErrorKind::Resources => "resources",
             LocalErrorKind::Refused => "refused",
+            LocalErrorKind::Drained => "drained",
         }
     }
 }

@@ -89,6 +89,9 @@ impl ProxyError {
                 "flipgate: too many requests in flight to the upstream\n"
             }
             ProxyError::Local(LocalErrorKind::Resources) => "flipgate: out of local resources\n",
+            ProxyError::Local(LocalErrorKind::Drained) => {
+                "flipgate: every instance of the target is drained\n"
+            }
             ProxyError::Local(LocalErrorKind::Refused) => {
                 "flipgate: upstream refused the request without processing it; it can be retried\n"
             }

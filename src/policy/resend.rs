@@ -114,12 +114,19 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Keeps a copy of `req`'s head when some failure could allow a resend (`possible`): it has
-    /// no body, or its body is kept in `replay`.
-    pub fn of(req: &Request<RequestBody>, http2: bool, replay: Option<Replay>) -> Option<Kept> {
+    /// Keeps a copy of `req`'s head when some failure could allow a resend (`possible`), or
+    /// when it may be moved to another instance after a failed connect (`movable`,
+    /// `connect_retry`): it has no body, or its body is kept in `replay`.
+    pub fn of(
+        req: &Request<RequestBody>,
+        http2: bool,
+        replay: Option<Replay>,
+        movable: bool,
+    ) -> Option<Kept> {
         let bodyless = replay.is_none() && http_body::Body::is_end_stream(req.body());
         let idem = idempotent(req.method().as_str().as_bytes());
-        possible(http2, idem, bodyless || replay.is_some()).then(|| Kept {
+        let whole = bodyless || replay.is_some();
+        (possible(http2, idem, whole) || (movable && whole)).then(|| Kept {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
@@ -129,6 +136,13 @@ impl Kept {
         })
     }
 
+    /// The request again, for another instance after its connect failed (`connect_retry`, which
+    /// allows it once whatever the method), when its body can still be replayed whole. Not a
+    /// resend: it takes nothing of the resend budget.
+    pub fn elsewhere(&mut self) -> Option<Request<RequestBody>> {
+        self.build()
+    }
+
     /// The request again, when its last sending failed `why` in a way that allows it
     /// (`allowed`) and its body can still be replayed whole.
     pub fn again(&mut self, why: Option<Unanswered>) -> Option<Request<RequestBody>> {
@@ -136,11 +150,16 @@ impl Kept {
         if !allowed(why?, idem, true, self.resent) {
             return None;
         }
+        let req = self.build()?;
+        self.resent += 1;
+        Some(req)
+    }
+
+    fn build(&self) -> Option<Request<RequestBody>> {
         let body = match &self.replay {
             None => RequestBody::empty(),
             Some(r) => r.again()?,
         };
-        self.resent += 1;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();

@@ -3,13 +3,15 @@
 //! Invariants: built only from a validated `Config` plus the runtime `RouteState`s (whose target
 //! names the control plane has checked); published with one `ArcSwap::store`, so a request sees
 //! either the whole old or the whole new routing, split and circuit view; carries a generation that
-//! grows with every publish. Per-target counters, metric handles and upstream round-robin cursors
+//! grows with every publish. Per-target counters, metric handles and upstream balancing state
 //! are carried over between snapshots by (route, target) name, so a reload loses no counts. So is
 //! each target's circuit window, except when the target takes a new role (becomes live or the
 //! running canary, by whatever change): then it starts a fresh window, so it is judged only on
 //! what it does in that role, never on outcomes from before (a re-armed canary is not tripped again
 //! by the errors that tripped it). Requests still in flight record into the window they started
-//! with.
+//! with. Each instance's drain flag is set from the route's runtime state (`control::drain`) when
+//! the snapshot is built; its in-flight count and flag are shared by address with the previous
+//! snapshot's upstream even when the target's table changed (`upstream::balance`).
 
 pub mod router;
 pub mod rules;
@@ -146,8 +148,13 @@ fn build_route(
             };
             let upstream = match old_t {
                 Some(o) if o.upstream.same_as(t) => o.upstream.clone(),
-                _ => Arc::new(Upstream::new(t)),
+                o => Arc::new(Upstream::new(t, o.map(|o| &*o.upstream))),
             };
+            // The operator's drains, from the runtime state (`control::drain`).
+            for (i, a) in t.instances.iter().enumerate() {
+                let drained = crate::control::drain::is_drained(&state, &t.name, a.as_str());
+                upstream.set_drained(i, drained);
+            }
             Arc::new(TargetEntry {
                 route: name.clone(),
                 name: t.name.as_str().into(),

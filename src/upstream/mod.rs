@@ -3,8 +3,10 @@
 //! Invariants: the clients (and so their connection pools) live outside any snapshot: the plain
 //! HTTP/1 and h2c clients for the whole process, a TLS target's client inside its `Upstream`, which
 //! the snapshot builder carries over while the target's table is unchanged, so reloads and flips
-//! never tear down upstream connections. Instance choice is round-robin over a relaxed atomic
-//! counter and the per-instance in-flight count is one atomic add: no lock, no allocation. The
+//! never tear down upstream connections. Instance choice (`balance`: power of two choices or round
+//! robin, weighted, skipping drained instances) reads relaxed atomics, and the per-instance
+//! in-flight count is one atomic add and one sub per request or tunnel, always counted (balancing
+//! and drain read it): no lock, no allocation. The
 //! request URI handed to a client is rebuilt from pre-parsed parts, so no string formatting happens
 //! per request. Every pool of idle upstream connections (these clients', the engine's, the pinned
 //! slot's) follows the one idle rule of `idle`; these clients get it from `idle::Idle::configure`.
@@ -14,6 +16,7 @@
 //! or the instance host. We keep our own ~100-line connector rather than `hyper-rustls` because we
 //! need a per-target SNI override and CA, and it avoids a second copy of the rustls plumbing.
 
+pub mod balance;
 pub mod body;
 pub mod expect;
 pub mod health;
@@ -22,7 +25,7 @@ pub mod idle;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{HealthCheck, Target};
+use crate::upstream::balance::{Lb, Load, Pick, Pool, Weights};
 use crate::upstream::body::RequestBody;
 use crate::upstream::health::InstanceHealth;
 
@@ -72,8 +76,13 @@ pub struct Upstream {
     tls: Option<TlsTarget>,
     /// A TLS target's own client (its SNI and roots differ per target), built on first use.
     tls_client: OnceLock<HttpClient>,
-    /// Requests in flight per instance (same index as `instances`), for `max_upstream_connections`.
-    inflight: Box<[AtomicUsize]>,
+    /// Per instance (same index as `instances`): requests and tunnels in flight, and the drain
+    /// flag; shared by address with the target's previous upstream (`balance`).
+    loads: Box<[Arc<Load>]>,
+    /// Per-instance weights (`weight` in the table form of instances; 1 by default).
+    weights: Weights,
+    /// How instances are chosen (`lb`).
+    pub lb: Lb,
     /// Health per instance (same index as `instances`): outlier ejection and active checks.
     pub health: Box<[InstanceHealth]>,
     /// Active health check settings, if any.
@@ -84,7 +93,21 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(target: &Target) -> Upstream {
+    /// The upstream of `target`; `previous` (the target's upstream in the snapshot before) lends
+    /// the counters of the instances it shares by address (`balance::Load`).
+    pub fn new(target: &Target, previous: Option<&Upstream>) -> Upstream {
+        let loads = target
+            .instances
+            .iter()
+            .map(|a| {
+                previous
+                    .and_then(|p| {
+                        let i = p.instances.iter().position(|x| x == a)?;
+                        Some(p.loads[i].clone())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
         Upstream {
             instances: target.instances.clone().into_boxed_slice(),
             scheme: if target.tls {
@@ -98,11 +121,9 @@ impl Upstream {
                 ca: target.ca.clone(),
             }),
             tls_client: OnceLock::new(),
-            inflight: target
-                .instances
-                .iter()
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
+            loads,
+            weights: Weights::new(&target.weights),
+            lb: target.lb,
             health: target
                 .instances
                 .iter()
@@ -118,6 +139,8 @@ impl Upstream {
     /// and, for TLS targets, the connection pool).
     pub fn same_as(&self, target: &Target) -> bool {
         *self.instances == *target.instances
+            && self.weights == Weights::new(&target.weights)
+            && self.lb == target.lb
             && self.health_check == target.health_check
             && self.http2 == target.http2
             && (self.scheme == Scheme::HTTPS) == target.tls
@@ -128,54 +151,57 @@ impl Upstream {
                     .is_some_and(|t| t.sni == target.sni && t.ca == target.ca))
     }
 
-    /// Next available instance, round-robin, skipping ejected instances and those failing active
-    /// checks. Ejection never empties a target: when every instance that passes its checks is
-    /// ejected, one of them is used anyway. `None` only when no instance passes active checks.
+    /// Chooses an instance for a new request (`balance`): never a drained one, nor `avoid`.
     #[inline]
-    pub fn pick(&self, now_ms: u64) -> Option<(usize, &Authority)> {
-        let n = self.instances.len();
-        let start = self.next.fetch_add(1, Relaxed);
-        let mut fallback = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let h = &self.health[i];
-            if !h.checks_pass() {
-                continue;
-            }
-            if !h.ejected(now_ms) {
-                return Some((i, &self.instances[i]));
-            }
-            fallback.get_or_insert(i);
+    pub fn pick(&self, now_ms: u64, avoid: Option<usize>) -> Pick {
+        Pool {
+            lb: self.lb,
+            weights: &self.weights,
+            loads: &self.loads,
+            health: &self.health,
+            cursor: &self.next,
         }
-        fallback.map(|i| (i, &self.instances[i]))
+        .pick(now_ms, avoid)
     }
 
-    /// Takes an in-flight slot on instance `i` when `limit` is set (0 = unlimited: nothing is
-    /// counted, `Ok(None)`). The slot is released when the returned guard drops (with the response
-    /// body or the tunnel). `Err(Busy)` when the instance already has `limit` in flight.
+    /// Takes an in-flight slot on instance `i` (always counted: balancing and drain read it). The
+    /// slot is released when the returned guard drops (with the response body or the tunnel).
+    /// `Err(Busy)` when `limit` (`max_upstream_connections`, 0 = unlimited) is set and the
+    /// instance already has that many in flight.
     #[inline]
-    pub fn acquire(
-        self: &Arc<Self>,
-        i: usize,
-        limit: usize,
-    ) -> Result<Option<InflightGuard>, Busy> {
-        if limit == 0 {
-            return Ok(None);
-        }
-        let n = self.inflight[i].fetch_add(1, Relaxed);
-        let guard = InflightGuard {
-            upstream: self.clone(),
-            index: i,
-        };
-        if n >= limit {
+    pub fn acquire(&self, i: usize, limit: usize) -> Result<InflightGuard, Busy> {
+        let load = &self.loads[i];
+        let n = load.enter();
+        let guard = InflightGuard { load: load.clone() };
+        if limit != 0 && n >= limit {
             return Err(Busy); // the guard drops here and gives the slot back
         }
-        Ok(Some(guard))
+        Ok(guard)
     }
 
-    /// Requests in flight to instance `i`.
+    /// Requests and tunnels in flight to instance `i`.
     pub fn inflight(&self, i: usize) -> usize {
-        self.inflight[i].load(Relaxed)
+        self.loads[i].inflight()
+    }
+
+    /// Whether instance `i` is drained.
+    pub fn drained(&self, i: usize) -> bool {
+        self.loads[i].drained()
+    }
+
+    /// Sets instance `i`'s drain flag (the snapshot builder, from the runtime state).
+    pub fn set_drained(&self, i: usize, drained: bool) -> bool {
+        self.loads[i].set_drained(drained)
+    }
+
+    /// The counters of instance `i`, for a pooled connection to know when its instance is drained.
+    pub fn load(&self, i: usize) -> &Arc<Load> {
+        &self.loads[i]
+    }
+
+    /// The weight of instance `i`.
+    pub fn weight(&self, i: usize) -> u64 {
+        self.weights.of(i)
     }
 
     /// The absolute URI for a request to `instance`.
@@ -193,15 +219,14 @@ impl Upstream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
-/// One in-flight request to an upstream instance; gives its slot back on drop.
+/// One request or tunnel in flight to an upstream instance; gives its slot back on drop.
 pub struct InflightGuard {
-    upstream: Arc<Upstream>,
-    index: usize,
+    load: Arc<Load>,
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.upstream.inflight[self.index].fetch_sub(1, Relaxed);
+        self.load.leave();
     }
 }
 

@@ -63,6 +63,10 @@ pub struct RouteState {
     pub tripped: Option<Trip>,
     /// Unix milliseconds until which the live target is watched after a flip or promote.
     pub bake_until_unix_ms: Option<u64>,
+    /// Instances an operator drained, by target name (`control::drain`). Written only when
+    /// there are some, so a state without drains reads the same to an older binary.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drained: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// The route's rollout ladder (`control::rollout`): running, paused, or how the last one
     /// ended. Absent from files written before rollouts existed, and written only when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +95,7 @@ impl RouteState {
             previous: None,
             tripped: None,
             bake_until_unix_ms: None,
+            drained: BTreeMap::new(),
             rollout: None,
         }
     }

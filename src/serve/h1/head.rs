@@ -72,7 +72,8 @@ pub struct Forward {
     pub idempotent: bool,
     pub reason: Reason,
     pub access: Option<Pending>,
-    /// The in-flight slot (`max_upstream_connections`), released when the exchange ends.
+    /// The in-flight slot (balancing and drain count it; `max_upstream_connections` bounds it),
+    /// released when the exchange ends.
     pub slot: Option<InflightGuard>,
 }
 

@@ -59,6 +59,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::policy::connect_retry;
 use crate::policy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
 use crate::policy::resend::{self, Unanswered};
 use crate::serve::proxy::{record_answer, record_error, record_local, At, ConnInfo, Proxy};
@@ -176,6 +177,8 @@ enum Next {
 /// An upstream connection: in use by one exchange, or idle in this thread's `upstreams` pool.
 struct Up {
     authority: Authority,
+    /// Its instance's counters: a connection to a drained instance is not kept idle.
+    load: Arc<crate::upstream::balance::Load>,
     stream: TcpStream,
     buf: BytesMut,
     /// When it last went idle (into the pool).
@@ -318,7 +321,7 @@ impl<D: Downstream> Conn<D> {
     /// Relays one request and its response. Returns whether the client connection stays open.
     async fn exchange(
         &mut self,
-        f: head::Forward,
+        mut f: head::Forward,
         start: Instant,
         mut timer: Pin<&mut Sleep>,
     ) -> bool {
@@ -326,7 +329,7 @@ impl<D: Downstream> Conn<D> {
             .as_mut()
             .reset(crate::clock::deadline(start, f.limits.timeout));
         self.unanswered = true;
-        let sent = self.send(&f, timer.as_mut()).await;
+        let sent = self.send(&mut f, timer.as_mut()).await;
         self.unanswered = false;
         let head::Forward {
             body_len,
@@ -377,12 +380,13 @@ impl<D: Downstream> Conn<D> {
     }
 
     /// Sends the request (head in `out`, then its body) and reads the response head into `out`.
+    /// A failed connect moves the request to another instance of its target once
+    /// (`policy::connect_retry`): `f`'s instance and in-flight slot then name that one.
     async fn send(
         &mut self,
-        f: &head::Forward,
+        f: &mut head::Forward,
         mut timer: Pin<&mut Sleep>,
     ) -> Result<(Up, head::Response), Failed> {
-        let instance = &f.instance;
         let (head_method, close) = (f.head_method, f.close);
         let mut body_left = f.body_len;
         let take = body_left.min(self.rbuf.len() as u64) as usize;
@@ -390,8 +394,31 @@ impl<D: Downstream> Conn<D> {
         self.rbuf.advance(take);
         body_left -= take as u64;
         let mut resent = 0;
+        let mut moved = false;
         loop {
-            let (mut up, fresh) = self.upstream(instance, &f.limits, timer.as_mut()).await?;
+            let instance = &f.instance;
+            let load = f.target.upstream.load(f.index);
+            let up = self
+                .upstream(instance, load, &f.limits, timer.as_mut())
+                .await;
+            let (mut up, fresh) = match up {
+                Ok(x) => x,
+                Err(Failed::Answer(e)) if !moved && connect_retry::after(e) => {
+                    let limit = f.limits.max_upstream_connections;
+                    let outlier = &f.limits.outlier;
+                    let Some((i, slot)) =
+                        connect_retry::another(&f.target, f.index, outlier, limit)
+                    else {
+                        return Err(Failed::Answer(e));
+                    };
+                    f.index = i;
+                    f.instance = f.target.upstream.instances[i].clone();
+                    f.slot = Some(slot);
+                    moved = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // Only a reused connection can be closed under a request by the keep-alive race.
             let may_resend = !fresh
                 && resend::allowed(
@@ -523,6 +550,7 @@ impl<D: Downstream> Conn<D> {
     async fn upstream(
         &mut self,
         instance: &Authority,
+        load: &Arc<crate::upstream::balance::Load>,
         limits: &crate::serve::proxy::Limits,
         timer: Pin<&mut Sleep>,
     ) -> Result<(Up, bool), Failed> {
@@ -546,6 +574,7 @@ impl<D: Downstream> Conn<D> {
         let _ = stream.set_nodelay(true);
         let up = Up {
             authority: instance.clone(),
+            load: load.clone(),
             stream,
             buf: BytesMut::new(),
             idle_since: Instant::now(),
@@ -700,12 +729,15 @@ fn try_recv(stream: &TcpStream, room: &mut [std::mem::MaybeUninit<u8>]) -> std::
 
 /// Per-thread pool of idle upstream connections, most recently used first, as nginx's upstream
 /// `keepalive`: the upstream sees about as many connections as there are requests in flight, not
-/// one per client connection, and an idle client connection holds none.
+/// one per client connection, and an idle client connection holds none. A connection to a
+/// drained instance is never kept: one that ends its exchange after the drain is closed then, and
+/// those already idle are closed by the thread's next use of the pool after the drain (one
+/// relaxed load per use notices it, `balance::drain_epoch`).
 mod upstreams {
     use super::Up;
     use crate::upstream::idle::{self, Idle};
     use http::uri::Authority;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
     use tokio::time::Instant;
 
@@ -714,6 +746,25 @@ mod upstreams {
 
     thread_local! {
         static IDLE: RefCell<VecDeque<Up>> = const { RefCell::new(VecDeque::new()) };
+        /// The drain epoch this thread's pool was last swept at.
+        static SWEPT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Closes the idle connections to drained instances if an instance was drained since the
+    /// last sweep.
+    fn sweep(idle: &mut VecDeque<Up>, dropped: &mut Vec<Up>) {
+        let epoch = crate::upstream::balance::drain_epoch();
+        if SWEPT.with(|s| s.replace(epoch)) == epoch {
+            return;
+        }
+        let mut i = 0;
+        while i < idle.len() {
+            if idle[i].load.drained() {
+                dropped.extend(idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// The most recently used idle connection to `authority` that the idle rule lets carry a
@@ -724,6 +775,7 @@ mod upstreams {
         let mut dropped = Vec::new();
         let found = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
+            sweep(&mut idle, &mut dropped);
             while idle
                 .front()
                 .is_some_and(|u| rule.expired(u.idle_since, now))
@@ -747,13 +799,18 @@ mod upstreams {
     /// Keeps a connection whose last exchange ended cleanly, for the next request to its upstream.
     pub(super) fn give(mut up: Up) {
         up.idle_since = Instant::now();
-        let evicted = IDLE.with(|idle| {
+        let mut dropped = Vec::new();
+        IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
-            let evicted = (idle.len() >= KEEP).then(|| idle.pop_front()).flatten();
+            sweep(&mut idle, &mut dropped);
+            if up.load.drained() {
+                dropped.push(up);
+                return;
+            }
+            dropped.extend((idle.len() >= KEEP).then(|| idle.pop_front()).flatten());
             idle.push_back(up);
-            evicted
         });
-        drop(evicted);
+        drop(dropped);
     }
 }
 
@@ -816,6 +873,7 @@ mod tests {
         let (peer, _) = l.accept().await.unwrap();
         let up = Up {
             authority: addr.to_string().parse().unwrap(),
+            load: Default::default(),
             stream,
             buf: BytesMut::new(),
             idle_since: Instant::now(),

@@ -25,7 +25,7 @@ use crate::upstream::InflightGuard;
 /// What an upstream's response body holds until it is finished or dropped.
 #[derive(Default)]
 pub struct Held {
-    /// The in-flight slot (`max_upstream_connections`), if limits are on.
+    /// The in-flight slot (balancing and drain count it; `max_upstream_connections` bounds it).
     pub slot: Option<InflightGuard>,
     /// An `Expect: 100-continue` exchange's side of the gate: shut when the response is through,
     /// ending a body the upstream never asked for (and so its connection) only then.

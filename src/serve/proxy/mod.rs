@@ -25,8 +25,9 @@ use crate::policy::error::{
     classify, ClientErrorKind, LocalErrorKind, ProxyError, UpstreamErrorKind,
 };
 use crate::policy::forward as policy;
-use crate::policy::{decide, grpc, headers, resend};
+use crate::policy::{connect_retry, decide, grpc, headers, resend};
 use crate::snapshot::{Snapshot, TargetEntry};
+use crate::upstream::balance::Pick;
 use crate::upstream::body::RequestBody;
 use crate::upstream::expect;
 use crate::upstream::health::Outlier;
@@ -214,6 +215,32 @@ fn log_failure(target: &TargetEntry, instance: &Authority, e: &(dyn std::error::
     }
 }
 
+/// `connect_retry` on hyper's path: the request again, for another instance of `target`, after
+/// its connect to instance `index` failed `e`; moves `index` and the in-flight slot there. `None`
+/// when the rule does not allow it, no other instance is usable, or the body cannot be replayed.
+fn elsewhere<'t>(
+    target: &'t TargetEntry,
+    e: ProxyError,
+    index: &mut usize,
+    held: &mut Held,
+    limits: &Limits,
+    kept: Option<&mut resend::Kept>,
+) -> Option<(Request<RequestBody>, &'t Authority)> {
+    if !connect_retry::after(e) {
+        return None;
+    }
+    let again = kept?.elsewhere()?;
+    let (i, slot) = connect_retry::another(
+        target,
+        *index,
+        &limits.outlier,
+        limits.max_upstream_connections,
+    )?;
+    *index = i;
+    held.slot = Some(slot);
+    Some((again, &target.upstream.instances[i]))
+}
+
 /// Where an answer flipgate gives itself is recorded.
 pub(crate) enum At<'a> {
     /// The request was going to `target` (instance `index`, chosen for `reason`).
@@ -276,12 +303,20 @@ pub(crate) fn admit<'t>(
         return Err((ProxyError::Client(ClientErrorKind::TooLarge), 0));
     }
     let upstream = &target.upstream;
-    let Some((index, instance)) = upstream.pick(crate::clock::now_ms()) else {
-        tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
-        return Err((ProxyError::NoHealthy, 0));
+    let index = match upstream.pick(crate::clock::now_ms(), None) {
+        Pick::Instance(i) => i,
+        Pick::NoHealthy => {
+            tracing::debug!(route = %target.route, target = %target.name, "no instance passes its health checks");
+            return Err((ProxyError::NoHealthy, 0));
+        }
+        Pick::Drained => {
+            tracing::debug!(route = %target.route, target = %target.name, "every instance is drained");
+            return Err((ProxyError::Local(LocalErrorKind::Drained), 0));
+        }
     };
+    let instance = &upstream.instances[index];
     match upstream.acquire(index, limits.max_upstream_connections) {
-        Ok(slot) => Ok((index, instance, slot)),
+        Ok(slot) => Ok((index, instance, Some(slot))),
         Err(_) => {
             tracing::debug!(route = %target.route, target = %target.name, %instance, "upstream connection limit reached");
             Err((ProxyError::Local(LocalErrorKind::Busy), index))
@@ -455,7 +490,7 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let (index, instance, slot) = match admit(target, &limits, declared) {
+        let (mut index, mut instance, slot) = match admit(target, &limits, declared) {
             Ok(x) => x,
             Err((e, index)) => {
                 if let Some(log) = &mut log {
@@ -524,10 +559,14 @@ impl Proxy {
             true => expect::watch(&mut req).unzip(),
             false => (None, None),
         };
-        let held = Held { slot, expect };
+        let mut held = Held { slot, expect };
         let (parts, body) = req.into_parts();
-        // A request to an HTTP/2 upstream keeps its body for a resend (`resend`, `body::Replay`).
-        let (body, watch, replay) = if upstream.http2 && !bodyless {
+        // A request that a failed connect may move to another instance (`connect_retry`) keeps
+        // what sending it again needs, as one to an HTTP/2 upstream does for a resend (`resend`,
+        // `body::Replay`); an `Expect: 100-continue` body waits on its gate instead.
+        let movable = !upgrade && upstream.instances.len() > 1;
+        let keep_body = upstream.http2 || (movable && gate.is_none());
+        let (body, watch, replay) = if keep_body && !bodyless {
             let (body, watch, replay) = RequestBody::replayable(body, limits.max_body_bytes);
             (body, watch, Some(replay))
         } else {
@@ -538,7 +577,7 @@ impl Proxy {
         // What a resend needs, when some failure could allow one (`resend`). (A request hyper
         // never wrote is handed back and written again by `pinned` and hyper's pool without it.)
         let mut kept = match upgrade {
-            false => resend::Kept::of(&req, upstream.http2, replay),
+            false => resend::Kept::of(&req, upstream.http2, replay, movable),
             true => None,
         };
         // The deadline passing while flipgate waits on the client's body is the client's fault.
@@ -549,12 +588,14 @@ impl Proxy {
 
         let client = self.clients.for_upstream(upstream);
         let deadline = crate::clock::deadline(start, limits.timeout);
+        let mut moved = false;
         if pinned {
             loop {
                 let idle = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
+                let load = upstream.load(index);
                 let send = conn
                     .pinned
-                    .send(instance, limits.connect_timeout, idle, req);
+                    .send(instance, load, limits.connect_timeout, idle, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
                         return self.relay(resp, target, index, &limits, start, None, held, log);
@@ -564,6 +605,21 @@ impl Proxy {
                             tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "pinned connection failed before answering; resending");
                             req = again;
                             continue;
+                        }
+                        let connect = matches!(e, pinned::PinnedError::Connect(..));
+                        if connect && !moved {
+                            let to = elsewhere(
+                                target,
+                                e.classify(),
+                                &mut index,
+                                &mut held,
+                                &limits,
+                                kept.as_mut(),
+                            );
+                            if let Some((again, to)) = to {
+                                (req, instance, moved) = (again, to, true);
+                                continue;
+                            }
                         }
                         log_failure(target, instance, &e);
                         return self.fail(target, index, &limits, e.classify(), start, log);
@@ -584,10 +640,28 @@ impl Proxy {
         }
         let mut result = tokio::time::timeout_at(deadline, client.request(req)).await;
         while let (Ok(Err(e)), Some(k)) = (&result, kept.as_mut()) {
-            let Some(again) = k.again(resend::unanswered(e)) else {
-                break;
+            let again = match k.again(resend::unanswered(e)) {
+                Some(again) => again,
+                None if !moved && e.is_connect() => {
+                    let Some((mut again, to)) = elsewhere(
+                        target,
+                        classify(e),
+                        &mut index,
+                        &mut held,
+                        &limits,
+                        Some(&mut *k),
+                    ) else {
+                        break;
+                    };
+                    (instance, moved) = (to, true);
+                    *again.uri_mut() =
+                        upstream.uri(instance, again.uri().path_and_query().cloned());
+                    k.uri = again.uri().clone();
+                    again
+                }
+                None => break,
             };
-            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream failed before answering; resending");
+            tracing::debug!(route = %target.route, target = %target.name, %instance, error = %e, "upstream failed before answering; sending again");
             result = tokio::time::timeout_at(deadline, client.request(again)).await;
         }
         drop(kept); // the response head is in (or the exchange failed): stop keeping the body

@@ -21,13 +21,14 @@
 //! otherwise it is closed and replaced. A request that hyper reports as never sent is retried once
 //! on a fresh connection, so an upstream closing an idle keep-alive connection never becomes a
 //! client error. At most `MAX_INSTANCES`
-//! connections are kept per downstream connection; they close when it closes. At most `MAX_PINNED`
+//! connections are kept per downstream connection; they close when it closes, and one to an
+//! instance that was drained (`upstream::balance`) closes at the connection's next request. At most `MAX_PINNED`
 //! exist process-wide (a relaxed counter touched only on connect and close), so thousands of idle
 //! clients do not pin thousands of upstream connections and file descriptors: past the cap a
 //! request is handed back and goes through the shared pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -39,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::policy::error::{body_error, connect_error, ProxyError, UpstreamErrorKind};
 use crate::policy::resend::{self, Unanswered};
+use crate::upstream::balance::Load;
 use crate::upstream::body::{RequestBody, RequestBodyError};
 use crate::upstream::idle::Idle;
 use crate::upstream::UpstreamStream;
@@ -107,6 +109,8 @@ struct Conns {
 /// One pinned upstream connection.
 struct Entry {
     instance: Authority,
+    /// Its instance's counters: once the instance is drained, the connection is closed.
+    load: Arc<Load>,
     sender: http1::SendRequest<RequestBody>,
     /// The socket hyper's connection task does its I/O on, looked at while idle (`idle::silent`);
     /// gone once that task has ended.
@@ -143,12 +147,13 @@ impl Slot {
     pub async fn send(
         &self,
         instance: &Authority,
+        load: &Arc<Load>,
         connect_timeout: Duration,
         idle: Idle,
         req: Request<RequestBody>,
     ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
         let mut conns = self.take();
-        let result = conns.send(instance, connect_timeout, idle, req).await;
+        let result = conns.send(instance, load, connect_timeout, idle, req).await;
         self.put(conns);
         result
     }
@@ -169,10 +174,12 @@ impl Conns {
     async fn send(
         &mut self,
         instance: &Authority,
+        load: &Arc<Load>,
         connect_timeout: Duration,
         idle: Idle,
         mut req: Request<RequestBody>,
     ) -> Result<Result<Response<Incoming>, PinnedError>, Request<RequestBody>> {
+        self.entries.retain(|e| !e.load.drained());
         let mut retried = false;
         let now = Instant::now();
         loop {
@@ -194,6 +201,7 @@ impl Conns {
                     };
                     self.entries.push(Entry {
                         instance: instance.clone(),
+                        load: load.clone(),
                         sender,
                         stream,
                         idle_since: now,
@@ -300,7 +308,13 @@ mod tests {
     async fn get(slot: &Slot, instance: &Authority, idle: Idle) {
         let req = Request::get("/").body(RequestBody::empty()).unwrap();
         let resp = slot
-            .send(instance, Duration::from_secs(5), idle, req)
+            .send(
+                instance,
+                &Default::default(),
+                Duration::from_secs(5),
+                idle,
+                req,
+            )
             .await
             .unwrap_or_else(|_| panic!("no room to pin"))
             .unwrap();
