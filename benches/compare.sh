@@ -428,7 +428,8 @@ if [ "$TLS_ONLY" = 1 ]; then
   QUICK=1 # the memory and change sections below are skipped
 else
 NGX_H1=$(ceiling nginx h1-12B)
-NGX_H2=$(ceiling nginx h2c-12B)
+NGX_H2=0
+[ "$QUICK" = 1 ] || NGX_H2=$(ceiling nginx h2c-12B)
 echo "compare.sh: nginx ceilings (12 B, 32 conns): h1 $NGX_H1 rps, h2c $NGX_H2 rps" >&2
 
 LOADS="25 50 75"
