@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use crate::control::wake::{self, Wake};
 use crate::upstream::health::{Change, FALL, RISE};
 
 /// How often the task looks for due checks.
@@ -26,22 +27,17 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        published.borrow_and_update();
-        let checked = snapshots
-            .load()
-            .routes
-            .iter()
-            .any(|r| r.targets.iter().any(|t| t.upstream.health_check.is_some()));
-        tokio::select! {
-            _ = tick.tick(), if checked => {}
-            r = published.changed(), if !checked => {
-                if r.is_err() {
-                    return;
-                }
-                tick.reset_immediately();
-                continue;
-            }
-            _ = shutdown.changed() => return,
+        let checked = || {
+            snapshots
+                .load()
+                .routes
+                .iter()
+                .any(|r| r.targets.iter().any(|t| t.upstream.health_check.is_some()))
+        };
+        match wake::next(&mut tick, &mut published, &mut shutdown, checked).await {
+            Wake::Stop => return,
+            Wake::Changed => continue,
+            Wake::Tick => {}
         }
         let snap = snapshots.load_full();
         let now = crate::clock::now_ms();

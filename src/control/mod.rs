@@ -41,6 +41,7 @@ pub mod health_check;
 pub mod reload;
 pub mod rollout;
 pub mod state;
+pub mod wake;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use crate::config::Route;
 use crate::control::circuit::window::Window;
 use crate::control::state::{RouteState, Source};
+use crate::control::wake::{self, Wake};
 use crate::control::{apply, unix_ms, Action, Applied, Control, ControlError};
 use crate::observe::metrics::Metrics;
 use crate::snapshot::RouteEntry;
@@ -618,25 +619,19 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut waiting: HashSet<(String, u64, usize)> = HashSet::new();
     let mut published = control.published();
     loop {
-        // With no rollout running there is nothing to step: wait for the next published
-        // snapshot instead of ticking (an idle proxy does not wake for this task).
-        published.borrow_and_update();
-        let running = control.snapshots().load().routes.iter().any(|r| {
-            r.state
-                .rollout
-                .as_ref()
-                .is_some_and(|x| x.phase == Phase::Running)
-        });
-        tokio::select! {
-            _ = tick.tick(), if running => {}
-            r = published.changed(), if !running => {
-                if r.is_err() {
-                    return;
-                }
-                tick.reset_immediately();
-                continue;
-            }
-            _ = shutdown.changed() => return,
+        // With no rollout running there is nothing to step (`wake`).
+        let running = || {
+            control.snapshots().load().routes.iter().any(|r| {
+                r.state
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|x| x.phase == Phase::Running)
+            })
+        };
+        match wake::next(&mut tick, &mut published, &mut shutdown, running).await {
+            Wake::Stop => return,
+            Wake::Changed => continue,
+            Wake::Tick => {}
         }
         // Only the process that owns the runtime state changes it; another one follows.
         if !matches!(

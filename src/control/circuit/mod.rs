@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::Compare;
 use crate::control::state::{RouteState, Trip};
+use crate::control::wake::{self, Wake};
 use crate::control::{current_candidate, unix_ms, Control};
 use crate::snapshot::RouteEntry;
 
@@ -172,40 +173,37 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut seen = u64::MAX;
     let mut last = tokio::time::Instant::now();
     loop {
-        if !watching(&control, unix_ms()) {
-            published.borrow_and_update();
-            tokio::select! {
-                r = published.changed() => if r.is_err() { return },
-                _ = shutdown.changed() => return,
-            }
+        match wake::next(&mut poll, &mut published, &mut shutdown, || {
+            watching(&control, unix_ms())
+        })
+        .await
+        {
+            Wake::Stop => return,
             // Something changed: evaluate at the next poll, whatever the counters say.
-            seen = u64::MAX;
-            poll.reset_immediately();
+            Wake::Changed => {
+                seen = u64::MAX;
+                continue;
+            }
+            Wake::Tick => {}
+        }
+        let bad = window::bad_outcomes();
+        if bad == seen && last.elapsed() < TICK {
             continue;
         }
-        tokio::select! {
-            _ = poll.tick() => {
-                let bad = window::bad_outcomes();
-                if bad == seen && last.elapsed() < TICK {
-                    continue;
-                }
-                seen = bad;
-                last = tokio::time::Instant::now();
-                let now_unix = unix_ms();
-                let trips = pending(&control, crate::clock::now_ms(), now_unix);
-                if trips.is_empty() {
-                    continue;
-                }
-                let c = control.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    for p in trips {
-                        p.apply(&c, now_unix);
-                    }
-                })
-                .await;
-            }
-            _ = shutdown.changed() => return,
+        seen = bad;
+        last = tokio::time::Instant::now();
+        let now_unix = unix_ms();
+        let trips = pending(&control, crate::clock::now_ms(), now_unix);
+        if trips.is_empty() {
+            continue;
         }
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in trips {
+                p.apply(&c, now_unix);
+            }
+        })
+        .await;
     }
 }
 
