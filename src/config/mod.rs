@@ -10,6 +10,7 @@
 
 mod error;
 pub mod raw;
+pub mod analysis;
 pub mod rollout;
 pub mod rules;
 mod validate;
@@ -264,6 +265,11 @@ pub struct Circuit {
     pub bake: Duration,
     pub compare: Compare,
     pub max_p99: Option<Duration>,
+    /// `threshold` (the fixed rate above) or `sequential` (`control::circuit::analysis`).
+    pub mode: analysis::Mode,
+    /// The sequential test's and the latency comparison's settings (used in either mode by
+    /// `--require-healthy`; the latency test runs in either mode when `max_latency_ratio` is set).
+    pub analysis: analysis::Analysis,
 }
 
 /// Largest route file flipgate reads: 4 MiB, about a thousand times a large real one. A bigger

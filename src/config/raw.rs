@@ -163,4 +163,11 @@ pub struct RawCircuit {
     pub bake: Option<Spanned<String>>,
     pub compare: Option<Spanned<String>>,
     pub max_p99: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub detect: Option<Spanned<f64>>,
+    pub detect_points: Option<Spanned<f64>>,
+    pub false_trip: Option<Spanned<f64>>,
+    pub power: Option<Spanned<f64>>,
+    pub max_latency_ratio: Option<Spanned<f64>>,
+    pub latency_quantile: Option<Spanned<f64>>,
 }

@@ -621,8 +621,8 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
     });
 
     let circuit = raw.circuit.map(|c| {
-        let c = c.into_inner();
-        let max_error_rate = match c.max_error_rate {
+        let mut c = c.into_inner();
+        let max_error_rate = match c.max_error_rate.take() {
             None => 0.05,
             Some(r) => {
                 let v = *r.get_ref();
@@ -636,7 +636,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                 v.clamp(0.0, 1.0)
             }
         };
-        let compare = match c.compare {
+        let compare = match c.compare.take() {
             None => Compare::Absolute,
             Some(s) => match s.get_ref().as_str() {
                 "absolute" | "none" => Compare::Absolute,
@@ -654,7 +654,10 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
                 }
             },
         };
+        let (mode, analysis) = super::analysis::validate(sink, &f, &mut c, max_error_rate);
         Circuit {
+            mode,
+            analysis,
             window: duration(
                 sink,
                 c.window,
