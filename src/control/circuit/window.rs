@@ -4,7 +4,10 @@
 //! window is `BUCKETS` time buckets; each bucket remembers the tick it counts, and a stale bucket is
 //! reset by the first recorder of a new tick (a concurrent recorder may lose a count at the boundary,
 //! which is acceptable for rates). Time is passed in (milliseconds on a monotonic clock) so tests
-//! drive it with tokio's paused clock.
+//! drive it with tokio's paused clock. Each bucket, and the lifetime counters, also hold a latency
+//! histogram with `LATENCY_BINS` log-spaced bins (two per power of two of milliseconds): one
+//! bin-index computation (`latency_bin`: a leading-zeros count and a shift) and one relaxed add
+//! per histogram per request.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -21,6 +24,47 @@ pub fn bad_outcomes() -> u64 {
 
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
 pub const BUCKETS: usize = 10;
+
+/// Latency histogram bins: bin 0 is under 1 ms, then two bins per power of two of milliseconds
+/// (lower edges 1, 2, 3, 4, 6, 8, 12, 16, ... ms); the last bin takes everything from about 33 s.
+pub const LATENCY_BINS: usize = 32;
+
+/// Counts of requests per latency bin (`latency_bin`).
+pub type Latencies = [u64; LATENCY_BINS];
+
+/// The histogram bin of a latency in milliseconds.
+#[inline]
+pub fn latency_bin(ms: u64) -> usize {
+    if ms == 0 {
+        return 0;
+    }
+    let log = 63 - ms.leading_zeros() as usize;
+    let half = if log == 0 { 0 } else { (ms >> (log - 1)) as usize & 1 };
+    (1 + 2 * log + half).min(LATENCY_BINS - 1)
+}
+
+/// The smallest latency (ms) bin `i` holds.
+pub fn bin_floor_ms(i: usize) -> f64 {
+    match i {
+        0 => 0.0,
+        _ => {
+            let log = (i - 1) / 2;
+            let half = (i - 1) % 2;
+            let base = (1u64 << log) as f64;
+            base + half as f64 * base / 2.0
+        }
+    }
+}
+
+/// The latency (ms) above every request of bin `i` (infinite for the last bin).
+pub fn bin_ceiling_ms(i: usize) -> f64 {
+    match i {
+        _ if i + 1 >= LATENCY_BINS => f64::INFINITY,
+        // Bin 2 is never used (there is no half step between 1 and 2 ms): bin 1 is [1, 2).
+        1 => 2.0,
+        _ => bin_floor_ms(i + 1),
+    }
+}
 
 /// Totals over the current window.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -48,6 +92,7 @@ struct Bucket {
     requests: AtomicU64,
     errors: AtomicU64,
     slow: AtomicU64,
+    latency: [AtomicU64; LATENCY_BINS],
 }
 
 /// Outcome counters of one target over a sliding window.
@@ -58,6 +103,9 @@ pub struct Window {
     /// Every outcome recorded into this window since it was made, never reset by sliding
     /// (requests, errors): what a rollout step counts from.
     lifetime: [AtomicU64; 2],
+    /// Latency histogram of every request since the window was made (what the sequential latency
+    /// test reads deltas from).
+    lifetime_latency: [AtomicU64; LATENCY_BINS],
     width_ms: u64,
     /// Latency above which a request counts as slow; `u64::MAX` when unused.
     slow_ms: u64,
@@ -72,6 +120,7 @@ impl Window {
         Window {
             id: next_id(),
             lifetime: Default::default(),
+            lifetime_latency: Default::default(),
             width_ms,
             slow_ms: slow.map_or(u64::MAX, |d| {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -99,8 +148,14 @@ impl Window {
             b.requests.store(0, Relaxed);
             b.errors.store(0, Relaxed);
             b.slow.store(0, Relaxed);
+            for l in &b.latency {
+                l.store(0, Relaxed);
+            }
         }
         b.requests.fetch_add(1, Relaxed);
+        let bin = latency_bin(latency_ms);
+        b.latency[bin].fetch_add(1, Relaxed);
+        self.lifetime_latency[bin].fetch_add(1, Relaxed);
         self.lifetime[0].fetch_add(1, Relaxed);
         if error {
             self.lifetime[1].fetch_add(1, Relaxed);
@@ -130,6 +185,33 @@ impl Window {
         )
     }
 
+    /// The latency histogram of every request since this window was made.
+    pub fn lifetime_latency(&self) -> Latencies {
+        std::array::from_fn(|i| self.lifetime_latency[i].load(Relaxed))
+    }
+
+    /// The latency histogram of the buckets still inside the window at `now_ms`.
+    pub fn latency(&self, now_ms: u64) -> Latencies {
+        let mut out = [0; LATENCY_BINS];
+        self.live_buckets(now_ms, |b| {
+            for (o, l) in out.iter_mut().zip(&b.latency) {
+                *o += l.load(Relaxed);
+            }
+        });
+        out
+    }
+
+    fn live_buckets(&self, now_ms: u64, mut f: impl FnMut(&Bucket)) {
+        let now_tick = now_ms / self.width_ms + 1;
+        let oldest = now_tick.saturating_sub(BUCKETS as u64 - 1).max(1);
+        for b in &self.buckets {
+            let tick = b.tick.load(Relaxed);
+            if tick >= oldest && tick <= now_tick {
+                f(b);
+            }
+        }
+    }
+
     /// Sums the buckets still inside the window at `now_ms`.
     pub fn totals(&self, now_ms: u64) -> Totals {
         let now_tick = now_ms / self.width_ms + 1;
@@ -154,6 +236,9 @@ impl Window {
             b.requests.store(0, Relaxed);
             b.errors.store(0, Relaxed);
             b.slow.store(0, Relaxed);
+            for l in &b.latency {
+                l.store(0, Relaxed);
+            }
         }
     }
 }
@@ -211,6 +296,23 @@ mod tests {
                 slow: 0
             }
         );
+    }
+
+    #[test]
+    fn latency_bins_are_log_spaced_and_contain_their_values() {
+        for ms in [0u64, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 300, 1000, 65_000, 10_000_000] {
+            let b = latency_bin(ms);
+            assert!(bin_floor_ms(b) <= ms as f64, "{ms} in bin {b}");
+            assert!((ms as f64) < bin_ceiling_ms(b), "{ms} in bin {b}");
+        }
+        assert_eq!(latency_bin(300), latency_bin(257));
+        assert_ne!(latency_bin(300), latency_bin(400));
+        let w = Window::new(Duration::from_secs(10), None);
+        w.record(0, false, 300);
+        w.record(0, false, 0);
+        assert_eq!(w.latency(0)[latency_bin(300)], 1);
+        assert_eq!(w.lifetime_latency()[0], 1);
+        assert_eq!(w.latency(60_000).iter().sum::<u64>(), 0);
     }
 
     #[test]
