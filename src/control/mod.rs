@@ -178,6 +178,8 @@ pub struct Control {
     last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
+    /// The circuit task's running sequential evidence per route (`circuit::analysis`).
+    pub analysis: circuit::analysis::Board,
     writer: Writer,
     inner: Mutex<Inner>,
 }
@@ -298,6 +300,7 @@ impl Control {
             }),
             metrics,
             events,
+            analysis: Default::default(),
             writer,
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
@@ -571,6 +574,7 @@ impl Control {
         seen: &RouteState,
         candidate: &str,
         trip: Trip,
+        kind: &str,
         now_unix_ms: u64,
     ) -> bool {
         let mut inner = self.lock();
@@ -601,7 +605,7 @@ impl Control {
         }
         self.metrics
             .rollbacks
-            .with_label_values(&[route, "circuit"])
+            .with_label_values(&[route, kind])
             .inc();
         let message = format!(
             "circuit tripped on `{candidate}`: {}; rolled back, live is now `{}`",

@@ -9,8 +9,10 @@
 //!   follow exactly as if an operator had typed them.
 //! - The decision is a pure function (`next`) of the rollout, the time and what was observed
 //!   (requests and errors of the candidate in the step, the circuit's state); the task only
-//!   observes and asks. A step advances only when its hold has passed, the candidate served at
-//!   least `min_requests` in it, and the circuit neither tripped nor would trip now.
+//!   observes and asks. A step advances only when its hold has passed (or, under `mode =
+//!   "sequential"`, the circuit's evidence proves the candidate not worse in this step), the
+//!   candidate served at least `min_requests` in it, and the circuit neither tripped nor would
+//!   trip now.
 //! - A circuit trip ends the rollout as `rolled_back` in the same state change that rolls the
 //!   canary back (`on_trip`), so no later step can follow it. An operator's split change (flip,
 //!   canary, promote, rollback) ends it as `aborted`, as does the route file changing the route's
@@ -191,6 +193,9 @@ pub struct Observed<'a> {
     pub tripped: Option<&'a str>,
     /// The circuit would trip on what it sees now (its task has not acted yet).
     pub circuit_would_trip: bool,
+    /// The sequential test has proven the candidate not worse in this step (`mode =
+    /// "sequential"`): the step may advance before its hold ends.
+    pub not_worse: bool,
     /// The route's split is the one the rollout's step set (canary target at the step's percent).
     pub split_matches: bool,
 }
@@ -232,7 +237,7 @@ pub fn next(r: &Rollout, o: &Observed) -> Next {
             waiting_for_traffic: false,
         };
     }
-    if r.hold_remaining_ms(o.now_unix_ms) > 0 {
+    if r.hold_remaining_ms(o.now_unix_ms) > 0 && !(o.not_worse && o.requests >= r.min_requests) {
         return Next::Hold {
             waiting_for_traffic: false,
         };
@@ -586,7 +591,13 @@ impl Control {
 }
 
 /// What the task observes of `r`'s running rollout `ro` at `now`.
-fn observe<'a>(r: &'a RouteEntry, ro: &Rollout, now_ms: u64, now_unix_ms: u64) -> Observed<'a> {
+fn observe<'a>(
+    r: &'a RouteEntry,
+    ro: &Rollout,
+    evidence: Option<&crate::control::circuit::analysis::Evidence>,
+    now_ms: u64,
+    now_unix_ms: u64,
+) -> Observed<'a> {
     let s = &r.state;
     let (requests, errors) = r
         .targets
@@ -598,7 +609,15 @@ fn observe<'a>(r: &'a RouteEntry, ro: &Rollout, now_ms: u64, now_unix_ms: u64) -
         requests,
         errors,
         tripped: s.tripped.as_ref().map(|t| t.reason.as_str()),
-        circuit_would_trip: crate::control::circuit::evaluate(r, now_ms, now_unix_ms).is_some(),
+        circuit_would_trip: crate::control::circuit::evaluate(r, evidence, now_ms, now_unix_ms)
+            .is_some(),
+        not_worse: match (evidence, r.circuit.as_ref()) {
+            (Some(e), Some(c)) => {
+                e.candidate == ro.target
+                    && e.call(r, c) == crate::control::circuit::analysis::Call::NotWorse
+            }
+            _ => false,
+        },
         split_matches: s.canary_target.as_deref() == Some(ro.target.as_str())
             && s.live != ro.target
             && s.canary_bp == u16::from(ro.percent()) * 100,
@@ -657,7 +676,8 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
                 asks.push((r.name.to_string(), ro.clone(), None));
                 continue;
             }
-            let o = observe(r, ro, now_ms, now_unix);
+            let evidence = control.analysis.get(&r.name);
+            let o = observe(r, ro, evidence.as_ref(), now_ms, now_unix);
             match next(ro, &o) {
                 Next::Nothing => {}
                 Next::Hold {
@@ -731,6 +751,7 @@ mod tests {
             errors: 0,
             tripped: None,
             circuit_would_trip: false,
+            not_worse: false,
             split_matches: true,
         }
     }
@@ -756,6 +777,26 @@ mod tests {
                 percent: 25
             }
         );
+    }
+
+    #[test]
+    fn proven_not_worse_advances_before_the_hold_ends() {
+        let r = ladder();
+        let mut o = seen(10_100, 19);
+        o.not_worse = true;
+        // Its requests are still needed.
+        assert_eq!(next(&r, &o), HOLD);
+        o.requests = 20;
+        assert_eq!(
+            next(&r, &o),
+            Next::Advance {
+                step: 1,
+                percent: 25
+            }
+        );
+        // A verdict about to trip wins over it.
+        o.circuit_would_trip = true;
+        assert_eq!(next(&r, &o), HOLD);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub rollout_step: IntGaugeVec,
     /// `rollouts_total{route,result}`: rollouts ended, by result (promoted, rolled_back, aborted).
     pub rollouts: IntCounterVec,
+    /// `analysis_evidence{route,kind}`: log10 of the sequential e-value that the candidate is
+    /// worse (`control::circuit::analysis`), kinds `errors` and `latency`.
+    analysis_evidence: prometheus::GaugeVec,
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -247,7 +250,7 @@ impl Metrics {
         let rollbacks = must(IntCounterVec::new(
             opts(
                 "rollbacks_total",
-                "Rollbacks, by route and reason (circuit, admin, file, rollout).",
+                "Rollbacks, by route and reason (circuit, sequential, latency, admin, file, rollout).",
             ),
             &["route", "reason"],
         ));
@@ -264,6 +267,13 @@ impl Metrics {
                 "Rollouts ended, by route and result (promoted, rolled_back, aborted).",
             ),
             &["route", "result"],
+        ));
+        let analysis_evidence = must(prometheus::GaugeVec::new(
+            opts(
+                "analysis_evidence",
+                "log10 of the sequential test's e-value that the candidate is worse than its reference, by route and kind (errors, latency); the circuit trips at log10(1/false_trip), 0 when nothing is judged.",
+            ),
+            &["route", "kind"],
         ));
         let flips = must(IntCounterVec::new(
             opts("flips_total", "Changes of the live target, by route."),
@@ -335,6 +345,7 @@ impl Metrics {
             Box::new(rule_requests.clone()),
             Box::new(rollout_step.clone()),
             Box::new(rollouts.clone()),
+            Box::new(analysis_evidence.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -372,7 +383,18 @@ impl Metrics {
             rule_requests,
             rollout_step,
             rollouts,
+            analysis_evidence,
         }
+    }
+
+    /// Sets `analysis_evidence{route,kind}` (log10 e-values) for a route with a circuit.
+    pub fn analysis_evidence(&self, route: &str, errors: f64, latency: f64) {
+        self.analysis_evidence
+            .with_label_values(&[route, "errors"])
+            .set(errors);
+        self.analysis_evidence
+            .with_label_values(&[route, "latency"])
+            .set(latency);
     }
 
     /// The pre-resolved `rule_requests_total` handle of one rule; called when a snapshot is built
@@ -390,7 +412,7 @@ impl Metrics {
     /// the route's flip and rollback series at 0, so `increase()` sees their first change.
     pub fn target(&self, route: &str, target: &str) -> TargetMetrics {
         self.flips.with_label_values(&[route]);
-        for reason in ["circuit", "admin", "file", "rollout"] {
+        for reason in ["circuit", "sequential", "latency", "admin", "file", "rollout"] {
             self.rollbacks.with_label_values(&[route, reason]);
         }
         for result in ["promoted", "rolled_back", "aborted"] {

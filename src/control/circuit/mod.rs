@@ -11,6 +11,7 @@
 //! control plane drops the verdict if that state changed meanwhile, so a trip that races an
 //! operator's action is never applied to the wrong target.
 
+pub mod analysis;
 pub mod window;
 
 use std::sync::Arc;
@@ -18,7 +19,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::Compare;
+use crate::config::analysis::Mode;
+use crate::config::{Circuit, Compare};
+use analysis::{Call, Evidence};
+use window::Totals;
 use crate::control::state::{RouteState, Trip};
 use crate::control::wake::{self, Wake};
 use crate::control::{current_candidate, unix_ms, Control};
@@ -36,8 +40,16 @@ pub const POLL: Duration = Duration::from_millis(5);
 /// Share of requests that may exceed `max_p99` before the latency criterion trips (that is p99).
 const SLOW_SHARE: f64 = 0.01;
 
-/// Decides whether `route`'s candidate should be rolled back now. Returns the candidate and why.
-pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(String, Trip)> {
+/// Decides whether `route`'s candidate should be rolled back now: the threshold rule (in
+/// `threshold` mode, once `min_requests` are in the window), `max_p99`, then the sequential
+/// `evidence` the circuit task keeps for the route (`analysis`). Returns the candidate, why, and
+/// the `rollbacks_total` reason (`circuit`, `sequential` or `latency`).
+pub fn evaluate(
+    route: &RouteEntry,
+    evidence: Option<&Evidence>,
+    now_ms: u64,
+    now_unix_ms: u64,
+) -> Option<(String, Trip, &'static str)> {
     let c = route.circuit.as_ref()?;
     if route.state.tripped.is_some() {
         return None;
@@ -45,67 +57,77 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
     let candidate = current_candidate(&route.state, now_unix_ms)?;
     let cand = route.targets.iter().find(|t| *t.name == *candidate)?;
     let t = cand.window.totals(now_ms);
-    if t.requests < c.min_requests {
-        return None;
-    }
-    let rate = t.error_rate();
-    let window = humantime::format_duration(c.window);
     let role = if route.state.canary_bp > 0 {
         "canary"
     } else {
         "live target during bake"
     };
-    let absolute = || {
-        format!(
-            "{role} error rate {:.1}% over {} requests in {window} exceeds {:.1}%",
-            rate * 100.0,
-            t.requests,
-            c.max_error_rate * 100.0
-        )
+    let trip = |reason: String| Trip {
+        reason,
+        target: candidate.clone(),
+        error_rate: t.error_rate(),
+        requests: t.requests,
+        at: crate::clock::unix_secs(),
     };
-    let mut reason = None;
-    match c.compare {
-        Compare::Absolute if rate > c.max_error_rate => reason = Some(absolute()),
-        Compare::Live if candidate != route.state.live => {
-            let live = route.targets.get(route.split.live)?.window.totals(now_ms);
-            let live_rate = live.error_rate();
-            if rate - live_rate > c.max_error_rate {
-                reason = Some(format!(
+    if t.requests >= c.min_requests {
+        let live = match c.compare {
+            Compare::Live if candidate != route.state.live => {
+                Some(route.targets.get(route.split.live)?.window.totals(now_ms))
+            }
+            _ => None,
+        };
+        if let Some(reason) = threshold_reason(c, role, t, live) {
+            return Some((candidate.clone(), trip(reason), "circuit"));
+        }
+    }
+    match evidence.filter(|e| e.candidate == candidate)?.call(route, c) {
+        Call::Worse { kind, reason } => Some((candidate.clone(), trip(reason), kind)),
+        _ => None,
+    }
+}
+
+/// The threshold rules on a target's window totals `t` (in `threshold` mode: its error rate
+/// against `max_error_rate`, or against `live`'s totals plus it; in either mode: `max_p99`).
+/// Shared by the circuit and `analysis::verdict`; the caller checks `min_requests`.
+pub(crate) fn threshold_reason(
+    c: &Circuit,
+    role: &str,
+    t: Totals,
+    live: Option<Totals>,
+) -> Option<String> {
+    let rate = t.error_rate();
+    let window = humantime::format_duration(c.window);
+    if c.mode == Mode::Threshold {
+        match live {
+            None if rate > c.max_error_rate => {
+                return Some(format!(
+                    "{role} error rate {:.1}% over {} requests in {window} exceeds {:.1}%",
+                    rate * 100.0,
+                    t.requests,
+                    c.max_error_rate * 100.0
+                ))
+            }
+            Some(live) if rate - live.error_rate() > c.max_error_rate => {
+                return Some(format!(
                     "{role} error rate {:.1}% exceeds live's {:.1}% by more than {:.1} points ({} requests in {window})",
                     rate * 100.0,
-                    live_rate * 100.0,
+                    live.error_rate() * 100.0,
                     c.max_error_rate * 100.0,
                     t.requests
-                ));
+                ))
             }
-        }
-        // During bake the live target is the candidate: nothing to compare with, judge absolutely.
-        Compare::Live if rate > c.max_error_rate => reason = Some(absolute()),
-        _ => {}
-    }
-    if reason.is_none() {
-        if let Some(p99) = c.max_p99 {
-            if t.slow as f64 / t.requests as f64 > SLOW_SHARE {
-                reason = Some(format!(
-                    "{role} p99 latency above {} ({} of {} requests slower)",
-                    humantime::format_duration(p99),
-                    t.slow,
-                    t.requests
-                ));
-            }
+            _ => {}
         }
     }
-    let reason = reason?;
-    Some((
-        candidate.clone(),
-        Trip {
-            reason,
-            target: candidate,
-            error_rate: rate,
-            requests: t.requests,
-            at: crate::clock::unix_secs(),
-        },
-    ))
+    let p99 = c.max_p99?;
+    (t.requests > 0 && t.slow as f64 / t.requests as f64 > SLOW_SHARE).then(|| {
+        format!(
+            "{role} p99 latency above {} ({} of {} requests slower)",
+            humantime::format_duration(p99),
+            t.slow,
+            t.requests
+        )
+    })
 }
 
 /// Evaluates every route once at the current time; returns how many tripped.
@@ -128,6 +150,8 @@ struct Pending {
     seen: RouteState,
     candidate: String,
     trip: Trip,
+    /// The `rollbacks_total` reason.
+    kind: &'static str,
 }
 
 impl Pending {
@@ -137,22 +161,29 @@ impl Pending {
             &self.seen,
             &self.candidate,
             self.trip,
+            self.kind,
             now_unix_ms,
         )
     }
 }
 
-/// The trips the current snapshot calls for. Cheap and non-blocking.
+/// The trips the current snapshot calls for, after advancing the sequential evidence to now.
+/// Cheap and non-blocking (the evidence board's lock is only ever taken off the request path).
 fn pending(control: &Control, now_ms: u64, now_unix_ms: u64) -> Vec<Pending> {
     let snap = control.snapshots().load();
+    control
+        .analysis
+        .update(&snap.routes, now_ms, now_unix_ms, &control.metrics);
     snap.routes
         .iter()
         .filter_map(|r| {
-            evaluate(r, now_ms, now_unix_ms).map(|(candidate, trip)| Pending {
+            let ev = control.analysis.get(&r.name);
+            evaluate(r, ev.as_ref(), now_ms, now_unix_ms).map(|(candidate, trip, kind)| Pending {
                 route: r.name.to_string(),
                 seen: r.state.clone(),
                 candidate,
                 trip,
+                kind,
             })
         })
         .collect()
