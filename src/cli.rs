@@ -50,6 +50,10 @@ pub enum Command {
     Flip {
         route: String,
         target: Option<String>,
+        /// Refuse (exit 1, with the reason) unless TARGET is judged healthy on its recent
+        /// traffic against live's (preview or shadow requests; see docs/analysis.md).
+        #[arg(long)]
+        require_healthy: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -65,6 +69,9 @@ pub enum Command {
     /// Make the canary target live.
     Promote {
         route: String,
+        /// Refuse (exit 1, with the reason) unless the canary is judged healthy against live.
+        #[arg(long)]
+        require_healthy: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -197,9 +204,17 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
         Command::Flip {
             route,
             target,
+            require_healthy,
             admin,
         } => {
-            let body = target.map(|t| serde_json::json!({ "target": t }));
+            let mut b = serde_json::json!({});
+            if let Some(t) = target {
+                b["target"] = t.into();
+            }
+            if require_healthy {
+                b["require_healthy"] = true.into();
+            }
+            let body = (b != serde_json::json!({})).then_some(b);
             (admin, post(&route, "flip"), body)
         }
         Command::Canary {
@@ -214,7 +229,14 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
             }
             (admin, post(&route, "canary"), Some(b))
         }
-        Command::Promote { route, admin } => (admin, post(&route, "promote"), None),
+        Command::Promote {
+            route,
+            require_healthy,
+            admin,
+        } => {
+            let body = require_healthy.then(|| serde_json::json!({ "require_healthy": true }));
+            (admin, post(&route, "promote"), body)
+        }
         Command::Rollback { route, admin } => (admin, post(&route, "rollback"), None),
         Command::Reset { route, admin } => (admin, post(&route, "reset"), None),
         Command::Drain(a) => return instances::drain(a, true).await,

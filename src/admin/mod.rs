@@ -131,6 +131,16 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 #[serde(deny_unknown_fields)]
 struct FlipBody {
     target: Option<String>,
+    /// Checked by `requires_healthy`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    require_healthy: bool,
+}
+
+/// Whether a flip or promote body asks for `"require_healthy": true` (`Control::act_checked`).
+pub fn requires_healthy(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("require_healthy") == Some(&serde_json::Value::Bool(true)))
 }
 
 #[derive(Deserialize)]
@@ -423,7 +433,10 @@ impl Admin {
                 Ok(a) => a,
                 Err((status, msg)) => return error(status, msg),
             };
-            let result = tokio::task::spawn_blocking(move || control.act(&route, action)).await;
+            let require = requires_healthy(&body);
+            let result =
+                tokio::task::spawn_blocking(move || control.act_checked(&route, action, require))
+                    .await;
             (result, StatusCode::OK)
         };
         match result {

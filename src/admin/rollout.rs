@@ -22,6 +22,9 @@ pub struct StartBody {
     pub steps: Option<Vec<i64>>,
     pub hold: Option<String>,
     pub min_requests_per_step: Option<u64>,
+    /// Refuse (409) unless the target is judged healthy first.
+    #[serde(default)]
+    pub require_healthy: bool,
 }
 
 /// What a rollout request asks for.
@@ -79,6 +82,7 @@ pub fn plan(route: &crate::config::Route, b: StartBody) -> Result<Plan, String> 
         steps,
         hold,
         min_requests: b.min_requests_per_step.unwrap_or(d.min_requests_per_step),
+        require_healthy: b.require_healthy,
     })
 }
 

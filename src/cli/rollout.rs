@@ -40,6 +40,10 @@ pub struct RolloutArgs {
     /// `min_requests_per_step`, else the circuit's `min_requests`).
     #[arg(long)]
     pub min_requests: Option<u64>,
+    /// Refuse to start (exit 1, with the reason) unless the target is judged healthy on its
+    /// recent traffic against live's (preview or shadow requests; see docs/analysis.md).
+    #[arg(long, conflicts_with = "watch")]
+    pub require_healthy: bool,
     /// Start it and return at once (the server runs the ladder).
     #[arg(long, conflicts_with_all = ["watch", "dry_run"])]
     pub detach: bool,
@@ -120,6 +124,9 @@ async fn drive(a: RolloutArgs) -> Result<u8, Failure> {
     }
     if let Some(n) = a.min_requests {
         body["min_requests_per_step"] = n.into();
+    }
+    if a.require_healthy {
+        body["require_healthy"] = true.into();
     }
     let bytes = call(
         &a.admin,

@@ -519,11 +519,55 @@ impl Control {
     /// state, or while the state file left by one cannot be read. A split change (flip, canary,
     /// promote, rollback) stops a running rollout of the route (`rollout::interrupted`).
     pub fn act(&self, route: &str, action: Action) -> Result<Applied, ControlError> {
+        self.act_checked(route, action, false)
+    }
+
+    /// `act`, and with `require_healthy` a flip or promote is first refused (409, nothing
+    /// changes) unless the target about to take the traffic is judged healthy on its window
+    /// (`circuit::analysis::verdict`), with the verdict's reason.
+    pub fn act_checked(
+        &self,
+        route: &str,
+        action: Action,
+        require_healthy: bool,
+    ) -> Result<Applied, ControlError> {
         self.change(route, |r, s, now| {
+            if require_healthy {
+                let to = match &action {
+                    Action::Flip { target: Some(t) } => Some(t.clone()),
+                    Action::Flip { target: None } => default_other(r, s, "").ok(),
+                    Action::Promote => s.canary_target.clone().filter(|_| s.canary_bp > 0),
+                    _ => None,
+                };
+                if let Some(to) = to.filter(|t| *t != s.live) {
+                    self.require_healthy(&r.name, &to)?;
+                }
+            }
             let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
             rollout::interrupted(r, s, kind, now, &self.metrics);
             Ok((kind, message))
         })
+    }
+
+    /// Refuses (409, with the verdict) unless `target` of `route` is judged healthy now.
+    pub(crate) fn require_healthy(&self, route: &str, target: &str) -> Result<(), ControlError> {
+        let snap = self.snapshots().load();
+        // An unknown target is the action's own error (422) to report.
+        let Some(entry) = snap
+            .route(route)
+            .filter(|e| e.targets.iter().any(|t| *t.name == *target))
+        else {
+            return Ok(());
+        };
+        let v = circuit::analysis::verdict(entry, target, crate::clock::now_ms());
+        if v.healthy() {
+            Ok(())
+        } else {
+            Err(ControlError::Conflict(format!(
+                "refused (--require-healthy): `{target}` is {}",
+                v.message()
+            )))
+        }
     }
 
     /// Changes one route's state with `f` (route, its state, now in unix ms), which says what it

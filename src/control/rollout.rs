@@ -180,6 +180,8 @@ pub struct Plan {
     pub steps: Vec<u8>,
     pub hold: Duration,
     pub min_requests: u64,
+    /// Refuse to start unless the target is judged healthy first (`--require-healthy`).
+    pub require_healthy: bool,
 }
 
 /// What was observed of a running rollout's route at one moment.
@@ -369,6 +371,9 @@ impl Control {
                     cur.steps.len(),
                     cur.percent()
                 )));
+            }
+            if plan.require_healthy {
+                self.require_healthy(&r.name, &plan.target)?;
             }
             if plan.steps.is_empty() {
                 return Err(ControlError::Rejected("a ladder needs at least one step".into()));
