@@ -26,6 +26,7 @@
 //!   served correctly; taking the instance out of rotation would turn a disk problem into an
 //!   outage) and says so in its body, one `state: ...` line per problem.
 
+pub mod analysis;
 pub mod guard;
 pub mod instances;
 pub mod rollout;
@@ -355,14 +356,15 @@ impl Admin {
             ),
             (&Method::GET, ["api", "v1", "routes"]) => {
                 let snap = self.control.snapshots().load_full();
-                json(
-                    StatusCode::OK,
-                    &RoutesView::new(
-                        &snap,
-                        &self.control.last_reload(),
-                        &self.control.persist_status(),
-                    ),
-                )
+                let mut v = RoutesView::new(
+                    &snap,
+                    &self.control.last_reload(),
+                    &self.control.persist_status(),
+                );
+                for (view, r) in v.routes.iter_mut().zip(&snap.routes) {
+                    view.analysis = analysis::view(r, self.control.analysis.get(&r.name).as_ref());
+                }
+                json(StatusCode::OK, &v)
             }
             (&Method::GET, ["api", "v1", "events"]) => json(
                 StatusCode::OK,
@@ -381,10 +383,11 @@ impl Admin {
     fn route_view(&self, name: &str) -> Resp {
         let snap = self.control.snapshots().load_full();
         match snap.route(name) {
-            Some(r) => json(
-                StatusCode::OK,
-                &RouteView::new(&snap, r, self.control.persist_status().persisted()),
-            ),
+            Some(r) => {
+                let mut v = RouteView::new(&snap, r, self.control.persist_status().persisted());
+                v.analysis = analysis::view(r, self.control.analysis.get(name).as_ref());
+                json(StatusCode::OK, &v)
+            }
             None => error(StatusCode::NOT_FOUND, format!("unknown route `{name}`")),
         }
     }

@@ -95,6 +95,9 @@ pub struct RouteView {
     /// What a rollout of this route uses where the call names nothing (`[routes.rollout]`).
     #[serde(default)]
     pub rollout_defaults: Option<crate::admin::rollout::DefaultsView>,
+    /// The circuit's running evidence (`admin::analysis`); filled by the admin handler.
+    #[serde(default)]
+    pub analysis: Option<crate::admin::analysis::AnalysisView>,
 }
 
 fn yes() -> bool {
@@ -344,6 +347,7 @@ impl RouteView {
             persisted,
             rollout: crate::admin::rollout::RolloutView::of(r),
             rollout_defaults: Some(crate::admin::rollout::DefaultsView::of(&cfg.rollout)),
+            analysis: None,
         }
     }
 }
