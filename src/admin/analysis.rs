@@ -77,7 +77,7 @@ pub fn view(r: &RouteEntry, ev: Option<&Evidence>) -> Option<AnalysisView> {
         reference_requests: ev.map_or(0, |e| e.reference.requests),
         errors: ev.map(|e| kind(e.errors_worse, e.errors_not_worse)),
         latency: ev.and_then(|e| e.latency.map(|l| kind(l, -l))),
-        decision: match ev.map(|e| e.call(r, c)) {
+        decision: match ev.map(|e| e.call(c)) {
             Some(Call::Worse { .. }) => "worse",
             Some(Call::NotWorse) => "not_worse",
             _ => "undecided",

@@ -619,7 +619,7 @@ fn observe<'a>(
         not_worse: match (evidence, r.circuit.as_ref()) {
             (Some(e), Some(c)) => {
                 e.candidate == ro.target
-                    && e.call(r, c) == crate::control::circuit::analysis::Call::NotWorse
+                    && e.call(c) == crate::control::circuit::analysis::Call::NotWorse
             }
             _ => false,
         },

@@ -197,7 +197,7 @@ fn kl(p: f64, q: f64) -> f64 {
 }
 
 /// What the evidence is kept for: any change starts it afresh.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Key {
     candidate: String,
     candidate_window: u64,
@@ -208,7 +208,7 @@ struct Key {
 }
 
 /// Lifetime counts at the last update.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Marks {
     cand: Counts,
     cand_latency: Latencies,
@@ -219,6 +219,8 @@ struct Marks {
 #[derive(Debug, Clone, Serialize)]
 pub struct Evidence {
     pub candidate: String,
+    /// `canary` or `live target during bake`.
+    pub role: &'static str,
     /// `live` or `fixed_rate`.
     pub against: &'static str,
     /// The candidate's requests and errors since the evidence started.
@@ -291,52 +293,77 @@ impl Evidence {
         };
         let Some(mut ev) = prev.filter(|p| p.key == key) else {
             // A new candidate (or split): start from here.
-            return Some(Evidence {
-                candidate,
-                against: if against_live { "live" } else { "fixed_rate" },
-                seen: Counts::default(),
-                reference: Counts::default(),
-                errors_worse: 0.0,
-                errors_not_worse: 0.0,
-                latency: (against_live && c.analysis.max_latency_ratio.is_some()).then_some(0.0),
-                latency_seen: Counts::default(),
-                key,
-                marks: now,
-            });
+            let mut ev = Evidence::start(
+                &candidate,
+                role(route),
+                against_live,
+                c.analysis.max_latency_ratio.is_some(),
+            );
+            ev.key = key;
+            ev.marks = now;
+            return Some(ev);
         };
-        let a = &c.analysis;
         let dc = now.cand.since(ev.marks.cand);
-        if against_live {
-            let dl = now.live.since(ev.marks.live);
-            ev.errors_worse += errors_vs_live(a, dc, dl, ev.reference);
-            ev.reference.add(dl);
-            ev.errors_not_worse += not_worse_than(a, dc, estimate(ev.reference));
-            if let (Some(l), Some(bar)) = (
-                ev.latency.as_mut(),
-                latency_bar_ms(a, &live.window.latency(now_ms)),
-            ) {
-                let hist: Latencies =
-                    std::array::from_fn(|i| now.cand_latency[i] - ev.marks.cand_latency[i].min(now.cand_latency[i]));
-                let slow = slower(&hist, bar);
-                *l += latency_llr(a, slow);
-                ev.latency_seen.add(slow);
+        let dl = now.live.since(ev.marks.live);
+        let slow = match (ev.latency, latency_bar_ms(&c.analysis, &live.window.latency(now_ms))) {
+            (Some(_), Some(bar)) => {
+                let hist: Latencies = std::array::from_fn(|i| {
+                    now.cand_latency[i].saturating_sub(ev.marks.cand_latency[i])
+                });
+                Some(slower(&hist, bar))
             }
-        } else {
-            let llr = bernoulli_llr(dc, c.max_error_rate, worse_rate(a, c.max_error_rate));
-            ev.errors_worse += llr;
-            ev.errors_not_worse -= llr;
-        }
-        ev.seen.add(dc);
+            _ => None,
+        };
+        ev.accumulate(c, dc, dl, slow);
         ev.marks = now;
         Some(ev)
     }
 
+    /// Fresh evidence about `candidate` (`role`: `canary` or `live target during bake`), judged
+    /// against live or a fixed rate, with or without the latency test.
+    pub fn start(candidate: &str, role: &'static str, against_live: bool, latency: bool) -> Evidence {
+        Evidence {
+            candidate: candidate.to_string(),
+            role,
+            against: if against_live { "live" } else { "fixed_rate" },
+            seen: Counts::default(),
+            reference: Counts::default(),
+            errors_worse: 0.0,
+            errors_not_worse: 0.0,
+            latency: (against_live && latency).then_some(0.0),
+            latency_seen: Counts::default(),
+            key: Key::default(),
+            marks: Marks::default(),
+        }
+    }
+
+    /// Adds one interval: the candidate's requests and errors `dc`, live's `dl`, and (with the
+    /// latency test, when live's bar is known) the candidate's requests and slower ones `slow`.
+    /// Pure: the simulations drive it directly.
+    pub fn accumulate(&mut self, c: &Circuit, dc: Counts, dl: Counts, slow: Option<Counts>) {
+        let a = &c.analysis;
+        if self.against == "live" {
+            self.errors_worse += errors_vs_live(a, dc, dl, self.reference);
+            self.reference.add(dl);
+            self.errors_not_worse += not_worse_than(a, dc, estimate(self.reference));
+            if let (Some(l), Some(slow)) = (self.latency.as_mut(), slow) {
+                *l += latency_llr(a, slow);
+                self.latency_seen.add(slow);
+            }
+        } else {
+            let llr = bernoulli_llr(dc, c.max_error_rate, worse_rate(a, c.max_error_rate));
+            self.errors_worse += llr;
+            self.errors_not_worse -= llr;
+        }
+        self.seen.add(dc);
+    }
+
     /// What the evidence says under `c`'s settings (errors decide only in sequential mode; the
     /// latency test in either).
-    pub fn call(&self, route: &RouteEntry, c: &Circuit) -> Call {
+    pub fn call(&self, c: &Circuit) -> Call {
         let a = &c.analysis;
         let worse = worse_bar(a);
-        let role = role(route);
+        let role = self.role;
         if c.mode == Mode::Sequential && self.errors_worse >= worse {
             let reference = if self.against == "live" {
                 format!(
@@ -581,4 +608,104 @@ pub fn verdict(route: &RouteEntry, target: &str, now_ms: u64) -> Verdict {
             cand.rate() * 100.0
         ),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::simulate::{self, Scenario};
+    use super::*;
+    use crate::config::analysis::Mode;
+
+    fn sequential(false_trip: f64) -> Circuit {
+        simulate::circuit(
+            Mode::Sequential,
+            Compare::Live,
+            0.05,
+            Analysis {
+                false_trip,
+                ..Analysis::default()
+            },
+        )
+    }
+
+    fn canary(rate: f64) -> Scenario {
+        Scenario {
+            rps: 100.0,
+            canary: 0.05,
+            live_rate: 0.02,
+            canary_rate: rate,
+            horizon_s: 300,
+            interval_ms: 1000,
+        }
+    }
+
+    /// The upper end of a binomial count's 99.9 % range: mean plus 3.1 standard deviations.
+    fn margin(runs: u64, p: f64) -> u64 {
+        let mean = runs as f64 * p;
+        (mean + 3.1 * (mean * (1.0 - p)).sqrt()).ceil() as u64
+    }
+
+    #[test]
+    fn no_errors_no_evidence_and_worse_is_never_within_a_tenth_of_a_point() {
+        let a = Analysis::default();
+        let c = Counts::new(100, 0);
+        assert_eq!(errors_vs_live(&a, c, Counts::new(1000, 0), c), 0.0);
+        assert!((worse_rate(&a, 0.02) - 0.04).abs() < 1e-12);
+        assert!((worse_rate(&a, 0.0) - MIN_GAP).abs() < 1e-12);
+        // Errors all on the candidate's side at a 5 % share: evidence of worse grows.
+        assert!(errors_vs_live(&a, Counts::new(50, 5), Counts::new(950, 0), Counts::new(1000, 10)) > 0.0);
+        assert!(errors_vs_live(&a, Counts::new(50, 0), Counts::new(950, 20), Counts::new(1000, 10)) < 0.0);
+    }
+
+    #[test]
+    fn latency_bar_is_the_ratio_over_lives_quantile_bin() {
+        let a = Analysis {
+            max_latency_ratio: Some(1.5),
+            ..Analysis::default()
+        };
+        let mut live = [0u64; super::super::window::LATENCY_BINS];
+        live[super::super::window::latency_bin(10)] = 19;
+        assert_eq!(latency_bar_ms(&a, &live), None, "too few live requests");
+        live[super::super::window::latency_bin(10)] = 100;
+        let bar = latency_bar_ms(&a, &live).unwrap();
+        assert!((bar - 12.0 * 1.5).abs() < 1e-9, "{bar}");
+        let mut cand = [0u64; super::super::window::LATENCY_BINS];
+        cand[super::super::window::latency_bin(300)] = 7;
+        cand[super::super::window::latency_bin(10)] = 3;
+        assert_eq!(slower(&cand, bar), Counts::new(10, 7));
+        assert!(latency_llr(&a, Counts::new(10, 7)) > 0.0);
+        assert!(latency_llr(&a, Counts::new(10, 0)) < 0.0);
+    }
+
+    /// 10,000 seeded runs of a canary as good as live (2 % errors each, 5 % canary, 100 req/s,
+    /// five minutes each, evaluated every second): it trips in at most `false_trip` of them.
+    #[test]
+    fn equal_rates_trip_at_most_false_trip_of_the_time() {
+        for false_trip in [0.01, 0.001] {
+            let s = simulate::many(&sequential(false_trip), &canary(0.02), 10_000, 1);
+            assert!(
+                s.tripped <= margin(10_000, false_trip),
+                "false_trip {false_trip}: {} of 10000 tripped",
+                s.tripped
+            );
+        }
+    }
+
+    /// Twice live's error rate (4 % against 2 %) at a 5 % canary and 100 req/s: tripped in at
+    /// least 95 % of the runs within ten minutes (3,000 canary requests), and within 1,500 canary
+    /// requests (five minutes) in at least `power` (80 %) of them.
+    #[test]
+    fn twice_the_error_rate_decides_within_n_requests() {
+        let sc = Scenario {
+            horizon_s: 600,
+            ..canary(0.04)
+        };
+        let s = simulate::many(&sequential(0.001), &sc, 10_000, 7);
+        let p80 = Summary::quantile(&s.trip_requests, 0.8).unwrap_or(u64::MAX);
+        let p50 = Summary::quantile(&s.trip_requests, 0.5).unwrap_or(u64::MAX);
+        assert!(s.tripped >= 9_500, "{} of 10000 tripped", s.tripped);
+        assert!(p80 <= 1_500, "p50 {p50}, p80 {p80} canary requests");
+    }
+
+    use super::super::simulate::Summary;
 }

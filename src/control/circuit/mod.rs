@@ -12,6 +12,7 @@
 //! operator's action is never applied to the wrong target.
 
 pub mod analysis;
+pub mod simulate;
 pub mod window;
 
 use std::sync::Arc;
@@ -80,7 +81,7 @@ pub fn evaluate(
             return Some((candidate.clone(), trip(reason), "circuit"));
         }
     }
-    match evidence.filter(|e| e.candidate == candidate)?.call(route, c) {
+    match evidence.filter(|e| e.candidate == candidate)?.call(c) {
         Call::Worse { kind, reason } => Some((candidate.clone(), trip(reason), kind)),
         _ => None,
     }
