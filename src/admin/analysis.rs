@@ -76,7 +76,7 @@ pub fn view(r: &RouteEntry, ev: Option<&Evidence>) -> Option<AnalysisView> {
         errors_seen: ev.map_or(0, |e| e.seen.errors),
         reference_requests: ev.map_or(0, |e| e.reference.requests),
         errors: ev.map(|e| kind(e.errors_worse, e.errors_not_worse)),
-        latency: ev.and_then(|e| e.latency.map(|l| kind(l, -l))),
+        latency: ev.and_then(|e| Some(kind(e.latency?, e.latency_not_worse?))),
         decision: match ev.map(|e| e.call(c)) {
             Some(Call::Worse { .. }) => "worse",
             Some(Call::NotWorse) => "not_worse",

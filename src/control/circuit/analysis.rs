@@ -114,6 +114,53 @@ pub fn estimate(c: Counts) -> f64 {
     (c.errors as f64 + 0.5) / (c.requests as f64 + 1.0)
 }
 
+/// Components of the "worse" mixture: the alternative at `detect`, then at 2, 4, ... 64 times its
+/// gap from the reference, so a grossly failing candidate trips on a few errors while one worse by
+/// exactly `detect` loses only `ln 2` of evidence (half the weight stays on it).
+pub const MIX: usize = 7;
+
+/// Log likelihood ratios of the mixture's components.
+pub type Mix = [f64; MIX];
+
+/// The weight of component `k` (they sum to 1, so the mixture stays an e-process).
+fn weight(k: usize) -> f64 {
+    if k == 0 {
+        0.5
+    } else {
+        0.5 / (MIX - 1) as f64
+    }
+}
+
+/// The log of the mixture's e-value: `ln Σ w_k e^{m_k}`.
+pub fn log_mix(m: &Mix) -> f64 {
+    let max = m.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return max;
+    }
+    max + m
+        .iter()
+        .enumerate()
+        .map(|(k, x)| weight(k) * (x - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// The mixture's alternative rates over `p0`: the gap from `p0` to `p1` doubled per component,
+/// capped at `cap`.
+fn alternatives(p0: f64, p1: f64, cap: f64) -> [f64; MIX] {
+    std::array::from_fn(|k| (p0 + (p1 - p0) * (1u64 << k) as f64).min(cap).max(p1))
+}
+
+/// Log likelihood ratios of each "worse" rate against `p0` for `c`'s outcomes.
+fn mix_llr(c: Counts, p0: f64, p1: f64, cap: f64) -> Mix {
+    alternatives(p0, p1, cap).map(|q| bernoulli_llr(c, p0, q))
+}
+
+/// Evidence that a candidate is worse than the fixed rate `p0` (per mixture component).
+pub fn errors_vs_rate(a: &Analysis, cand: Counts, p0: f64) -> Mix {
+    mix_llr(cand, p0, worse_rate(a, p0), MAX_RATE)
+}
+
 /// Log likelihood ratio of rate `p1` against `p0` for `c`'s outcomes.
 pub fn bernoulli_llr(c: Counts, p0: f64, p1: f64) -> f64 {
     let bad = c.errors as f64;
@@ -122,17 +169,20 @@ pub fn bernoulli_llr(c: Counts, p0: f64, p1: f64) -> f64 {
 }
 
 /// Evidence that the candidate's error rate is worse than live's from one interval (log e-value
-/// increment, conditional on the interval's errors); `live_before` is what live served before it.
-pub fn errors_vs_live(a: &Analysis, cand: Counts, live: Counts, live_before: Counts) -> f64 {
+/// increments per mixture component, conditional on the interval's errors); `live_before` is what
+/// live served before it (the ratio each component means comes from it).
+pub fn errors_vs_live(a: &Analysis, cand: Counts, live: Counts, live_before: Counts) -> Mix {
     if cand.requests == 0 || live.requests == 0 || cand.errors + live.errors == 0 {
-        return 0.0;
+        return [0.0; MIX];
     }
     let theta0 = cand.requests as f64 / (cand.requests + live.requests) as f64;
     let p = estimate(live_before);
-    let rho = worse_rate(a, p) / p;
-    let theta1 = rho * theta0 / (rho * theta0 + 1.0 - theta0);
-    cand.errors as f64 * (theta1 / theta0).ln()
-        + live.errors as f64 * ((1.0 - theta1) / (1.0 - theta0)).ln()
+    alternatives(p, worse_rate(a, p), MAX_RATE).map(|q| {
+        let rho = q / p;
+        let theta1 = rho * theta0 / (rho * theta0 + 1.0 - theta0);
+        cand.errors as f64 * (theta1 / theta0).ln()
+            + live.errors as f64 * ((1.0 - theta1) / (1.0 - theta0)).ln()
+    })
 }
 
 /// Evidence that the candidate is *not* worse than a reference rate `p0` (log e-value increment).
@@ -184,10 +234,17 @@ pub fn slower(hist: &Latencies, bar_ms: f64) -> Counts {
     Counts::new(requests, slow)
 }
 
-/// Evidence that the candidate is slower (log e-value increment) from `slow` (see `slower`).
-pub fn latency_llr(a: &Analysis, slow: Counts) -> f64 {
+/// Evidence that the candidate is slower (log e-value increments per mixture component) from
+/// `slow` (see `slower`); component 0 is the point alternative the "not worse" side uses.
+pub fn latency_llr(a: &Analysis, slow: Counts) -> Mix {
     let (p0, p1) = latency_rates(a);
-    bernoulli_llr(slow, p0, p1)
+    mix_llr(slow, p0, p1, 0.99)
+}
+
+fn add(m: &mut Mix, d: Mix) {
+    for (x, y) in m.iter_mut().zip(d) {
+        *x += y;
+    }
 }
 
 /// Kullback-Leibler divergence of Bernoulli(`p`) from Bernoulli(`q`): the expected evidence per
@@ -227,11 +284,17 @@ pub struct Evidence {
     pub seen: Counts,
     /// The reference's (live's) in the same time; empty against a fixed rate.
     pub reference: Counts,
+    /// Evidence that the candidate is worse: the log of the mixture's e-value.
     pub errors_worse: f64,
     pub errors_not_worse: f64,
-    /// Against live with `max_latency_ratio` set: evidence that the candidate is slower (its
-    /// negative is the evidence that it is not).
+    /// Against live with `max_latency_ratio` set: evidence that the candidate is slower (mixture),
+    /// and that it is not.
     pub latency: Option<f64>,
+    pub latency_not_worse: Option<f64>,
+    #[serde(skip)]
+    errors_mix: Mix,
+    #[serde(skip)]
+    latency_mix: Mix,
     /// Candidate requests judged for latency, and how many were slower.
     pub latency_seen: Counts,
     #[serde(skip)]
@@ -331,6 +394,9 @@ impl Evidence {
             errors_worse: 0.0,
             errors_not_worse: 0.0,
             latency: (against_live && latency).then_some(0.0),
+            latency_not_worse: (against_live && latency).then_some(0.0),
+            errors_mix: [0.0; MIX],
+            latency_mix: [0.0; MIX],
             latency_seen: Counts::default(),
             key: Key::default(),
             marks: Marks::default(),
@@ -343,18 +409,24 @@ impl Evidence {
     pub fn accumulate(&mut self, c: &Circuit, dc: Counts, dl: Counts, slow: Option<Counts>) {
         let a = &c.analysis;
         if self.against == "live" {
-            self.errors_worse += errors_vs_live(a, dc, dl, self.reference);
+            add(
+                &mut self.errors_mix,
+                errors_vs_live(a, dc, dl, self.reference),
+            );
             self.reference.add(dl);
             self.errors_not_worse += not_worse_than(a, dc, estimate(self.reference));
-            if let (Some(l), Some(slow)) = (self.latency.as_mut(), slow) {
-                *l += latency_llr(a, slow);
+            if let (Some(_), Some(slow)) = (self.latency, slow) {
+                add(&mut self.latency_mix, latency_llr(a, slow));
+                self.latency = Some(log_mix(&self.latency_mix));
+                self.latency_not_worse = Some(-self.latency_mix[0]);
                 self.latency_seen.add(slow);
             }
         } else {
-            let llr = bernoulli_llr(dc, c.max_error_rate, worse_rate(a, c.max_error_rate));
-            self.errors_worse += llr;
-            self.errors_not_worse -= llr;
+            let m = errors_vs_rate(a, dc, c.max_error_rate);
+            self.errors_not_worse -= m[0];
+            add(&mut self.errors_mix, m);
         }
+        self.errors_worse = log_mix(&self.errors_mix);
         self.seen.add(dc);
     }
 
@@ -402,7 +474,7 @@ impl Evidence {
         let not_worse = not_worse_bar(a);
         if c.mode == Mode::Sequential
             && self.errors_not_worse >= not_worse
-            && self.latency.is_none_or(|l| -l >= not_worse)
+            && self.latency_not_worse.is_none_or(|l| l >= not_worse)
         {
             return Call::NotWorse;
         }
@@ -532,11 +604,11 @@ pub fn verdict(route: &RouteEntry, target: &str, now_ms: u64) -> Verdict {
     } else {
         c.max_error_rate
     };
-    let worse = if against_live {
+    let worse = log_mix(&if against_live {
         errors_vs_live(a, cand, reference, reference)
     } else {
-        bernoulli_llr(cand, p0, worse_rate(a, p0))
-    };
+        errors_vs_rate(a, cand, p0)
+    });
     let bar = worse_bar(a);
     let vs = if against_live {
         format!(
@@ -569,7 +641,8 @@ pub fn verdict(route: &RouteEntry, target: &str, now_ms: u64) -> Verdict {
             None => latency_ok = false,
             Some(lbar) => {
                 let slow = slower(&t.window.latency(now_ms), lbar);
-                let l = latency_llr(a, slow);
+                let m = latency_llr(a, slow);
+                let l = log_mix(&m);
                 if l >= bar {
                     return Verdict::Failing {
                         reason: format!(
@@ -583,7 +656,7 @@ pub fn verdict(route: &RouteEntry, target: &str, now_ms: u64) -> Verdict {
                         ),
                     };
                 }
-                latency_ok = -l >= nw_bar;
+                latency_ok = -m[0] >= nw_bar;
                 let (q0, q1) = latency_rates(a);
                 needed = needed.max((nw_bar / kl(q0, q1)).ceil() as u64);
             }
@@ -649,12 +722,19 @@ mod tests {
     fn no_errors_no_evidence_and_worse_is_never_within_a_tenth_of_a_point() {
         let a = Analysis::default();
         let c = Counts::new(100, 0);
-        assert_eq!(errors_vs_live(&a, c, Counts::new(1000, 0), c), 0.0);
+        assert_eq!(errors_vs_live(&a, c, Counts::new(1000, 0), c), [0.0; MIX]);
         assert!((worse_rate(&a, 0.02) - 0.04).abs() < 1e-12);
         assert!((worse_rate(&a, 0.0) - MIN_GAP).abs() < 1e-12);
         // Errors all on the candidate's side at a 5 % share: evidence of worse grows.
-        assert!(errors_vs_live(&a, Counts::new(50, 5), Counts::new(950, 0), Counts::new(1000, 10)) > 0.0);
-        assert!(errors_vs_live(&a, Counts::new(50, 0), Counts::new(950, 20), Counts::new(1000, 10)) < 0.0);
+        let worse = errors_vs_live(&a, Counts::new(50, 5), Counts::new(950, 0), Counts::new(1000, 10));
+        assert!(worse.iter().all(|x| *x > 0.0));
+        let better = errors_vs_live(&a, Counts::new(50, 0), Counts::new(950, 20), Counts::new(1000, 10));
+        assert!(better.iter().all(|x| *x < 0.0));
+        // The mixture: half its weight on the first component, never more than the best one.
+        assert!((log_mix(&[0.0; MIX])).abs() < 1e-12);
+        let mut m = [0.0; MIX];
+        m[0] = 10.0;
+        assert!((log_mix(&m) - (10.0 + 0.5f64.ln())).abs() < 1e-3);
     }
 
     #[test]
@@ -673,8 +753,8 @@ mod tests {
         cand[super::super::window::latency_bin(300)] = 7;
         cand[super::super::window::latency_bin(10)] = 3;
         assert_eq!(slower(&cand, bar), Counts::new(10, 7));
-        assert!(latency_llr(&a, Counts::new(10, 7)) > 0.0);
-        assert!(latency_llr(&a, Counts::new(10, 0)) < 0.0);
+        assert!(log_mix(&latency_llr(&a, Counts::new(10, 7))) > 0.0);
+        assert!(latency_llr(&a, Counts::new(10, 0))[0] < 0.0);
     }
 
     /// 10,000 seeded runs of a canary as good as live (2 % errors each, 5 % canary, 100 req/s,
