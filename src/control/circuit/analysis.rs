@@ -7,9 +7,10 @@
 //!   have the same error rate, `θ1 = ρθ0 / (ρθ0 + 1 − θ0)` if the candidate's is `ρ` times live's.
 //!   The product over intervals of the likelihood ratio `θ1/θ0` per candidate error and
 //!   `(1−θ1)/(1−θ0)` per live error is a nonnegative supermartingale under "equal rates" whatever
-//!   the common rate is, and even if it drifts between intervals (sampling without replacement is
-//!   dominated in convex order by sampling with replacement, Hoeffding 1963), so by Ville's
-//!   inequality it ever reaches `1 / false_trip` with probability at most `false_trip`. `ρ` may
+//!   the common rate is, and even if it drifts over time, so by Ville's inequality it ever reaches
+//!   `1 / false_trip` with probability at most `false_trip`. `θ0` is the candidate's share of the
+//!   requests since the evidence started (which is per split: the share is stable), so the bound
+//!   is exact in the limit of a known share and approximate early on (the simulations measure it). `ρ` may
 //!   change between intervals as long as it is chosen before the interval (it comes from live's
 //!   counts so far: `detect`, or `detect_points` over live's estimated rate).
 //! - **Errors against a fixed rate** (`max_error_rate`: a live target during bake, or `compare =
@@ -168,14 +169,22 @@ pub fn bernoulli_llr(c: Counts, p0: f64, p1: f64) -> f64 {
     bad * (p1 / p0).ln() + good * ((1.0 - p1) / (1.0 - p0)).ln()
 }
 
-/// Evidence that the candidate's error rate is worse than live's from one interval (log e-value
-/// increments per mixture component, conditional on the interval's errors); `live_before` is what
-/// live served before it (the ratio each component means comes from it).
-pub fn errors_vs_live(a: &Analysis, cand: Counts, live: Counts, live_before: Counts) -> Mix {
-    if cand.requests == 0 || live.requests == 0 || cand.errors + live.errors == 0 {
+/// Evidence that the candidate's error rate is worse than live's from one interval's errors (log
+/// e-value increments per mixture component, conditional on the errors): `share` is the
+/// candidate's share of the requests (since the evidence started: the split is stable while it
+/// accumulates), `live_before` what live served before the interval (the ratio each component
+/// means comes from it).
+pub fn errors_vs_live(
+    a: &Analysis,
+    cand: Counts,
+    live: Counts,
+    share: f64,
+    live_before: Counts,
+) -> Mix {
+    if cand.errors + live.errors == 0 || !(share > 0.0 && share < 1.0) {
         return [0.0; MIX];
     }
-    let theta0 = cand.requests as f64 / (cand.requests + live.requests) as f64;
+    let theta0 = share;
     let p = estimate(live_before);
     alternatives(p, worse_rate(a, p), MAX_RATE).map(|q| {
         let rho = q / p;
@@ -409,9 +418,16 @@ impl Evidence {
     pub fn accumulate(&mut self, c: &Circuit, dc: Counts, dl: Counts, slow: Option<Counts>) {
         let a = &c.analysis;
         if self.against == "live" {
+            let cand_all = self.seen.requests + dc.requests;
+            let all = cand_all + self.reference.requests + dl.requests;
+            let share = if all == 0 {
+                0.0
+            } else {
+                cand_all as f64 / all as f64
+            };
             add(
                 &mut self.errors_mix,
-                errors_vs_live(a, dc, dl, self.reference),
+                errors_vs_live(a, dc, dl, share, self.reference),
             );
             self.reference.add(dl);
             self.errors_not_worse += not_worse_than(a, dc, estimate(self.reference));
@@ -605,7 +621,13 @@ pub fn verdict(route: &RouteEntry, target: &str, now_ms: u64) -> Verdict {
         c.max_error_rate
     };
     let worse = log_mix(&if against_live {
-        errors_vs_live(a, cand, reference, reference)
+        let all = cand.requests + reference.requests;
+        let share = if all == 0 {
+            0.0
+        } else {
+            cand.requests as f64 / all as f64
+        };
+        errors_vs_live(a, cand, reference, share, reference)
     } else {
         errors_vs_rate(a, cand, p0)
     });
@@ -722,13 +744,13 @@ mod tests {
     fn no_errors_no_evidence_and_worse_is_never_within_a_tenth_of_a_point() {
         let a = Analysis::default();
         let c = Counts::new(100, 0);
-        assert_eq!(errors_vs_live(&a, c, Counts::new(1000, 0), c), [0.0; MIX]);
+        assert_eq!(errors_vs_live(&a, c, Counts::new(1000, 0), 0.1, c), [0.0; MIX]);
         assert!((worse_rate(&a, 0.02) - 0.04).abs() < 1e-12);
         assert!((worse_rate(&a, 0.0) - MIN_GAP).abs() < 1e-12);
         // Errors all on the candidate's side at a 5 % share: evidence of worse grows.
-        let worse = errors_vs_live(&a, Counts::new(50, 5), Counts::new(950, 0), Counts::new(1000, 10));
+        let worse = errors_vs_live(&a, Counts::new(50, 5), Counts::new(950, 0), 0.05, Counts::new(1000, 10));
         assert!(worse.iter().all(|x| *x > 0.0));
-        let better = errors_vs_live(&a, Counts::new(50, 0), Counts::new(950, 20), Counts::new(1000, 10));
+        let better = errors_vs_live(&a, Counts::new(50, 0), Counts::new(950, 20), 0.05, Counts::new(1000, 10));
         assert!(better.iter().all(|x| *x < 0.0));
         // The mixture: half its weight on the first component, never more than the best one.
         assert!((log_mix(&[0.0; MIX])).abs() < 1e-12);
