@@ -564,7 +564,7 @@ impl Control {
             Ok(())
         } else {
             Err(ControlError::Conflict(format!(
-                "refused (--require-healthy): `{target}` is {}",
+                "refused (--require-healthy): `{target}`: {}",
                 v.message()
             )))
         }
