@@ -420,8 +420,26 @@ pub fn summary(c: &crate::config::Config) -> String {
             let p99 = c.max_p99.map_or("off".to_string(), |d| {
                 humantime::format_duration(d).to_string()
             });
+            let a = &c.analysis;
+            let mut analysis = String::new();
+            if c.mode == crate::config::analysis::Mode::Sequential {
+                let detect = match a.detect {
+                    crate::config::analysis::Detect::Ratio(x) => format!("{x}x"),
+                    crate::config::analysis::Detect::Points(p) => format!("+{p}pt"),
+                };
+                analysis.push_str(&format!(
+                    " mode sequential detect {detect} false_trip {} power {}",
+                    a.false_trip, a.power
+                ));
+            }
+            if let Some(r) = a.max_latency_ratio {
+                analysis.push_str(&format!(
+                    " latency {r}x p{}",
+                    a.latency_quantile * 100.0
+                ));
+            }
             format!(
-                "window {} min {} max {:.1}% compare {compare} max_p99 {p99} bake {}",
+                "window {} min {} max {:.1}% compare {compare} max_p99 {p99} bake {}{analysis}",
                 humantime::format_duration(c.window),
                 c.min_requests,
                 c.max_error_rate * 100.0,
