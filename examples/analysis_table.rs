@@ -42,7 +42,8 @@ fn main() {
             };
             let equal = simulate::many(c, &sc(0.02), runs, 1);
             let worse = simulate::many(c, &sc(0.04), runs, 1_000_000);
-            let q = |v: &[u64], p| Summary::quantile(v, p).map_or("-".to_string(), |n| n.to_string());
+            let q =
+                |v: &[u64], p| Summary::quantile(v, p).map_or("-".to_string(), |n| n.to_string());
             let nw = if c.mode == Mode::Sequential {
                 format!(
                     "{} ({:.1} % of runs)",

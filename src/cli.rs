@@ -433,10 +433,7 @@ pub fn summary(c: &crate::config::Config) -> String {
                 ));
             }
             if let Some(r) = a.max_latency_ratio {
-                analysis.push_str(&format!(
-                    " latency {r}x p{}",
-                    a.latency_quantile * 100.0
-                ));
+                analysis.push_str(&format!(" latency {r}x p{}", a.latency_quantile * 100.0));
             }
             format!(
                 "window {} min {} max {:.1}% compare {compare} max_p99 {p99} bake {}{analysis}",

@@ -84,7 +84,9 @@ async fn sequential_trips_a_failing_canary_on_fewer_requests_than_the_threshold(
     assert_eq!(v["analysis"]["mode"], "sequential");
     assert_eq!(v["analysis"]["detect"], "2x");
     assert!(v["analysis"]["candidate"].is_null());
-    let text = get(&client(), &gw_s.admin_url("/metrics"), &[]).await.text();
+    let text = get(&client(), &gw_s.admin_url("/metrics"), &[])
+        .await
+        .text();
     assert!(text.contains("flipgate_analysis_evidence{kind=\"errors\",route=\"bot\"}"));
     gw_t.stop().await;
     gw_s.stop().await;
@@ -174,7 +176,11 @@ async fn a_slow_canary_trips_on_latency() {
     }
     let trip = tripped(&gw).unwrap();
     assert_eq!(trip.target, "green");
-    assert!(trip.reason.contains("slower than 1.5x live's p90"), "{}", trip.reason);
+    assert!(
+        trip.reason.contains("slower than 1.5x live's p90"),
+        "{}",
+        trip.reason
+    );
     assert_eq!(trip.error_rate, 0.0);
     assert_eq!(
         metric(&gw, "flipgate_rollbacks_total", "reason=\"latency\"").await,
@@ -216,7 +222,10 @@ async fn require_healthy_refuses_failing_or_unproven_targets_and_allows_a_health
     // Nothing seen of green yet: refused, with how much is missing.
     let (code, out) = fg(&gw, &["flip", "bot", "green", "--require-healthy"]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("not enough evidence: 0 requests seen"), "{out}");
+    assert!(
+        out.contains("not enough evidence: 0 requests seen"),
+        "{out}"
+    );
     assert_eq!(out.lines().count(), 1, "one line: {out}");
 
     // Live serves users; testers reach green and red through the preview header.
@@ -234,13 +243,20 @@ async fn require_healthy_refuses_failing_or_unproven_targets_and_allows_a_health
     // Red fails half its requests: refused as failing, by the CLI and by the API (409).
     let (code, out) = fg(&gw, &["flip", "bot", "red", "--require-healthy"]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("`red`: failing: target error rate 50.0%"), "{out}");
+    assert!(
+        out.contains("`red`: failing: target error rate 50.0%"),
+        "{out}"
+    );
     let r = gw
         .act(&c, "flip", r#"{"target": "red", "require_healthy": true}"#)
         .await;
     assert_eq!(r.status, 409, "{}", r.text());
     let r = gw
-        .act(&c, "rollout", r#"{"target": "red", "require_healthy": true}"#)
+        .act(
+            &c,
+            "rollout",
+            r#"{"target": "red", "require_healthy": true}"#,
+        )
         .await;
     assert_eq!(r.status, 409, "{}", r.text());
     // A canary on red can be started, but not promoted with the flag (as a canary it starts a

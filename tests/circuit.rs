@@ -466,8 +466,9 @@ async fn a_trip_racing_an_operator_is_dropped() {
     );
     record(&control, "green", 20, true, 1);
     let snap = control.snapshots().load_full();
-    let (candidate, trip) = circuit::evaluate(
+    let (candidate, trip, kind) = circuit::evaluate(
         snap.route("bot").unwrap(),
+        None,
         flipgate::clock::now_ms(),
         flipgate::control::unix_ms(),
     )
@@ -476,7 +477,15 @@ async fn a_trip_racing_an_operator_is_dropped() {
     // promotion.
     let seen = snap.route("bot").unwrap().state.clone();
     control.act("bot", Action::Promote).unwrap();
-    assert!(!control.trip("bot", &seen, &candidate, trip, flipgate::control::unix_ms()));
+    assert_eq!(kind, "circuit");
+    assert!(!control.trip(
+        "bot",
+        &seen,
+        &candidate,
+        trip,
+        kind,
+        flipgate::control::unix_ms()
+    ));
     // And the promoted target bakes from a clean window, not on its canary-phase failures.
     assert_eq!(circuit::check_all(&control), 0);
     let s = control

@@ -8,9 +8,9 @@
 //! reload builds a new one. No route file larger than `MAX_FILE_BYTES` is ever read whole: `read`
 //! stops one byte past the limit, whatever the file's size claims (pipes, growing files).
 
+pub mod analysis;
 mod error;
 pub mod raw;
-pub mod analysis;
 pub mod rollout;
 pub mod rules;
 mod validate;

@@ -412,7 +412,14 @@ impl Metrics {
     /// the route's flip and rollback series at 0, so `increase()` sees their first change.
     pub fn target(&self, route: &str, target: &str) -> TargetMetrics {
         self.flips.with_label_values(&[route]);
-        for reason in ["circuit", "sequential", "latency", "admin", "file", "rollout"] {
+        for reason in [
+            "circuit",
+            "sequential",
+            "latency",
+            "admin",
+            "file",
+            "rollout",
+        ] {
             self.rollbacks.with_label_values(&[route, reason]);
         }
         for result in ["promoted", "rolled_back", "aborted"] {

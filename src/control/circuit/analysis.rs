@@ -316,7 +316,10 @@ pub struct Evidence {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Call {
     /// Roll back: `kind` is `sequential` (errors) or `latency` (the `rollbacks_total` reason).
-    Worse { kind: &'static str, reason: String },
+    Worse {
+        kind: &'static str,
+        reason: String,
+    },
     /// Proven not worse (errors, and latency when compared) at the configured power.
     NotWorse,
     Undecided,
@@ -377,7 +380,10 @@ impl Evidence {
         };
         let dc = now.cand.since(ev.marks.cand);
         let dl = now.live.since(ev.marks.live);
-        let slow = match (ev.latency, latency_bar_ms(&c.analysis, &live.window.latency(now_ms))) {
+        let slow = match (
+            ev.latency,
+            latency_bar_ms(&c.analysis, &live.window.latency(now_ms)),
+        ) {
             (Some(_), Some(bar)) => {
                 let hist: Latencies = std::array::from_fn(|i| {
                     now.cand_latency[i].saturating_sub(ev.marks.cand_latency[i])
@@ -393,7 +399,12 @@ impl Evidence {
 
     /// Fresh evidence about `candidate` (`role`: `canary` or `live target during bake`), judged
     /// against live or a fixed rate, with or without the latency test.
-    pub fn start(candidate: &str, role: &'static str, against_live: bool, latency: bool) -> Evidence {
+    pub fn start(
+        candidate: &str,
+        role: &'static str,
+        against_live: bool,
+        latency: bool,
+    ) -> Evidence {
         Evidence {
             candidate: candidate.to_string(),
             role,
@@ -538,9 +549,17 @@ impl Board {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
-    Healthy { evidence: String },
-    Failing { reason: String },
-    NotEnoughEvidence { seen: u64, needed: u64, reason: String },
+    Healthy {
+        evidence: String,
+    },
+    Failing {
+        reason: String,
+    },
+    NotEnoughEvidence {
+        seen: u64,
+        needed: u64,
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -744,13 +763,28 @@ mod tests {
     fn no_errors_no_evidence_and_worse_is_never_within_a_tenth_of_a_point() {
         let a = Analysis::default();
         let c = Counts::new(100, 0);
-        assert_eq!(errors_vs_live(&a, c, Counts::new(1000, 0), 0.1, c), [0.0; MIX]);
+        assert_eq!(
+            errors_vs_live(&a, c, Counts::new(1000, 0), 0.1, c),
+            [0.0; MIX]
+        );
         assert!((worse_rate(&a, 0.02) - 0.04).abs() < 1e-12);
         assert!((worse_rate(&a, 0.0) - MIN_GAP).abs() < 1e-12);
         // Errors all on the candidate's side at a 5 % share: evidence of worse grows.
-        let worse = errors_vs_live(&a, Counts::new(50, 5), Counts::new(950, 0), 0.05, Counts::new(1000, 10));
+        let worse = errors_vs_live(
+            &a,
+            Counts::new(50, 5),
+            Counts::new(950, 0),
+            0.05,
+            Counts::new(1000, 10),
+        );
         assert!(worse.iter().all(|x| *x > 0.0));
-        let better = errors_vs_live(&a, Counts::new(50, 0), Counts::new(950, 20), 0.05, Counts::new(1000, 10));
+        let better = errors_vs_live(
+            &a,
+            Counts::new(50, 0),
+            Counts::new(950, 20),
+            0.05,
+            Counts::new(1000, 10),
+        );
         assert!(better.iter().all(|x| *x < 0.0));
         // The mixture: half its weight on the first component, never more than the best one.
         assert!((log_mix(&[0.0; MIX])).abs() < 1e-12);

@@ -22,12 +22,12 @@ use tokio::sync::watch;
 
 use crate::config::analysis::Mode;
 use crate::config::{Circuit, Compare};
-use analysis::{Call, Evidence};
-use window::Totals;
 use crate::control::state::{RouteState, Trip};
 use crate::control::wake::{self, Wake};
 use crate::control::{current_candidate, unix_ms, Control};
 use crate::snapshot::RouteEntry;
+use analysis::{Call, Evidence};
+use window::Totals;
 
 /// How often the task evaluates every route regardless of new outcomes (rates also change as
 /// outcomes age out of the window).

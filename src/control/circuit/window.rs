@@ -39,7 +39,11 @@ pub fn latency_bin(ms: u64) -> usize {
         return 0;
     }
     let log = 63 - ms.leading_zeros() as usize;
-    let half = if log == 0 { 0 } else { (ms >> (log - 1)) as usize & 1 };
+    let half = if log == 0 {
+        0
+    } else {
+        (ms >> (log - 1)) as usize & 1
+    };
     (1 + 2 * log + half).min(LATENCY_BINS - 1)
 }
 
@@ -300,7 +304,9 @@ mod tests {
 
     #[test]
     fn latency_bins_are_log_spaced_and_contain_their_values() {
-        for ms in [0u64, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 300, 1000, 65_000, 10_000_000] {
+        for ms in [
+            0u64, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 300, 1000, 65_000, 10_000_000,
+        ] {
             let b = latency_bin(ms);
             assert!(bin_floor_ms(b) <= ms as f64, "{ms} in bin {b}");
             assert!((ms as f64) < bin_ceiling_ms(b), "{ms} in bin {b}");
