@@ -43,6 +43,9 @@ COPY --from=build /flipgate /usr/local/bin/flipgate
 # emptyDir or a PVC here; fsGroup makes it writable).
 COPY --from=build --chown=65532:65532 /state /var/lib/flipgate
 USER 65532:65532
+# Logs go to a collector, not a terminal: no ANSI colour codes in them (tracing-subscriber reads
+# NO_COLOR). RUST_LOG filters them as usual (default info).
+ENV NO_COLOR=1
 # Traffic (HTTP/1.1 and h2c), the admin listener (API, /metrics, /healthz, /readyz), HTTPS if
 # the route file has [server.tls]. The route file decides what is actually bound.
 EXPOSE 8080 9901 8443
