@@ -3,13 +3,15 @@
 #
 #   docker build -t flipgate:0.1.0 .                                  # file state backend
 #   docker build --build-arg FEATURES=etcd -t flipgate:0.1.0-etcd .   # + the etcd backend
-#   docker run --rm --read-only -p 8080:8080 \
-#     -v "$PWD/config:/etc/flipgate:ro" -v flipgate-state:/var/lib/flipgate flipgate:0.1.0
+#   docker run --rm --read-only -p 8080:8080 -v /srv/flipgate:/etc/flipgate:ro \
+#     -v flipgate-state:/var/lib/flipgate flipgate:0.1.0
 #
 # The route file is not in the image: mount it at /etc/flipgate/flipgate.toml (Kubernetes: a
-# ConfigMap, config/kubernetes/). Its `state.dir` should be /var/lib/flipgate, the one writable
-# path (a volume); the root filesystem can be read-only. Other commands work too:
-#   docker run --rm -v "$PWD/config:/etc/flipgate:ro" flipgate:0.1.0 check /etc/flipgate/flipgate.toml
+# ConfigMap, config/kubernetes/). Give it `state.dir = "/var/lib/flipgate"`, the one writable
+# path (a volume; the root filesystem can be read-only), and, for the admin API to be reachable
+# from outside the container, `admin.listen = "0.0.0.0:9901"` with a token:
+# config/kubernetes/edge/configmap.yaml is such a file. Other commands work too:
+#   docker run --rm -v /srv/flipgate:/etc/flipgate:ro flipgate:0.1.0 check /etc/flipgate/flipgate.toml
 
 # The toolchain CI uses (Cargo.lock is lock-file version 4; the crate needs 1.85 or later).
 # Debian 12 here and in the runtime image: the binary links against the same glibc.
