@@ -178,6 +178,14 @@ async fn window(gw: &Gw, target: &str) -> (u64, u64) {
     )
 }
 
+/// The route's `shadow` in the admin API.
+async fn shadow_view(gw: &Gw) -> serde_json::Value {
+    let v = get(&client(), &gw.admin_url("/api/v1/routes/bot"), &[])
+        .await
+        .json();
+    v["shadow"].clone()
+}
+
 async fn shadowed(gw: &Gw, code: &str) -> f64 {
     let filter = format!("code=\"{code}\",route=\"bot\",target=\"green\"");
     metric(gw, "flipgate_shadow_requests_total", &filter).await
@@ -349,12 +357,18 @@ async fn shadowing_pauses_while_its_target_is_live() {
     let c = client();
     let r = gw.act(&c, "flip", r#"{"target":"green"}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(shadow_view(&gw).await["active"], false, "paused");
     for i in 0..5 {
         let r = get(&c, &gw.url(&format!("/flipped/{i}")), &[]).await;
         assert_eq!(r.text(), "green");
     }
     let r = gw.act(&c, "flip", r#"{"target":"blue"}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    let v = shadow_view(&gw).await;
+    assert_eq!(v["active"], true, "resumed: {v}");
+    assert_eq!(v["target"], "green");
+    assert_eq!(v["percent"], 100.0);
+    assert_eq!(v["methods"], serde_json::json!(["GET", "HEAD"]));
     get(&c, &gw.url("/back"), &[]).await;
     wait_until("the copy after the flip back", DEADLINE, || async {
         shadowed(&gw, "2xx").await == 1.0
