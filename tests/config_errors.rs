@@ -1042,7 +1042,9 @@ const SHADOW_CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
     ),
     (
         "shadow method CONNECT",
-        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmethods = [\"GET\", \"CONNECT\"]\n"),
+        with_rules!(
+            "[routes.shadow]\ntarget = \"green\"\npercent = 10\nmethods = [\"GET\", \"CONNECT\"]\n"
+        ),
         10,
         19,
         "routes[bot].shadow.methods",

@@ -284,7 +284,10 @@ async fn engines_send_the_same_requests_upstream() {
         let marked = up_a.as_ref().is_some_and(|(_, fields, _)| {
             fields.iter().any(|f| f.starts_with("x-flipgate-shadow:"))
         });
-        assert!(!marked, "seed {seed} case {case}: a client's shadow mark reached live");
+        assert!(
+            !marked,
+            "seed {seed} case {case}: a client's shadow mark reached live"
+        );
         assert_eq!(
             up_a, up_b,
             "seed {seed} case {case}: the upstream got different requests for\n{shown}"

@@ -208,7 +208,10 @@ async fn every_get_is_copied_with_the_mark_and_only_the_shadow_target_sees_it() 
         let forged: &[(&str, &str)] = match i % 3 {
             0 => &[],
             1 => &[("x-flipgate-shadow", "1")],
-            _ => &[("x-flipgate-shadow", "0"), ("connection", "x-flipgate-shadow")],
+            _ => &[
+                ("x-flipgate-shadow", "0"),
+                ("connection", "x-flipgate-shadow"),
+            ],
         };
         let r = match i % 2 {
             0 => get(&c, &url, forged).await,
@@ -347,6 +350,29 @@ async fn max_in_flight_drops_instead_of_queueing() {
     gw.stop().await;
 }
 
+/// A copy the shadow target does not answer within the shadow's `timeout` is given up and counted
+/// `timeout`, and as an error in the shadow target's window; live answers were never held.
+#[tokio::test]
+async fn a_copy_past_its_timeout_is_counted_as_a_timeout() {
+    let blue = recorder("blue", Mode::Ok).await;
+    let green = recorder("green", Mode::Hang).await;
+    let file = shadow_config(blue.addr, green.addr, "percent = 100\ntimeout = \"50ms\"\n");
+    let gw = Gw::start(&file).await;
+    let c = client();
+    for i in 0..3 {
+        let r = get(&c, &gw.url(&format!("/{i}")), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    wait_until("3 copies timed out", DEADLINE, || async {
+        shadowed(&gw, "timeout").await == 3.0
+    })
+    .await;
+    assert_eq!(window(&gw, "green").await, (3, 3));
+    assert_eq!(shadowed(&gw, "2xx").await, 0.0);
+    green.release();
+    gw.stop().await;
+}
+
 /// A flip that makes the shadow target live pauses shadowing (live traffic is not copied to
 /// the old live target); a flip back resumes it.
 #[tokio::test]
@@ -375,7 +401,11 @@ async fn shadowing_pauses_while_its_target_is_live() {
     })
     .await;
     assert!(blue.seen().iter().all(|s| s.marks.is_empty()));
-    let copies: Vec<_> = green.seen().into_iter().filter(|s| !s.marks.is_empty()).collect();
+    let copies: Vec<_> = green
+        .seen()
+        .into_iter()
+        .filter(|s| !s.marks.is_empty())
+        .collect();
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert_eq!(copies[0].path, "/back");
     assert_eq!(green.count(), 6);

@@ -213,7 +213,13 @@ pub(super) fn duration(
     }
 }
 
-pub(super) fn count(sink: &mut Sink, v: Option<Spanned<i64>>, default: u64, min: i64, field: &str) -> u64 {
+pub(super) fn count(
+    sink: &mut Sink,
+    v: Option<Spanned<i64>>,
+    default: u64,
+    min: i64,
+    field: &str,
+) -> u64 {
     let Some(s) = v else { return default };
     let n = *s.get_ref();
     if n < min {

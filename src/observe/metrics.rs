@@ -433,12 +433,10 @@ impl Metrics {
     /// The pre-resolved `shadow_requests_total` handles of a route's shadow target; called when a
     /// snapshot is built (the series exist from then on, at 0).
     pub fn shadow(&self, route: &str, target: &str) -> ShadowMetrics {
-        ShadowMetrics(
-            ShadowOutcome::LABELS.map(|code| {
-                self.shadow_requests
-                    .with_label_values(&[route, target, code])
-            }),
-        )
+        ShadowMetrics(ShadowOutcome::LABELS.map(|code| {
+            self.shadow_requests
+                .with_label_values(&[route, target, code])
+        }))
     }
 
     /// The pre-resolved `rule_requests_total` handle of one rule; called when a snapshot is built

@@ -280,9 +280,7 @@ pub fn added<'a, V: ?Sized>(
         },
         hop.te_trailers
             .then_some((Added::Te, Value::Static("trailers"))),
-        rules
-            .shadow
-            .then_some((Added::Shadow, Value::Static("1"))),
+        rules.shadow.then_some((Added::Shadow, Value::Static("1"))),
     ]
     .into_iter()
     .flatten()

@@ -113,7 +113,13 @@ mod tests {
         let text = "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n";
         let config = crate::config::parse(std::path::Path::new("f.toml"), text).unwrap();
         let metrics = crate::observe::metrics::Metrics::new();
-        let snap = Snapshot::build(1, config.into(), &HashMap::new(), &Snapshot::empty(), &metrics);
+        let snap = Snapshot::build(
+            1,
+            config.into(),
+            &HashMap::new(),
+            &Snapshot::empty(),
+            &metrics,
+        );
         let looked = std::cell::Cell::new(false);
         let d = decide(&snap.routes[0], 0, || {
             looked.set(true);

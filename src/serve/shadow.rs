@@ -36,7 +36,7 @@ use crate::snapshot::shadow::Shadow;
 use crate::upstream::body::RequestBody;
 
 /// The live request's head, as received, for its copy.
-pub struct Copy {
+pub struct CopiedHead {
     pub method: Method,
     pub path: Option<PathAndQuery>,
     /// The client's fields, before the forwarding policy.
@@ -48,7 +48,7 @@ pub struct Copy {
     pub preview: Option<HeaderName>,
 }
 
-impl Copy {
+impl CopiedHead {
     /// A copy of a head the HTTP/1.1 engine parsed (`None` if a field does not make a
     /// `HeaderMap` entry, which `httparse`'s checks leave no room for).
     pub fn of_head(
@@ -57,13 +57,13 @@ impl Copy {
         headers: &[httparse::Header<'_>],
         authority: Option<&[u8]>,
         preview: Option<&HeaderName>,
-    ) -> Option<Copy> {
+    ) -> Option<CopiedHead> {
         let mut map = HeaderMap::with_capacity(headers.len());
         for h in headers {
             let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
             map.append(name, HeaderValue::from_bytes(h.value).ok()?);
         }
-        Some(Copy {
+        Some(CopiedHead {
             method: Method::from_bytes(method.as_bytes()).ok()?,
             path: PathAndQuery::try_from(target).ok(),
             headers: map,
@@ -81,7 +81,7 @@ pub fn send(
     conn: &ConnInfo,
     shadow: &Arc<Shadow>,
     limits: &Limits,
-    mut copy: Copy,
+    mut copy: CopiedHead,
     request_id: &HeaderValue,
 ) {
     let Some(place) = shadow.try_enter() else {

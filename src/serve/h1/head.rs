@@ -26,7 +26,7 @@ use crate::policy::forward::{self as policy, hop_by_hop, Action, Added, Rules, V
 use crate::policy::headers::{has_token, request_authority, request_id_ok};
 use crate::policy::resend;
 use crate::serve::proxy::{admit, record_local, At, ConnInfo, Limits, Proxy};
-use crate::serve::shadow::Copy;
+use crate::serve::shadow::CopiedHead;
 use crate::snapshot::split::Reason;
 use crate::snapshot::TargetEntry;
 use crate::upstream::InflightGuard;
@@ -424,7 +424,7 @@ fn plan(
     });
     if let Some(shadow) = copy {
         let preview = route.preview.as_ref().map(|p| &p.header);
-        let copy = Copy::of_head(method, target, headers, host, preview);
+        let copy = CopiedHead::of_head(method, target, headers, host, preview);
         let id = http::HeaderValue::from_bytes(request_id.as_bytes());
         if let (Some(copy), Ok(id)) = (copy, id) {
             crate::serve::shadow::send(proxy, conn, shadow, &limits, copy, &id);

@@ -466,20 +466,28 @@ impl Proxy {
                 return local(e);
             }
             let preview = route.preview.as_ref().map(|p| p.header.clone());
-            let shadow = crate::policy::shadow::decide(route, ti, || {
-                crate::policy::shadow::Request {
+            let shadow =
+                crate::policy::shadow::decide(route, ti, || crate::policy::shadow::Request {
                     method: req.method().as_str().as_bytes(),
                     bodyless: http_body::Body::is_end_stream(req.body()),
                     upgrade: headers::is_upgrade(req.headers()),
-                }
-            })
-            .cloned();
-            (host, target.clone(), reason, limits, (access, shadow), preview)
+                })
+                .cloned();
+            (
+                host,
+                target.clone(),
+                reason,
+                limits,
+                (access, shadow),
+                preview,
+            )
         };
         let (access, shadow) = access;
         let access = access.map(|a| (a, reason));
-        self.forward(req, host, preview, conn, &target, limits, start, access, shadow)
-            .await
+        self.forward(
+            req, host, preview, conn, &target, limits, start, access, shadow,
+        )
+        .await
     }
 
     /// Admits, applies the forwarding policy, and forwards; records the outcome (and the access
@@ -551,7 +559,7 @@ impl Proxy {
         let bodyless = http_body::Body::is_end_stream(req.body());
         // The request's head as received, when it is to be copied (`serve::shadow`).
         let copy = shadow.map(|s| {
-            let copy = crate::serve::shadow::Copy {
+            let copy = crate::serve::shadow::CopiedHead {
                 method: req.method().clone(),
                 path: req.uri().path_and_query().cloned(),
                 headers: req.headers().clone(),
