@@ -8,7 +8,8 @@
 //!   it (copies go through hyper's process-wide pool, `upstream::Clients`, never the engine's
 //!   per-thread pool or a client connection's pinned one).
 //! - A copy is bounded: at most `max_in_flight` per route are out (past it a copy is dropped and
-//!   counted, never queued), each ends within the shadow's `timeout` (response head and body), and
+//!   counted, never queued), each ends within the shadow's `timeout` (response head and body) or
+//!   at the drain deadline (`Proxy::cut`), whichever comes first, and
 //!   it holds an in-flight slot of its instance while it runs, as a live request does (balancing,
 //!   drain and `max_upstream_connections` see it).
 //! - The copy is the live request's head through the same forwarding policy (`policy::forward`,
@@ -128,7 +129,8 @@ pub fn send(
     let client = proxy.clients.for_upstream(upstream).clone();
     let shadow = shadow.clone();
     let outlier = limits.outlier;
-    tokio::spawn(async move {
+    let mut cut = proxy.cut.subscribe();
+    let copy = async move {
         let (_place, _slot) = (place, slot);
         let start = Instant::now();
         let deadline = crate::clock::deadline(start, shadow.timeout);
@@ -155,5 +157,13 @@ pub fn send(
         };
         judge(target, index, &outlier, Err(outcome.0), start.elapsed());
         shadow.metrics.record(outcome.1);
+    };
+    // The drain deadline ends copies still out (nothing is recorded for them).
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            () = copy => {}
+            _ = cut.wait_for(|c| *c) => {}
+        }
     });
 }

@@ -411,7 +411,7 @@ impl Proxy {
                 Ok(Some(a)) => Ok(HeaderValue::from_bytes(a).ok()),
             }
         };
-        let (host, target, reason, limits, access, preview) = {
+        let (host, target, reason, limits, access, preview, shadow) = {
             let snap = self.snapshot.load();
             let access = crate::observe::access_log::sample(&snap.config.log);
             // The line of an answer given before forwarding: the client's own request id.
@@ -473,16 +473,9 @@ impl Proxy {
                     upgrade: headers::is_upgrade(req.headers()),
                 })
                 .cloned();
-            (
-                host,
-                target.clone(),
-                reason,
-                limits,
-                (access, shadow),
-                preview,
-            )
+            let target = target.clone();
+            (host, target, reason, limits, access, preview, shadow)
         };
-        let (access, shadow) = access;
         let access = access.map(|a| (a, reason));
         self.forward(
             req, host, preview, conn, &target, limits, start, access, shadow,
