@@ -289,3 +289,42 @@ async fn require_healthy_refuses_failing_or_unproven_targets_and_allows_a_health
     assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_rollout_step_proven_not_worse_advances_before_its_hold_ends() {
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let gw = Gw::start(&config(
+        "blue",
+        &[("blue", blue.addr), ("green", green.addr)],
+        "[routes.circuit]\nmode = \"sequential\"\ncompare = \"live\"\nmin_requests = 20\ndetect_points = 1.0\n",
+    ))
+    .await;
+    let c = client();
+    let r = gw
+        .act(
+            &c,
+            "rollout",
+            r#"{"target": "green", "steps": [50, 100], "hold": "1h", "min_requests_per_step": 20}"#,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // An hour's hold, but both targets serve cleanly: the evidence proves green not worse (about
+    // 160 clean canary requests at these settings) and the rollout promotes long before.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get(&c, &gw.admin_url("/api/v1/routes/bot"), &[])
+            .await
+            .json();
+        if v["rollout"]["state"] == "promoted" {
+            assert_eq!(v["live"], "green");
+            break;
+        }
+        assert_eq!(v["rollout"]["state"], "running", "{v}");
+        assert!(std::time::Instant::now() < deadline, "not promoted: {v}");
+        for _ in 0..20 {
+            assert_eq!(get(&c, &gw.url("/"), &[]).await.status, 200);
+        }
+    }
+    gw.stop().await;
+}
