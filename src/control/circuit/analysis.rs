@@ -22,13 +22,17 @@
 //! - **Latency**: a candidate request is "slower" when its histogram bin lies wholly above
 //!   `max_latency_ratio` times the top of live's `latency_quantile` bin (live's recent window). A
 //!   candidate whose quantile is within the ratio of live's is slower with probability at most
-//!   `1 − q`; the SPRT of `2(1 − q)` against `1 − q` trips with probability at most `false_trip`
-//!   (binning only ever counts fewer requests as slower, which keeps the bound).
+//!   `1 − q`; the SPRT of `2(1 − q)` (mixed over higher rates, like errors) against `1 − q` trips
+//!   with probability at most `false_trip` (binning only ever counts fewer requests as slower,
+//!   which keeps the bound).
+//! - **Worse** is a mixture: half the weight on the alternative at `detect`, the rest on 2 to 64
+//!   times its gap (`MIX`), so gross failures trip on a few errors; an average of e-processes is
+//!   one, so the bound is unchanged.
 //!
 //! Invariants: every function here is pure (counts in, evidence out), nothing runs on the request
-//! path. Evidence accumulates per candidate only while the same (candidate, its window, live, live's
-//! window, split) holds (`Key`); any change starts it afresh, so the bound holds per candidate per
-//! split. Evidence is kept by the circuit task (`Board`), which alone updates it; the rollout task
+//! path. Evidence accumulates per candidate only while the same (candidate, its window, live,
+//! live's window, split, settings) holds (`Key`); any change starts it afresh, so the bound holds
+//! per candidate per split. Evidence is kept by the circuit task (`Board`), which alone updates it; the rollout task
 //! and the admin API read it. `verdict` is a single look at the current windows (valid at
 //! `false_trip` per look) for an operator's `--require-healthy`.
 
@@ -308,6 +312,9 @@ pub struct Evidence {
     pub latency_seen: Counts,
     #[serde(skip)]
     key: Key,
+    /// The settings it was accumulated under (a reload that changes them starts afresh).
+    #[serde(skip)]
+    settings: (Analysis, f64),
     #[serde(skip)]
     marks: Marks,
 }
@@ -366,7 +373,8 @@ impl Evidence {
             cand_latency: cand.window.lifetime_latency(),
             live: Counts::new(lr, le),
         };
-        let Some(mut ev) = prev.filter(|p| p.key == key) else {
+        let settings = (c.analysis, c.max_error_rate);
+        let Some(mut ev) = prev.filter(|p| p.key == key && p.settings == settings) else {
             // A new candidate (or split): start from here.
             let mut ev = Evidence::start(
                 &candidate,
@@ -375,6 +383,7 @@ impl Evidence {
                 c.analysis.max_latency_ratio.is_some(),
             );
             ev.key = key;
+            ev.settings = settings;
             ev.marks = now;
             return Some(ev);
         };
@@ -419,6 +428,7 @@ impl Evidence {
             latency_mix: [0.0; MIX],
             latency_seen: Counts::default(),
             key: Key::default(),
+            settings: (Analysis::default(), 0.0),
             marks: Marks::default(),
         }
     }
