@@ -3,8 +3,7 @@
 //! Protects: the per-request cost of observability on the data path. A request records into
 //! handles resolved when the snapshot was built (`TargetMetrics::record`, plus the circuit window's
 //! `Window::record`, measured alone in `window_record`), and checks the access-log switch from the
-//! snapshot. The issue's budget is
-//! under 5 % of a full proxied request.
+//! snapshot. The issue's budget is under 5 % of a full proxied request.
 //!
 //! Naive baseline: looking the series up by label on every request (`with_label_values`, which
 //! hashes the label values and takes the family's read lock), which is what "resolve handles when
