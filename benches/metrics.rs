@@ -54,6 +54,16 @@ fn recording(c: &mut Criterion) {
             window.record(now_ms, black_box(i % 50 == 0), black_box(i % 700));
         })
     });
+    // Baseline: the same window without the latency histogram (the code before issue 15).
+    let old = OldWindow::default();
+    g.bench_function("window_record_without_histogram_baseline", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let now_ms = flipgate::clock::now_ms();
+            old.record(now_ms, black_box(i % 50 == 0), black_box(i % 700));
+        })
+    });
     // The metrics part alone, to compare with the naive label lookup below.
     g.bench_function("record_resolved_handles", |b| {
         let mut i = 0u64;
@@ -94,6 +104,38 @@ fn recording(c: &mut Criterion) {
         b.iter(|| flipgate::observe::access_log::sample(black_box(&off)))
     });
     g.finish();
+}
+
+/// `Window::record` as it was before the latency histogram (buckets of requests, errors, slow;
+/// lifetime requests and errors): the baseline of `window_record`.
+#[derive(Default)]
+struct OldWindow {
+    lifetime: [std::sync::atomic::AtomicU64; 2],
+    buckets: [[std::sync::atomic::AtomicU64; 4]; 10],
+}
+
+impl OldWindow {
+    #[inline]
+    fn record(&self, now_ms: u64, error: bool, latency_ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tick = now_ms / 3000 + 1;
+        let b = &self.buckets[(tick % 10) as usize];
+        let seen = b[0].load(Relaxed);
+        if seen != tick && b[0].compare_exchange(seen, tick, Relaxed, Relaxed).is_ok() {
+            b[1].store(0, Relaxed);
+            b[2].store(0, Relaxed);
+            b[3].store(0, Relaxed);
+        }
+        b[1].fetch_add(1, Relaxed);
+        self.lifetime[0].fetch_add(1, Relaxed);
+        if error {
+            self.lifetime[1].fetch_add(1, Relaxed);
+            b[2].fetch_add(1, Relaxed);
+        }
+        if latency_ms > u64::MAX - 1 {
+            b[3].fetch_add(1, Relaxed);
+        }
+    }
 }
 
 async fn upstream() -> SocketAddr {
@@ -178,6 +220,15 @@ fn report() {
         "\nmetrics recording: {rec:.1} ns of a {:.1} µs proxied request = {share:.3} % (budget 5 %)",
         req / 1000.0
     );
+    if let (Some(new), Some(old)) = (
+        mean_ns("metrics/window_record"),
+        mean_ns("metrics/window_record_without_histogram_baseline"),
+    ) {
+        println!(
+            "circuit window record: {new:.1} ns with the latency histogram, {old:.1} ns without (+{:.1} ns)",
+            new - old
+        );
+    }
     if let (Some(naive), Some(handles)) = (
         mean_ns("metrics/record_label_lookup_baseline"),
         mean_ns("metrics/record_resolved_handles"),
