@@ -1242,5 +1242,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.state.dir != new.state.dir {
         v.push("state.dir");
     }
+    if old.state.etcd != new.state.etcd {
+        v.push("state.backend/state.etcd");
+    }
     v
 }
