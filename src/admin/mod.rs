@@ -333,6 +333,15 @@ impl Admin {
                         body.push_str(&line);
                         body.push('\n');
                     }
+                    // Ready either way: the last known state keeps serving while the store is
+                    // away; the line says so.
+                    if let Some(store) = self.control.store_status().filter(|s| !s.up) {
+                        body.push_str(&format!(
+                            "state: shared store ({}) unreachable: {}; serving the last known state, changes refused\n",
+                            store.backend,
+                            store.error.as_deref().unwrap_or("unknown")
+                        ));
+                    }
                     text(StatusCode::OK, "text/plain", body)
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
@@ -345,14 +354,15 @@ impl Admin {
             ),
             (&Method::GET, ["api", "v1", "routes"]) => {
                 let snap = self.control.snapshots().load_full();
-                json(
-                    StatusCode::OK,
-                    &RoutesView::new(
-                        &snap,
-                        &self.control.last_reload(),
-                        &self.control.persist_status(),
-                    ),
-                )
+                let mut view = RoutesView::new(
+                    &snap,
+                    &self.control.last_reload(),
+                    &self.control.persist_status(),
+                );
+                if let Some(state) = view.state.as_mut() {
+                    state.store = self.control.store_status();
+                }
+                json(StatusCode::OK, &view)
             }
             (&Method::GET, ["api", "v1", "events"]) => json(
                 StatusCode::OK,

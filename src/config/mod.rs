@@ -172,7 +172,10 @@ impl std::fmt::Debug for Etcd {
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<from file or env>"))
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| "<from file or env>"),
+            )
             .field("ca", &self.ca)
             .field("identity", &self.identity)
             .field("timeout", &self.timeout)

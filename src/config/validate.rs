@@ -393,7 +393,10 @@ fn state(sink: &mut Sink, base: &Path, raw: RawState) -> State {
             sink.push(
                 raw.backend.as_ref().expect("matched").span(),
                 "state.backend",
-                format!("unknown state backend `{}`; expected \"file\" or \"etcd\"", quote(other)),
+                format!(
+                    "unknown state backend `{}`; expected \"file\" or \"etcd\"",
+                    quote(other)
+                ),
             );
             None
         }
@@ -416,15 +419,17 @@ fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Optio
     let mut endpoints = Vec::with_capacity(raw.endpoints.len());
     for e in raw.endpoints {
         let text = e.get_ref();
-        let ok = text
-            .parse::<http::Uri>()
-            .ok()
-            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+        let ok = text.parse::<http::Uri>().ok().filter(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
         if ok.is_none() {
             sink.push(
                 e.span(),
                 "state.etcd.endpoints",
-                format!("`{}` is not an etcd endpoint URL (example: \"http://10.0.0.5:2379\")", quote(text)),
+                format!(
+                    "`{}` is not an etcd endpoint URL (example: \"http://10.0.0.5:2379\")",
+                    quote(text)
+                ),
             );
         }
         endpoints.push(e.into_inner());
@@ -432,7 +437,11 @@ fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Optio
     let prefix = match raw.prefix {
         None => DEFAULT_ETCD_PREFIX.to_string(),
         Some(p) if p.get_ref().is_empty() => {
-            sink.push(p.span(), "state.etcd.prefix", "prefix must not be empty (example: \"/flipgate/\")");
+            sink.push(
+                p.span(),
+                "state.etcd.prefix",
+                "prefix must not be empty (example: \"/flipgate/\")",
+            );
             DEFAULT_ETCD_PREFIX.to_string()
         }
         Some(p) if p.get_ref().ends_with('/') => p.into_inner(),
@@ -440,7 +449,11 @@ fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Optio
     };
     let password = match (raw.password_file, raw.password_env) {
         (Some(_), Some(e)) => {
-            sink.push(e.span(), "state.etcd.password_env", "set password_file or password_env, not both");
+            sink.push(
+                e.span(),
+                "state.etcd.password_env",
+                "set password_file or password_env, not both",
+            );
             None
         }
         (Some(f), None) => Some(Secret::File(resolve(base, &f))),
@@ -449,22 +462,38 @@ fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Optio
     };
     let username = raw.username.map(Spanned::into_inner);
     if password.is_some() != username.is_some() {
-        sink.push(span.clone(), "state.etcd.username", "username and a password (password_file or password_env) go together");
+        sink.push(
+            span.clone(),
+            "state.etcd.username",
+            "username and a password (password_file or password_env) go together",
+        );
     }
     let identity = match (raw.cert, raw.key) {
         (Some(c), Some(k)) => Some((resolve(base, &c), resolve(base, &k))),
         (None, None) => None,
         _ => {
-            sink.push(span.clone(), "state.etcd.cert", "a client certificate needs both `cert` and `key`");
+            sink.push(
+                span.clone(),
+                "state.etcd.cert",
+                "a client certificate needs both `cert` and `key`",
+            );
             None
         }
     };
     if identity.is_some() && raw.ca.is_none() {
-        sink.push(span, "state.etcd.ca", "a client certificate needs TLS: set `ca` too");
+        sink.push(
+            span,
+            "state.etcd.ca",
+            "a client certificate needs TLS: set `ca` too",
+        );
     }
     let replica = match raw.replica {
         Some(r) if r.get_ref().is_empty() || r.get_ref().contains('/') => {
-            sink.push(r.span(), "state.etcd.replica", "a replica name is not empty and has no `/`");
+            sink.push(
+                r.span(),
+                "state.etcd.replica",
+                "a replica name is not empty and has no `/`",
+            );
             None
         }
         Some(r) => Some(r.into_inner()),
@@ -477,7 +506,13 @@ fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Optio
         password,
         ca: raw.ca.map(|c| resolve(base, &c)),
         identity,
-        timeout: duration(sink, raw.timeout, Duration::from_secs(2), Duration::from_secs(60), "state.etcd.timeout"),
+        timeout: duration(
+            sink,
+            raw.timeout,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+            "state.etcd.timeout",
+        ),
         replica: replica.unwrap_or_else(default_replica),
     })
 }

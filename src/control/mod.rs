@@ -54,6 +54,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigErrors, Route};
 use crate::control::events::Events;
 use crate::control::state::lock::{self, Attempt};
+use crate::control::state::shared::{self, Cas, StoreStatus};
 use crate::control::state::writer::{pid_text, Ownership, PersistStatus, Writer};
 use crate::control::state::{
     FileSplit, Loaded, Parked, Persisted, RouteState, Routes, Saved, Source, Store, Trip,
@@ -86,6 +87,9 @@ pub enum ControlError {
     NotOwner(Option<u32>),
     #[error("changes are refused: {0}")]
     Blocked(String),
+    /// The shared state store did not take the change; nothing was applied.
+    #[error("the shared state store is unreachable ({0}); nothing was applied: this replica keeps serving the last state it knows, retry when the store is back")]
+    StoreDown(String),
 }
 
 impl ControlError {
@@ -95,7 +99,9 @@ impl ControlError {
             ControlError::UnknownRoute(_) => 404,
             ControlError::UnknownTarget { .. } | ControlError::Rejected(_) => 422,
             ControlError::Conflict(_) => 409,
-            ControlError::NotOwner(_) | ControlError::Blocked(_) => 503,
+            ControlError::NotOwner(_) | ControlError::Blocked(_) | ControlError::StoreDown(_) => {
+                503
+            }
         }
     }
 }
@@ -166,6 +172,8 @@ struct Inner {
     /// The state file as this process last read it: the base of the three-way merge while
     /// another process owns it.
     base: Saved,
+    /// With a shared store: each route's key as last seen (revision, value; `None`: absent).
+    remote: HashMap<String, (i64, Option<Persisted>)>,
 }
 
 /// The control plane's single entry point.
@@ -179,6 +187,11 @@ pub struct Control {
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
     writer: Writer,
+    /// The shared state store, when `[state] backend` is not `file` (set once, at start).
+    shared: std::sync::OnceLock<Arc<dyn shared::Backend>>,
+    /// Routes whose shared state was made against another split of the file (published, so
+    /// status never waits for the control lock).
+    behind: ArcSwap<Vec<String>>,
     inner: Mutex<Inner>,
 }
 
@@ -299,6 +312,8 @@ impl Control {
             metrics,
             events,
             writer,
+            shared: std::sync::OnceLock::new(),
+            behind: ArcSwap::from_pointee(Vec::new()),
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 states,
@@ -307,6 +322,7 @@ impl Control {
                 generation: 0,
                 submitted: None,
                 base: persisted,
+                remote: HashMap::new(),
             }),
         });
         let weak = Arc::downgrade(&control);
@@ -386,6 +402,9 @@ impl Control {
     /// Stops the state writer after it has written what is pending, releasing the state
     /// directory's lock (waits at most a few seconds for a slow disk).
     pub async fn close(&self) {
+        if let Some(store) = self.shared.get() {
+            store.stop();
+        }
         self.writer.stop();
         let mut rx = self.writer.subscribe();
         let _ = tokio::time::timeout(CLOSE_WAIT, rx.wait_for(|s| s.stopped)).await;
@@ -485,6 +504,12 @@ impl Control {
         inner.states = states;
         inner.splits = splits;
         inner.parked = parked;
+        // A route whose file split now matches the shared store's state follows the store.
+        let names: Vec<String> = inner.remote.keys().cloned().collect();
+        for name in names {
+            follow(&mut inner, &name);
+        }
+        self.behind.store(Arc::new(behind(&inner)));
         self.last_reload.store(Arc::new(ReloadStatus {
             result: "success",
             error: None,
@@ -516,17 +541,155 @@ impl Control {
     /// state, or while the state file left by one cannot be read. A split change (flip, canary,
     /// promote, rollback) stops a running rollout of the route (`rollout::interrupted`).
     pub fn act(&self, route: &str, action: Action) -> Result<Applied, ControlError> {
-        self.change(route, |r, s, now| {
-            let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
-            rollout::interrupted(r, s, kind, now, &self.metrics);
-            Ok((kind, message))
+        // With a shared store, a replica that lost a race re-applies the action to the state the
+        // winner wrote (it has taken it in), a few times at most.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.change(route, |r, s, now| {
+                let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
+                rollout::interrupted(r, s, kind, now, &self.metrics);
+                Ok((kind, message))
+            });
+            match result {
+                Err(ControlError::Conflict(_))
+                    if tries < CAS_TRIES && self.shared.get().is_some() => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Connects the shared state store (once, at start, before serving).
+    pub fn set_shared(&self, backend: Arc<dyn shared::Backend>) {
+        let _ = self.shared.set(backend);
+        self.metrics.state_backend_up.set(0);
+    }
+
+    /// The shared state store's health, when there is one.
+    pub fn store_status(&self) -> Option<StoreStatus> {
+        self.shared.get().map(|b| {
+            let mut s = b.status();
+            s.routes_behind = (**self.behind.load()).clone();
+            s
         })
+    }
+
+    /// The state in force, each route with the split it was made against (to seed an empty
+    /// shared store).
+    pub fn persisted_now(&self) -> Routes {
+        persisted_routes(&self.lock())
+    }
+
+    /// Takes in a route's key as the shared store has it now (revision `rev`; `None`: absent):
+    /// served if it was made against this replica's file split, else kept until the file catches
+    /// up. Older revisions than one already seen are ignored. Called by the store's thread.
+    pub fn take_in(&self, route: &str, rev: i64, value: Option<Persisted>) {
+        let mut inner = self.lock();
+        if inner.remote.get(route).is_some_and(|(r, _)| *r >= rev) {
+            return;
+        }
+        inner.remote.insert(route.to_string(), (rev, value));
+        self.behind.store(Arc::new(behind(&inner)));
+        if follow(&mut inner, route) {
+            self.events.push(
+                "adopt",
+                Some(route),
+                format!(
+                    "followed the fleet's shared state: {}",
+                    describe(&inner.states[route])
+                ),
+            );
+            self.publish(&mut inner);
+            self.record(&mut inner);
+        }
+    }
+
+    /// Routes whose stored state was made against another split of the route file.
+    pub fn routes_behind(&self) -> Vec<String> {
+        (**self.behind.load()).clone()
     }
 
     /// Changes one route's state with `f` (route, its state, now in unix ms), which says what it
     /// did (event kind and message) or refuses (then nothing changes). Like `act`: published,
     /// handed to the state writer, refused while another process owns the state.
     pub(crate) fn change(
+        &self,
+        route: &str,
+        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
+        match self.shared.get() {
+            Some(store) => self.change_shared(store.as_ref(), route, f),
+            None => self.change_local(route, f),
+        }
+    }
+
+    /// `change` with a shared store: the new state is computed under the control lock, written to
+    /// the store with a compare-and-swap on the revision it was computed from (without the lock),
+    /// and in force only once the store took it. A lost race takes in the winner's state and is
+    /// a `Conflict`; an unreachable store a `StoreDown`; either way nothing is applied.
+    fn change_shared(
+        &self,
+        store: &dyn shared::Backend,
+        route: &str,
+        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
+        let (rev, value, kind, message) = {
+            let inner = self.lock();
+            let config = inner.config.clone();
+            let r = config
+                .route(route)
+                .ok_or_else(|| ControlError::UnknownRoute(route.into()))?;
+            match self.writer.status().ownership {
+                Ownership::Owner => {}
+                Ownership::Follower { pid } => return Err(ControlError::NotOwner(pid)),
+                Ownership::Blocked { reason } => return Err(ControlError::Blocked(reason)),
+            }
+            let mut s = inner
+                .states
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| RouteState::from_file(r));
+            let (kind, message) = f(r, &mut s, unix_ms())?;
+            let split = inner
+                .splits
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| FileSplit::of(r));
+            let rev = inner.remote.get(route).map_or(0, |(rev, _)| *rev);
+            (rev, Persisted::new(r, split, s), kind, message)
+        };
+        match store.cas(route, rev, &value) {
+            Cas::Accepted(new_rev) => {
+                let mut inner = self.lock();
+                let s = value.state.clone();
+                if inner.remote.get(route).is_none_or(|(r, _)| *r < new_rev) {
+                    inner
+                        .remote
+                        .insert(route.to_string(), (new_rev, Some(value)));
+                }
+                // Applied as written even if a reload changed the split meanwhile: the store
+                // holds it, and the next reload reconciles it like any state in force.
+                inner.states.insert(route.to_string(), s);
+                inner.parked.remove(route);
+                let generation = self.publish(&mut inner);
+                let version = self.record(&mut inner);
+                self.events.push(kind, Some(route), message);
+                Ok(Applied {
+                    generation,
+                    version,
+                })
+            }
+            Cas::Conflict(now_rev, now) => {
+                self.take_in(route, now_rev, now.map(|p| *p));
+                Err(ControlError::Conflict(format!(
+                    "route `{route}` was changed through another replica meanwhile; this replica now serves that change: check it and retry"
+                )))
+            }
+            Cas::Down(why) => Err(ControlError::StoreDown(why)),
+        }
+    }
+
+    fn change_local(
         &self,
         route: &str,
         f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
@@ -609,6 +772,17 @@ impl Control {
         );
         rollout::on_trip(route, &mut s, &trip.reason, now_unix_ms, &self.metrics);
         s.tripped = Some(trip);
+        if let Some(store) = self.shared.get() {
+            // In force here at once (it only moves traffic to the safe side); fleet-wide once
+            // the store takes it, conditioned on the revision it was judged on.
+            let rev = inner.remote.get(route).map_or(0, |(rev, _)| *rev);
+            let split = inner
+                .splits
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| FileSplit::of(&r));
+            store.trip(route, rev, Persisted::new(&r, split, s.clone()));
+        }
         inner.states.insert(route.to_string(), s);
         // A newer decision than any parked state of the route: it must not come back.
         inner.parked.remove(route);
@@ -765,6 +939,48 @@ impl Control {
         }
         dropped
     }
+}
+
+/// How many times `act` re-applies an action after losing a compare-and-swap race.
+const CAS_TRIES: u32 = 3;
+
+/// Routes whose shared state was made against another split than this replica's file has.
+fn behind(inner: &Inner) -> Vec<String> {
+    let mut v: Vec<String> = inner
+        .remote
+        .iter()
+        .filter(|(name, (_, p))| {
+            let Some(r) = inner.config.route(name) else {
+                return false;
+            };
+            p.as_ref().is_some_and(|p| !p.made_against(r))
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Serves route `name`'s state from the shared store's key if it was made against the route's
+/// split in this replica's file (and names only its targets); returns whether the state changed.
+fn follow(inner: &mut Inner, name: &str) -> bool {
+    let Some(route) = inner.config.route(name) else {
+        return false;
+    };
+    let Some((_, Some(p))) = inner.remote.get(name) else {
+        return false;
+    };
+    if !p.made_against(route) || !state_fits(route, &p.state) {
+        return false;
+    }
+    let mut s = p.state.clone();
+    drain::prune(route, &mut s);
+    if inner.states.get(name) == Some(&s) {
+        return false;
+    }
+    inner.states.insert(name.to_string(), s);
+    inner.parked.remove(name);
+    true
 }
 
 /// The persisted form of the route states in force: each with the split it was made against.

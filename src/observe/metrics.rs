@@ -36,6 +36,9 @@ pub struct Metrics {
     pub flips: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
+    /// 1 while the runtime state's store answers (always for the file backend), 0 while a shared
+    /// store (etcd) is unreachable.
+    pub state_backend_up: IntGauge,
     pub config_generation: IntGauge,
     pub open_tunnels: IntGaugeVec,
     /// Admin requests refused before any handler ran, by `admin::guard::Refusal::reason`.
@@ -277,6 +280,11 @@ impl Metrics {
             "config_last_reload_success",
             "1 if the last route file reload succeeded.",
         )));
+        let state_backend_up = must(IntGauge::with_opts(opts(
+            "state_backend_up",
+            "1 while the runtime state's store answers (always for the file backend), 0 while the shared store (etcd) is unreachable.",
+        )));
+        state_backend_up.set(1);
         let config_generation = must(IntGauge::with_opts(opts(
             "config_generation",
             "Generation of the snapshot serving traffic; grows with every published change.",
@@ -328,6 +336,7 @@ impl Metrics {
             Box::new(flips.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
+            Box::new(state_backend_up.clone()),
             Box::new(config_generation.clone()),
             Box::new(open_tunnels.clone()),
             Box::new(admin_refusals.clone()),
@@ -365,6 +374,7 @@ impl Metrics {
             flips,
             config_reloads,
             config_last_reload_success,
+            state_backend_up,
             config_generation,
             open_tunnels,
             admin_refusals,

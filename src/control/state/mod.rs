@@ -15,7 +15,10 @@
 //! files written before `parked` existed read as having none, and it is written only when there is
 //! some, so a file without parked state reads the same to an older binary.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod lock;
+pub mod shared;
 pub mod writer;
 
 use std::collections::BTreeMap;

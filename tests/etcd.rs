@@ -1,0 +1,406 @@
+//! The etcd state backend (issue 16): real `etcd` servers on free loopback ports (each test starts
+//! its own, with a temp data dir, and kills it at the end) and real `flipgate run` processes, three
+//! replicas sharing one route file (each with its own state dir). A flip through one replica is
+//! served by all; concurrent flips end in one state; with etcd down every replica keeps serving its
+//! last state, mutations answer 503 and `/readyz` stays ready; a replica restarted meanwhile serves
+//! the state it kept locally; with etcd back the fleet converges. Skipped loudly without `etcd`.
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::proc::Proc;
+use support::*;
+
+/// A single-member etcd on loopback; killed when dropped.
+struct Etcd {
+    child: Option<Child>,
+    client: u16,
+    peer: u16,
+    data: PathBuf,
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have_etcd() -> bool {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!(
+            "SKIPPED: no `etcd` binary (apt-get install etcd-server); the etcd backend is untested"
+        );
+    }
+    found
+}
+
+impl Etcd {
+    async fn start(dir: &Path) -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            client: free_port(),
+            peer: free_port(),
+            data: dir.join("etcd-data"),
+        };
+        e.run().await;
+        e
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// Starts (or restarts) the server on its ports and data dir; waits until it answers.
+    async fn run(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(&self.data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+        let c = client_http();
+        let url = format!("{}/health", self.endpoint());
+        wait_until("etcd healthy", Duration::from_secs(30), || async {
+            match tokio::time::timeout(Duration::from_secs(1), try_get(&c, &url)).await {
+                Ok(Some(body)) => body.contains("true"),
+                _ => false,
+            }
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn client_http() -> TestClient {
+    client()
+}
+
+async fn try_get(c: &TestClient, url: &str) -> Option<String> {
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .ok()?;
+    let resp = c.request(req).await.ok()?;
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+}
+
+/// A fleet: one route file in `shared/`, each replica in its own directory through a symlink to
+/// it (the state dir `state` is relative to the path the replica was given).
+struct Fleet {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    procs: Vec<Proc>,
+}
+
+fn route_file(etcd: &Etcd, blue: &Upstream, green: &Upstream, extra: &str) -> String {
+    config("blue", &[("blue", blue.addr), ("green", green.addr)], extra).replace(
+        "[state]\ndir = \"state\"\n",
+        &format!(
+            "[state]\ndir = \"state\"\nbackend = \"etcd\"\n\n[state.etcd]\nendpoints = [\"{}\"]\nprefix = \"/test/\"\ntimeout = \"1s\"\n",
+            etcd.endpoint()
+        ),
+    )
+}
+
+impl Fleet {
+    fn new(text: &str, n: usize) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("shared")).unwrap();
+        let file = dir.path().join("shared/flipgate.toml");
+        write_atomic(&file, text);
+        let mut f = Fleet {
+            dir,
+            file,
+            procs: Vec::new(),
+        };
+        for i in 0..n {
+            let p = f.start(i);
+            f.procs.push(p);
+        }
+        f
+    }
+
+    fn replica_file(&self, i: usize) -> PathBuf {
+        let d = self.dir.path().join(format!("r{i}"));
+        let link = d.join("flipgate.toml");
+        if !link.exists() {
+            std::fs::create_dir_all(&d).unwrap();
+            std::os::unix::fs::symlink(&self.file, &link).unwrap();
+        }
+        link
+    }
+
+    fn start(&self, i: usize) -> Proc {
+        Proc::start(&self.replica_file(i))
+    }
+}
+
+async fn post(c: &TestClient, p: &Proc, verb: &str, body: &str) -> Resp {
+    admin_post(c, &p.admin_url(&format!("/api/v1/routes/bot/{verb}")), body).await
+}
+
+async fn served(c: &TestClient, p: &Proc) -> String {
+    get(c, &p.url("/"), &[]).await.text()
+}
+
+async fn live(c: &TestClient, p: &Proc) -> String {
+    let v = get(c, &p.admin_url("/api/v1/routes/bot"), &[]).await.json();
+    v["live"].as_str().unwrap_or_default().to_string()
+}
+
+async fn store(c: &TestClient, p: &Proc) -> serde_json::Value {
+    let v = get(c, &p.admin_url("/api/v1/routes"), &[]).await.json();
+    v["state"]["store"].clone()
+}
+
+/// Waits until every replica's traffic goes to `target`.
+async fn all_serve(c: &TestClient, procs: &[&Proc], target: &str, within: Duration) {
+    for (i, p) in procs.iter().enumerate() {
+        wait_until(&format!("replica {i} serves {target}"), within, || async {
+            served(c, p).await == target
+        })
+        .await;
+    }
+}
+
+async fn wait_store_up(c: &TestClient, p: &Proc, up: bool) {
+    wait_until(
+        &format!("store up = {up}"),
+        Duration::from_secs(30),
+        || async { store(c, p).await["up"] == up },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_through_one_replica_is_served_by_all_and_the_propagation_is_measured() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let fleet = Fleet::new(&route_file(&etcd, &blue, &green, ""), 3);
+    let c = client();
+    let [a, b, cc] = [&fleet.procs[0], &fleet.procs[1], &fleet.procs[2]];
+    for p in [a, b, cc] {
+        wait_store_up(&c, p, true).await;
+    }
+    let r = post(&c, a, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_serve(&c, &[a, b, cc], "green", Duration::from_secs(5)).await;
+    assert_eq!(store(&c, b).await["routes_behind"], serde_json::json!([]));
+
+    // Propagation: from the API's answer to the last replica serving the change, polled on each
+    // replica's traffic port. Reported, not asserted (a shared CI machine has no timing).
+    let mut samples = Vec::new();
+    for i in 0..40 {
+        let (to, via) = if i % 2 == 0 {
+            ("blue", [a, b, cc][i % 3])
+        } else {
+            ("green", [a, b, cc][(i + 1) % 3])
+        };
+        let r = post(&c, via, "flip", &format!(r#"{{"target":"{to}"}}"#)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let answered = Instant::now();
+        for p in [a, b, cc] {
+            let deadline = answered + Duration::from_secs(5);
+            while served(&c, p).await != to {
+                assert!(Instant::now() < deadline, "replica never served {to}");
+            }
+        }
+        samples.push(answered.elapsed());
+    }
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    eprintln!(
+        "etcd flip propagation over {} flips, 3 replicas: p50 {:?}, p99 {:?}, max {:?}",
+        samples.len(),
+        pick(0.5),
+        pick(0.99),
+        samples.last().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flips_through_two_replicas_end_in_one_state() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let fleet = Fleet::new(&route_file(&etcd, &blue, &green, ""), 3);
+    let c = client();
+    let [a, b, cc] = [&fleet.procs[0], &fleet.procs[1], &fleet.procs[2]];
+    for p in [a, b, cc] {
+        wait_store_up(&c, p, true).await;
+    }
+    for round in 0..10 {
+        let (ra, rb) = tokio::join!(
+            post(&c, a, "flip", r#"{"target":"green"}"#),
+            post(&c, b, "flip", r#"{"target":"blue"}"#)
+        );
+        for r in [&ra, &rb] {
+            assert!(
+                r.status == 200 || r.status == 409,
+                "round {round}: {} {}",
+                r.status,
+                r.text()
+            );
+        }
+        // Whatever won, all three end on one live target, and it is the one etcd holds.
+        wait_until(
+            "one state on all replicas",
+            Duration::from_secs(5),
+            || async {
+                let l = [live(&c, a).await, live(&c, b).await, live(&c, cc).await];
+                l[0] == l[1] && l[1] == l[2]
+            },
+        )
+        .await;
+        let target = live(&c, a).await;
+        all_serve(&c, &[a, b, cc], &target, Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_down_every_replica_keeps_serving_refuses_changes_and_converges_when_it_is_back()
+{
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(tmp.path()).await;
+    let mut fleet = Fleet::new(&route_file(&etcd, &blue, &green, ""), 3);
+    let c = client();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    let r = post(&c, &fleet.procs[0], "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    {
+        let all: Vec<&Proc> = fleet.procs.iter().collect();
+        all_serve(&c, &all, "green", Duration::from_secs(5)).await;
+    }
+
+    etcd.kill();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, false).await;
+        // Still serving the last known state (not the file's `blue`), still ready.
+        assert_eq!(served(&c, p).await, "green");
+        let ready = get(&c, &p.admin_url("/readyz"), &[]).await;
+        assert_eq!(ready.status, 200);
+        assert!(ready.text().contains("unreachable"), "{}", ready.text());
+        let m = get(&c, &p.admin_url("/metrics"), &[]).await.text();
+        assert!(m.contains("flipgate_state_backend_up 0"), "{m}");
+        // A change answers 503 with the reason and applies nothing.
+        let r = post(&c, p, "flip", r#"{"target":"blue"}"#).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().contains("unreachable"), "{}", r.text());
+        assert_eq!(served(&c, p).await, "green");
+    }
+
+    // A replica restarted while etcd is down serves the state it kept locally.
+    let old = fleet.procs.remove(2);
+    old.kill9();
+    let restarted = fleet.start(2);
+    assert_eq!(served(&c, &restarted).await, "green");
+    fleet.procs.push(restarted);
+
+    etcd.run().await;
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    let r = post(&c, &fleet.procs[2], "flip", r#"{"target":"blue"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all: Vec<&Proc> = fleet.procs.iter().collect();
+    all_serve(&c, &all, "blue", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_prefix_is_seeded_once_from_a_replica_s_file_state() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let text = route_file(&etcd, &blue, &green, "");
+    // Replica 0 ran with the file backend and flipped to green.
+    let mut fleet = Fleet::new(&text, 0);
+    let file_backend = text.replace("backend = \"etcd\"\n", "");
+    let file_backend = file_backend
+        .split("[state.etcd]")
+        .next()
+        .unwrap()
+        .to_string()
+        + &text[text.find("[[routes]]").unwrap()..];
+    let own = fleet.dir.path().join("r0");
+    std::fs::create_dir_all(&own).unwrap();
+    write_atomic(&own.join("flipgate.toml"), &file_backend);
+    let solo = Proc::start(&own.join("flipgate.toml"));
+    let r = post(&c_(), &solo, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(solo);
+    // Now on etcd: it seeds the empty prefix; a fresh replica follows.
+    std::fs::remove_file(own.join("flipgate.toml")).unwrap();
+    fleet.procs.push(fleet.start(0));
+    let c = client();
+    wait_store_up(&c, &fleet.procs[0], true).await;
+    fleet.procs.push(fleet.start(1));
+    all_serve(&c, &[&fleet.procs[1]], "green", Duration::from_secs(5)).await;
+}
+
+fn c_() -> TestClient {
+    client()
+}
