@@ -404,3 +404,93 @@ async fn an_empty_prefix_is_seeded_once_from_a_replica_s_file_state() {
 fn c_() -> TestClient {
     client()
 }
+
+const CANARY: &str = "[routes.canary]\ntarget = \"green\"\npercent = 100\n\n[routes.circuit]\nwindow = \"60s\"\nmin_requests = MIN\nmax_error_rate = 0.5\n";
+
+async fn tripped(c: &TestClient, p: &Proc) -> serde_json::Value {
+    let v = get(c, &p.admin_url("/api/v1/routes/bot"), &[]).await.json();
+    v["circuit"]["tripped"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_on_traffic_spread_thinly_trips_the_fleet_once() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    green.fail_every(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let fleet = Fleet::new(
+        &route_file(&etcd, &blue, &green, &CANARY.replace("MIN", "30")),
+        3,
+    );
+    let c = client();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    // 12 failing requests per replica: none reaches min_requests = 30 alone, the fleet does.
+    for p in &fleet.procs {
+        for _ in 0..12 {
+            assert_eq!(get(&c, &p.url("/"), &[]).await.status, 500);
+        }
+    }
+    let all: Vec<&Proc> = fleet.procs.iter().collect();
+    all_serve(&c, &all, "blue", Duration::from_secs(10)).await;
+    // One trip decision fleet-wide: every replica shows the same one, judged on the sum.
+    let first = tripped(&c, &fleet.procs[0]).await;
+    assert!(first["requests"].as_u64().unwrap() >= 30, "{first}");
+    for p in &fleet.procs[1..] {
+        wait_until(
+            "the same trip on every replica",
+            Duration::from_secs(5),
+            || async { tripped(&c, p).await == first },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trip_taken_while_etcd_is_down_is_written_when_it_is_back() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(tmp.path()).await;
+    let fleet = Fleet::new(
+        &route_file(&etcd, &blue, &green, &CANARY.replace("MIN", "5")),
+        3,
+    );
+    let c = client();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    let all: Vec<&Proc> = fleet.procs.iter().collect();
+    all_serve(&c, &all, "green", Duration::from_secs(5)).await;
+    etcd.kill();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, false).await;
+    }
+    // Replica 0 alone sees the canary fail and trips locally: traffic moves to the safe side.
+    green.fail_every(1);
+    let a = &fleet.procs[0];
+    wait_until(
+        "replica 0 trips locally",
+        Duration::from_secs(10),
+        || async { get(&c, &a.url("/"), &[]).await.text() == "blue" },
+    )
+    .await;
+    assert_eq!(
+        store(&c, a).await["trips_pending"],
+        serde_json::json!(["bot"])
+    );
+    green.fail_every(0);
+    assert_eq!(served(&c, &fleet.procs[1]).await, "green");
+    etcd.run().await;
+    // Written once etcd is back: the whole fleet follows the trip.
+    all_serve(&c, &all, "blue", Duration::from_secs(15)).await;
+    assert_eq!(store(&c, a).await["trips_pending"], serde_json::json!([]));
+}

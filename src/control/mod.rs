@@ -604,6 +604,16 @@ impl Control {
         }
     }
 
+    /// Each route's key revision in the shared store as last seen (what a trip is conditioned on).
+    pub fn revisions(&self) -> HashMap<String, i64> {
+        let inner = self.lock();
+        inner
+            .remote
+            .iter()
+            .map(|(n, (rev, _))| (n.clone(), *rev))
+            .collect()
+    }
+
     /// Routes whose stored state was made against another split of the route file.
     pub fn routes_behind(&self) -> Vec<String> {
         (**self.behind.load()).clone()

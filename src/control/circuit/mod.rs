@@ -44,7 +44,8 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
     }
     let candidate = current_candidate(&route.state, now_unix_ms)?;
     let cand = route.targets.iter().find(|t| *t.name == *candidate)?;
-    let t = cand.window.totals(now_ms);
+    // With a shared store, the sum over the fleet (`Window::fleet`: zero without one).
+    let t = cand.window.totals(now_ms).plus(cand.window.fleet());
     if t.requests < c.min_requests {
         return None;
     }
@@ -67,7 +68,8 @@ pub fn evaluate(route: &RouteEntry, now_ms: u64, now_unix_ms: u64) -> Option<(St
     match c.compare {
         Compare::Absolute if rate > c.max_error_rate => reason = Some(absolute()),
         Compare::Live if candidate != route.state.live => {
-            let live = route.targets.get(route.split.live)?.window.totals(now_ms);
+            let live = &route.targets.get(route.split.live)?.window;
+            let live = live.totals(now_ms).plus(live.fleet());
             let live_rate = live.error_rate();
             if rate - live_rate > c.max_error_rate {
                 reason = Some(format!(

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use super::shared::{Backend, Cas, StoreStatus};
 use super::Persisted;
 use crate::config::{Etcd as EtcdConfig, Secret};
+use crate::control::circuit::window::Totals;
 use crate::control::Control;
 
 /// First wait before reconnecting; doubles up to `BACKOFF_MAX`.
@@ -86,6 +87,8 @@ impl Etcd {
             options,
             timeout: cfg.timeout,
             routes: format!("{}routes/", cfg.prefix),
+            windows: format!("{}windows/", cfg.prefix),
+            replica: cfg.replica.clone(),
             status: status.clone(),
             settled: settled_tx,
         };
@@ -203,6 +206,9 @@ struct Thread {
     timeout: Duration,
     /// `{prefix}routes/`.
     routes: String,
+    /// `{prefix}windows/`: `{route}/{replica}` keys, each bound to its replica's lease.
+    windows: String,
+    replica: String,
     status: Arc<Mutex<StoreStatus>>,
     settled: watch::Sender<bool>,
 }
@@ -213,6 +219,7 @@ impl Thread {
         // The connected client while the store is up.
         let (link_tx, mut link) = watch::channel::<Option<Client>>(None);
         let session = tokio::spawn(this.clone().session(link_tx));
+        let windows = tokio::spawn(this.clone().windows(link.clone()));
         let mut pending: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
         loop {
             tokio::select! {
@@ -243,6 +250,7 @@ impl Thread {
             }
         }
         session.abort();
+        windows.abort();
     }
 
     fn down_reason(&self) -> String {
@@ -466,6 +474,171 @@ impl Thread {
             );
         }
         Ok(())
+    }
+}
+
+/// What a replica publishes for one route every `WINDOW_PERIOD`: its own window totals per target,
+/// gathered on the route's state at revision `rev` (totals gathered on another state are not
+/// summed: they judged another split).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Published {
+    rev: i64,
+    targets: BTreeMap<String, [u64; 3]>,
+}
+
+/// How often each replica publishes its window totals and reads the others'.
+const WINDOW_PERIOD: Duration = Duration::from_secs(1);
+/// Lease of the published totals: a replica that stops publishing drops out of the sum this long
+/// after its last keep-alive.
+const WINDOW_LEASE_SECS: i64 = 3;
+
+impl Thread {
+    /// The fleet-wide circuit's data: every `WINDOW_PERIOD`, publishes this replica's window totals
+    /// of each route with a circuit under a lease, reads every replica's, and sets the sum of the
+    /// others' (made on the same route state) as each target window's `fleet` part. While the
+    /// store is down the fleet part is zero: each replica judges its own traffic.
+    async fn windows(self: Arc<Self>, link: watch::Receiver<Option<Client>>) {
+        let mut tick = tokio::time::interval(WINDOW_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease: Option<(
+            i64,
+            etcd_client::LeaseKeeper,
+            etcd_client::LeaseKeepAliveStream,
+        )> = None;
+        loop {
+            tick.tick().await;
+            let Some(control) = self.control.upgrade() else {
+                return;
+            };
+            let client = link.borrow().clone();
+            let ok = match client {
+                Some(mut c) => self.exchange(&mut c, &control, &mut lease).await,
+                None => false,
+            };
+            if !ok {
+                lease = None;
+                for r in &control.snapshots().load().routes {
+                    for t in &r.targets {
+                        t.window.set_fleet(Default::default());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One publish-and-sum round; false when the store did not answer.
+    async fn exchange(
+        &self,
+        client: &mut Client,
+        control: &Control,
+        lease: &mut Option<(
+            i64,
+            etcd_client::LeaseKeeper,
+            etcd_client::LeaseKeepAliveStream,
+        )>,
+    ) -> bool {
+        let t = self.timeout;
+        let snap = control.snapshots().load_full();
+        if snap.routes.iter().all(|r| r.circuit.is_none()) {
+            return true;
+        }
+        let revs = control.revisions();
+        // Keep the lease alive, or take a new one.
+        let alive = match lease.as_mut() {
+            Some((_, keeper, stream)) => {
+                keeper.keep_alive().await.is_ok()
+                    && matches!(
+                        tokio::time::timeout(t, stream.message()).await,
+                        Ok(Ok(Some(r))) if r.ttl() > 0
+                    )
+            }
+            None => false,
+        };
+        if !alive {
+            let granted = async {
+                let g = client.lease_grant(WINDOW_LEASE_SECS, None).await?;
+                let (keeper, stream) = client.lease_keep_alive(g.id()).await?;
+                Ok::<_, etcd_client::Error>((g.id(), keeper, stream))
+            };
+            match tokio::time::timeout(t, granted).await {
+                Ok(Ok(l)) => *lease = Some(l),
+                _ => return false,
+            }
+        }
+        let lease_id = lease.as_ref().map_or(0, |l| l.0);
+        let now_ms = crate::clock::now_ms();
+        for r in snap.routes.iter().filter(|r| r.circuit.is_some()) {
+            let mine = Published {
+                rev: revs.get(&*r.name).copied().unwrap_or(0),
+                targets: r
+                    .targets
+                    .iter()
+                    .map(|tg| {
+                        let w = tg.window.totals(now_ms);
+                        (tg.name.to_string(), [w.requests, w.errors, w.slow])
+                    })
+                    .collect(),
+            };
+            let Ok(body) = serde_json::to_vec(&mine) else {
+                continue;
+            };
+            let key = format!("{}{}/{}", self.windows, r.name, self.replica);
+            let put = client.put(
+                key,
+                body,
+                Some(etcd_client::PutOptions::new().with_lease(lease_id)),
+            );
+            if !matches!(tokio::time::timeout(t, put).await, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        let all = match tokio::time::timeout(
+            t,
+            client.get(self.windows.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            _ => return false,
+        };
+        let mut sums: BTreeMap<(String, String), Totals> = BTreeMap::new();
+        for kv in all.kvs() {
+            let Some((route, replica)) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&self.windows))
+                .and_then(|k| k.rsplit_once('/'))
+            else {
+                continue;
+            };
+            if replica == self.replica {
+                continue;
+            }
+            let Ok(p) = serde_json::from_slice::<Published>(kv.value()) else {
+                continue;
+            };
+            if revs.get(route).copied().unwrap_or(0) != p.rev {
+                continue;
+            }
+            for (target, [requests, errors, slow]) in p.targets {
+                let e = sums.entry((route.to_string(), target)).or_default();
+                *e = e.plus(Totals {
+                    requests,
+                    errors,
+                    slow,
+                });
+            }
+        }
+        for r in &snap.routes {
+            for tg in &r.targets {
+                let sum = sums
+                    .get(&(r.name.to_string(), tg.name.to_string()))
+                    .copied()
+                    .unwrap_or_default();
+                tg.window.set_fleet(sum);
+            }
+        }
+        true
     }
 }
 
