@@ -494,3 +494,42 @@ async fn a_trip_taken_while_etcd_is_down_is_written_when_it_is_back() {
     all_serve(&c, &all, "blue", Duration::from_secs(15)).await;
     assert_eq!(store(&c, a).await["trips_pending"], serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_file_has_another_split_serves_its_file_until_it_catches_up() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let text = route_file(&etcd, &blue, &green, "");
+    let mut fleet = Fleet::new(&text, 2);
+    // Replica 2's file (a ConfigMap still propagating) has another split: a 10 % canary.
+    let own = fleet.dir.path().join("r2/flipgate.toml");
+    std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+    let other = format!("{text}\n[routes.canary]\ntarget = \"green\"\npercent = 10\n");
+    write_atomic(&own, &other);
+    fleet.procs.push(Proc::start(&own));
+    let c = client();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    let r = post(&c, &fleet.procs[0], "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_serve(&c, &[&fleet.procs[1]], "green", Duration::from_secs(5)).await;
+    let lagging = &fleet.procs[2];
+    wait_until("replica 2 says it is behind", Duration::from_secs(5), || async {
+        store(&c, lagging).await["routes_behind"] == serde_json::json!(["bot"])
+    })
+    .await;
+    assert_eq!(live(&c, lagging).await, "blue");
+    // Its file catches up: it follows the fleet.
+    write_atomic(&own, &text);
+    all_serve(&c, &[lagging], "green", Duration::from_secs(10)).await;
+    wait_until("replica 2 caught up", Duration::from_secs(5), || async {
+        store(&c, lagging).await["routes_behind"] == serde_json::json!([])
+    })
+    .await;
+}
