@@ -520,9 +520,11 @@ async fn a_replica_whose_file_has_another_split_serves_its_file_until_it_catches
     assert_eq!(r.status, 200, "{}", r.text());
     all_serve(&c, &[&fleet.procs[1]], "green", Duration::from_secs(5)).await;
     let lagging = &fleet.procs[2];
-    wait_until("replica 2 says it is behind", Duration::from_secs(5), || async {
-        store(&c, lagging).await["routes_behind"] == serde_json::json!(["bot"])
-    })
+    wait_until(
+        "replica 2 says it is behind",
+        Duration::from_secs(5),
+        || async { store(&c, lagging).await["routes_behind"] == serde_json::json!(["bot"]) },
+    )
     .await;
     assert_eq!(live(&c, lagging).await, "blue");
     // Its file catches up: it follows the fleet.
