@@ -87,6 +87,10 @@ pub enum ControlError {
     NotOwner(Option<u32>),
     #[error("changes are refused: {0}")]
     Blocked(String),
+    /// Another replica changed the route at the same moment (a lost compare-and-swap); this
+    /// replica now serves that change and applied nothing.
+    #[error("{0}")]
+    Raced(String),
     /// The shared state store did not take the change; nothing was applied.
     #[error("the shared state store is unreachable ({0}); nothing was applied: this replica keeps serving the last state it knows, retry when the store is back")]
     StoreDown(String),
@@ -98,7 +102,7 @@ impl ControlError {
         match self {
             ControlError::UnknownRoute(_) => 404,
             ControlError::UnknownTarget { .. } | ControlError::Rejected(_) => 422,
-            ControlError::Conflict(_) => 409,
+            ControlError::Conflict(_) | ControlError::Raced(_) => 409,
             ControlError::NotOwner(_) | ControlError::Blocked(_) | ControlError::StoreDown(_) => {
                 503
             }
@@ -552,8 +556,7 @@ impl Control {
                 Ok((kind, message))
             });
             match result {
-                Err(ControlError::Conflict(_))
-                    if tries < CAS_TRIES && self.shared.get().is_some() => {}
+                Err(ControlError::Raced(_)) if tries < CAS_TRIES => {}
                 other => return other,
             }
         }
@@ -671,17 +674,20 @@ impl Control {
         match store.cas(route, rev, &value) {
             Cas::Accepted(new_rev) => {
                 let mut inner = self.lock();
-                let s = value.state.clone();
                 if inner.remote.get(route).is_none_or(|(r, _)| *r < new_rev) {
                     inner
                         .remote
                         .insert(route.to_string(), (new_rev, Some(value)));
                 }
-                // Applied as written even if a reload changed the split meanwhile: the store
-                // holds it, and the next reload reconciles it like any state in force.
-                inner.states.insert(route.to_string(), s);
-                inner.parked.remove(route);
-                let generation = self.publish(&mut inner);
+                // Served like any key taken in (the watch may have done it already, or brought
+                // a newer one): only while it fits the split of the file in force, which a
+                // reload may have changed meanwhile.
+                self.behind.store(Arc::new(behind(&inner)));
+                let generation = if follow(&mut inner, route) {
+                    self.publish(&mut inner)
+                } else {
+                    inner.generation
+                };
                 let version = self.record(&mut inner);
                 self.events.push(kind, Some(route), message);
                 Ok(Applied {
@@ -691,7 +697,7 @@ impl Control {
             }
             Cas::Conflict(now_rev, now) => {
                 self.take_in(route, now_rev, now.map(|p| *p));
-                Err(ControlError::Conflict(format!(
+                Err(ControlError::Raced(format!(
                     "route `{route}` was changed through another replica meanwhile; this replica now serves that change: check it and retry"
                 )))
             }

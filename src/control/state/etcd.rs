@@ -232,7 +232,7 @@ impl Thread {
                             None => Cas::Down(this.down_reason()),
                         };
                         if let Cas::Down(why) = &outcome {
-                            tracing::warn!(key = %route, error = %why, "change refused: etcd did not take it");
+                            tracing::debug!(key = %route, error = %why, "change refused: etcd did not take it");
                         }
                         let _ = reply.send(outcome);
                     }
