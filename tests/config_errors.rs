@@ -481,7 +481,21 @@ fn the_etcd_backend_needs_a_build_with_the_etcd_feature() {
         "state.backend",
         "built without etcd support; build it with `cargo build --release --features etcd`",
     )
-    .unwrap();
+    .unwrap(); // `flipgate check` and `flipgate run` both refuse it, saying how to get a build that has it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(&file, &text).unwrap();
+    for cmd in ["check", "run"] {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"));
+        match cmd {
+            "check" => c.arg("check").arg(&file),
+            _ => c.arg("run").arg("-c").arg(&file),
+        };
+        let out = c.output().unwrap();
+        assert_ne!(out.status.code(), Some(0), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--features etcd"), "{cmd}: {err}");
+    }
 }
 
 /// With the feature, the etcd table is checked setting by setting.
@@ -500,6 +514,10 @@ fn etcd_settings_are_checked() {
         "is not an etcd endpoint URL",
     )
     .unwrap();
+    let tls = format!(
+        "[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [\"https://etcd:2379\"]\n{ROUTE}"
+    );
+    check("TLS without a CA", &tls, 3, 1, "state.etcd.ca", "set `ca`").unwrap();
 }
 
 #[test]

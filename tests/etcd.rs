@@ -535,3 +535,46 @@ async fn a_replica_whose_file_has_another_split_serves_its_file_until_it_catches
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_user_gets_the_same_target_from_every_replica() {
+    if !have_etcd() {
+        return;
+    }
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let sticky =
+        "[routes.canary]\ntarget = \"green\"\npercent = 0\nsticky = \"header:x-user-id\"\n";
+    let fleet = Fleet::new(&route_file(&etcd, &blue, &green, sticky), 3);
+    let c = client();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    let r = post(&c, &fleet.procs[1], "canary", r#"{"percent":50}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for p in &fleet.procs {
+        wait_until("canary at 50 %", Duration::from_secs(5), || async {
+            let v = get(&c, &p.admin_url("/api/v1/routes/bot"), &[])
+                .await
+                .json();
+            v["canary"]["percent"] == 50.0
+        })
+        .await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..40 {
+        let id = format!("user-{user}");
+        let mut targets = Vec::new();
+        for p in &fleet.procs {
+            targets.push(get(&c, &p.url("/"), &[("x-user-id", &id)]).await.text());
+        }
+        assert!(
+            targets.iter().all(|t| *t == targets[0]),
+            "{id}: {targets:?}"
+        );
+        seen.insert(targets[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "both targets get users: {seen:?}");
+}

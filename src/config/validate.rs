@@ -480,6 +480,15 @@ fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Optio
             None
         }
     };
+    if raw.ca.is_none() {
+        if let Some(e) = endpoints.iter().find(|e| e.starts_with("https:")) {
+            sink.push(
+                span.clone(),
+                "state.etcd.ca",
+                format!("endpoint `{}` uses TLS: set `ca` to the CA certificate (PEM) that signs etcd's certificates", quote(e)),
+            );
+        }
+    }
     if identity.is_some() && raw.ca.is_none() {
         sink.push(
             span,
