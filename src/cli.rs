@@ -188,9 +188,12 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
                 vec![serde_json::from_slice::<RouteView>(&bytes)
                     .map_err(|e| Failure(format!("unexpected answer: {e}")))?]
             } else {
-                serde_json::from_slice::<RoutesView>(&bytes)
-                    .map_err(|e| Failure(format!("unexpected answer: {e}")))?
-                    .routes
+                let view = serde_json::from_slice::<RoutesView>(&bytes)
+                    .map_err(|e| Failure(format!("unexpected answer: {e}")))?;
+                let store = view.state.and_then(|s| s.store);
+                return Ok(
+                    table(&view.routes) + &store.map_or_else(String::new, |s| store_note(&s))
+                );
             };
             return Ok(table(&routes));
         }
@@ -326,6 +329,31 @@ pub fn table(routes: &[RouteView]) -> String {
     }
     if routes.iter().any(|r| !r.persisted) {
         out.push_str("warning: runtime state not persisted: the decisions shown are in force but would not survive a restart (see /readyz)\n");
+    }
+    out
+}
+
+/// Warnings about the shared state store (`[state] backend = "etcd"`), empty while all is well.
+fn store_note(s: &crate::control::state::shared::StoreStatus) -> String {
+    let mut out = String::new();
+    if !s.up {
+        out.push_str(&wrap(
+            &format!(
+                "warning: shared state store ({}) unreachable: {}; this replica serves the last state it knows and refuses changes",
+                s.backend,
+                s.error.as_deref().unwrap_or("unknown")
+            ),
+            WIDTH,
+        ));
+    }
+    if !s.routes_behind.is_empty() {
+        out.push_str(&wrap(
+            &format!(
+                "warning: this replica's route file has another split than the fleet's state for {}; it serves its own file for them",
+                s.routes_behind.join(", ")
+            ),
+            WIDTH,
+        ));
     }
     out
 }
