@@ -345,7 +345,10 @@ async fn with_etcd_down_every_replica_keeps_serving_refuses_changes_and_converge
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&cli.stdout);
-        assert!(out.contains("shared state store (etcd) unreachable"), "{out}");
+        assert!(
+            out.contains("shared state store (etcd) unreachable"),
+            "{out}"
+        );
         let m = get(&c, &p.admin_url("/metrics"), &[]).await.text();
         assert!(m.contains("flipgate_state_backend_up 0"), "{m}");
         // A change answers 503 with the reason and applies nothing.

@@ -12,8 +12,11 @@
 //! store down (`flipgate_state_backend_up` 0), backs off and starts over with a full read, so no
 //! change made while it was away is missed. While down, changes are refused at once (`Cas::Down`)
 //! and nothing is written; circuit trips wait in `pending` (one per route, the newest) and are
-//! written, still conditioned on the revision they were judged on, once the store is back. The
-//! password is read once at start and never logged.
+//! written, still conditioned on the revision they were judged on, once the store is back. Every
+//! second the thread also publishes this replica's circuit window totals under
+//! `{prefix}windows/{route}/{replica}`, bound to its lease, and sets the sum of the other live
+//! replicas' (gathered on the same key revision) as each window's `fleet` part; while the store is
+//! down that part is zero. The password is read once at start and never logged.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -89,6 +92,7 @@ impl Etcd {
             routes: format!("{}routes/", cfg.prefix),
             windows: format!("{}windows/", cfg.prefix),
             replica: cfg.replica.clone(),
+            lease: std::sync::atomic::AtomicI64::new(0),
             status: status.clone(),
             settled: settled_tx,
         };
@@ -209,6 +213,8 @@ struct Thread {
     /// `{prefix}windows/`: `{route}/{replica}` keys, each bound to its replica's lease.
     windows: String,
     replica: String,
+    /// The lease the published window totals are bound to (0: none).
+    lease: std::sync::atomic::AtomicI64,
     status: Arc<Mutex<StoreStatus>>,
     settled: watch::Sender<bool>,
 }
@@ -251,6 +257,12 @@ impl Thread {
         }
         session.abort();
         windows.abort();
+        // A replica that stops drops out of the fleet's circuit sums at once, not at lease expiry.
+        let lease = this.lease.load(std::sync::atomic::Ordering::Relaxed);
+        let client = link.borrow().clone();
+        if let (Some(mut c), true) = (client, lease != 0) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(lease)).await;
+        }
     }
 
     fn down_reason(&self) -> String {
@@ -566,6 +578,8 @@ impl Thread {
             }
         }
         let lease_id = lease.as_ref().map_or(0, |l| l.0);
+        self.lease
+            .store(lease_id, std::sync::atomic::Ordering::Relaxed);
         let now_ms = crate::clock::now_ms();
         for r in snap.routes.iter().filter(|r| r.circuit.is_some()) {
             let mine = Published {
