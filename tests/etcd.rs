@@ -22,6 +22,8 @@ struct Etcd {
     client: u16,
     peer: u16,
     data: PathBuf,
+    /// Serves TLS with these files (CA, server cert, server key) and wants client certificates.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -54,20 +56,32 @@ impl Etcd {
             client: free_port(),
             peer: free_port(),
             data: dir.join("etcd-data"),
+            tls: None,
         };
         e.run().await;
         e
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 
     /// Starts (or restarts) the server on its ports and data dir; waits until it answers.
     async fn run(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some((ca, cert, key)) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(&self.data)
             .args([
@@ -88,6 +102,14 @@ impl Etcd {
             .spawn()
             .expect("etcd starts");
         self.child = Some(child);
+        if self.tls.is_some() {
+            let addr = format!("127.0.0.1:{}", self.client);
+            wait_until("etcd listening", Duration::from_secs(30), || async {
+                tokio::net::TcpStream::connect(&addr).await.is_ok()
+            })
+            .await;
+            return;
+        }
         let c = client_http();
         let url = format!("{}/health", self.endpoint());
         wait_until("etcd healthy", Duration::from_secs(30), || async {
@@ -586,4 +608,124 @@ async fn the_same_user_gets_the_same_target_from_every_replica() {
         seen.insert(targets[0].clone());
     }
     assert_eq!(seen.len(), 2, "both targets get users: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate() {
+    if !have_etcd() {
+        return;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let leaf = |names: &[&str]| {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let ca_pem = write("ca.pem", ca.pem());
+    let (sc, sk) = leaf(&["127.0.0.1", "localhost"]);
+    let (cc, ck) = leaf(&["flipgate"]);
+    let server = (
+        ca_pem.clone(),
+        write("server.pem", sc),
+        write("server-key.pem", sk),
+    );
+    let (client_cert, client_key) = (write("client.pem", cc), write("client-key.pem", ck));
+    let mut etcd = Etcd {
+        child: None,
+        client: free_port(),
+        peer: free_port(),
+        data: tmp.path().join("etcd-data"),
+        tls: Some(server),
+    };
+    etcd.run().await;
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let text = route_file(&etcd, &blue, &green, "").replace(
+        "timeout = \"1s\"\n",
+        &format!(
+            "timeout = \"1s\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca_pem.display(),
+            client_cert.display(),
+            client_key.display()
+        ),
+    );
+    let fleet = Fleet::new(&text, 2);
+    let c = client();
+    for p in &fleet.procs {
+        wait_store_up(&c, p, true).await;
+    }
+    let r = post(&c, &fleet.procs[0], "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_serve(&c, &[&fleet.procs[1]], "green", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_from_a_file_and_the_password_is_never_shown() {
+    if !have_etcd() {
+        return;
+    }
+    const PASSWORD: &str = "s3cret-etcd-pw";
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path()).await;
+    let mut admin = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    admin.role_add("root").await.unwrap();
+    admin.user_add("root", PASSWORD, None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let pw = tmp.path().join("etcd-password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let blue = spawn_upstream("blue").await;
+    let green = spawn_upstream("green").await;
+    let with_auth = |file: &Path| {
+        route_file(&etcd, &blue, &green, "").replace(
+            "timeout = \"1s\"\n",
+            &format!(
+                "timeout = \"1s\"\nusername = \"root\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+        )
+    };
+    let fleet = Fleet::new(&with_auth(&pw), 1);
+    let c = client();
+    let p = &fleet.procs[0];
+    wait_store_up(&c, p, true).await;
+    let r = post(&c, p, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A wrong password: the store is down with etcd's reason, and the password is nowhere.
+    let wrong = tmp.path().join("wrong-password");
+    std::fs::write(&wrong, "not-it").unwrap();
+    let bad = Fleet::new(&with_auth(&wrong), 1);
+    let q = &bad.procs[0];
+    let status = store(&c, q).await;
+    assert_eq!(status["up"], false, "{status}");
+    let view = get(&c, &q.admin_url("/api/v1/routes"), &[]).await.text();
+    let r = post(&c, q, "flip", r#"{"target":"green"}"#).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    for text in [
+        view,
+        r.text(),
+        p.log.lock().unwrap().join("\n"),
+        q.log.lock().unwrap().join("\n"),
+    ] {
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("not-it"),
+            "{text}"
+        );
+    }
 }
