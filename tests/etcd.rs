@@ -480,6 +480,19 @@ async fn a_canary_failing_on_traffic_spread_thinly_trips_the_fleet_once() {
         )
         .await;
     }
+    // Exactly one replica rolled back; the others took its decision in.
+    let mut rollbacks = 0.0;
+    for p in &fleet.procs {
+        let m = get(&c, &p.admin_url("/metrics"), &[]).await.text();
+        rollbacks += m
+            .lines()
+            .filter(|l| {
+                l.starts_with("flipgate_rollbacks_total") && l.contains("reason=\"circuit\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert_eq!(rollbacks, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -765,56 +765,111 @@ impl Control {
         let Some(r) = inner.config.route(route).cloned() else {
             return false;
         };
-        let mut s = inner
+        let current = inner
             .states
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(&r));
-        if s != *seen
-            || current_candidate(&s, now_unix_ms).as_deref() != Some(candidate)
-            || s.tripped.is_some()
+        if current != *seen
+            || current_candidate(&current, now_unix_ms).as_deref() != Some(candidate)
+            || current.tripped.is_some()
         {
             return false;
         }
-        if s.canary_bp > 0 && s.canary_target.as_deref() == Some(candidate) {
+        let mut s = current.clone();
+        let live_moved = if s.canary_bp > 0 && s.canary_target.as_deref() == Some(candidate) {
             s.canary_bp = 0;
             s.canary_source = Source::Circuit;
+            false
         } else if let Some(prev) = s.previous.take() {
             s.live = prev;
             s.live_source = Source::Circuit;
             s.bake_until_unix_ms = None;
-            self.metrics.flips.with_label_values(&[route]).inc();
+            true
         } else {
             return false;
-        }
-        self.metrics
-            .rollbacks
-            .with_label_values(&[route, "circuit"])
-            .inc();
+        };
         let message = format!(
             "circuit tripped on `{candidate}`: {}; rolled back, live is now `{}`",
             trip.reason, s.live
         );
-        rollout::on_trip(route, &mut s, &trip.reason, now_unix_ms, &self.metrics);
+        let rollout_ended = rollout::end_on_trip(&mut s, &trip.reason, now_unix_ms);
         s.tripped = Some(trip);
         if let Some(store) = self.shared.get() {
-            // In force here at once (it only moves traffic to the safe side); fleet-wide once
-            // the store takes it, conditioned on the revision it was judged on.
             let rev = inner.remote.get(route).map_or(0, |(rev, _)| *rev);
             let split = inner
                 .splits
                 .get(route)
                 .cloned()
                 .unwrap_or_else(|| FileSplit::of(&r));
-            store.trip(route, rev, Persisted::new(&r, split, s.clone()));
+            let value = Persisted::new(&r, split, s.clone());
+            if store.status().up {
+                // Fleet-wide first: a compare-and-swap on the revision the verdict was reached
+                // on, so of all the replicas judging the same sums exactly one rolls back, and a
+                // verdict on a state an operator changed since is dropped.
+                drop(inner);
+                match store.cas(route, rev, &value) {
+                    Cas::Accepted(new_rev) => {
+                        // Counted before it is published, as for a trip in force at once.
+                        self.count_trip(route, live_moved, rollout_ended);
+                        inner = self.lock();
+                        if inner.remote.get(route).is_none_or(|(r, _)| *r < new_rev) {
+                            inner
+                                .remote
+                                .insert(route.to_string(), (new_rev, Some(value)));
+                        }
+                        if follow(&mut inner, route) {
+                            self.publish(&mut inner);
+                            self.record(&mut inner);
+                        }
+                        drop(inner);
+                        self.events.push("trip", Some(route), message);
+                        return true;
+                    }
+                    Cas::Conflict(now_rev, now) => {
+                        // Another replica's trip, or a newer decision: that state serves here.
+                        self.take_in(route, now_rev, now.map(|p| *p));
+                        return false;
+                    }
+                    // Unreachable after all: trip here, write it when the store is back.
+                    Cas::Down(_) => {
+                        inner = self.lock();
+                        if inner.states.get(route) != Some(&current) {
+                            return false;
+                        }
+                        store.trip(route, rev, value);
+                    }
+                }
+            } else {
+                // The store is away: in force here at once (it only moves traffic to the safe
+                // side), written when the store is back unless the route's key moved meanwhile.
+                store.trip(route, rev, value);
+            }
         }
+        self.count_trip(route, live_moved, rollout_ended);
         inner.states.insert(route.to_string(), s);
         // A newer decision than any parked state of the route: it must not come back.
         inner.parked.remove(route);
         self.publish(&mut inner);
         self.record(&mut inner);
+        drop(inner);
         self.events.push("trip", Some(route), message);
         true
+    }
+
+    /// The metrics of a trip in force: a rollback by the circuit, a flip if it moved the live
+    /// target, a rollout ended as rolled back.
+    fn count_trip(&self, route: &str, live_moved: bool, rollout_ended: bool) {
+        if live_moved {
+            self.metrics.flips.with_label_values(&[route]).inc();
+        }
+        self.metrics
+            .rollbacks
+            .with_label_values(&[route, "circuit"])
+            .inc();
+        if rollout_ended {
+            rollout::count_rolled_back(&self.metrics, route);
+        }
     }
 
     /// Takes in what the state file's owner wrote (`disk`, when read) with a three-way merge per
