@@ -655,6 +655,13 @@ impl Control {
         route: &str,
         f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
     ) -> Result<Applied, ControlError> {
+        // Known to be away: refused before anything is computed (or counted).
+        let health = store.status();
+        if !health.up && self.config().route(route).is_some() {
+            return Err(ControlError::StoreDown(
+                health.error.unwrap_or_else(|| "unreachable".into()),
+            ));
+        }
         let (rev, value, kind, message) = {
             let inner = self.lock();
             let config = inner.config.clone();
