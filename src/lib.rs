@@ -104,6 +104,11 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
     }
     let token = admin::token::TokenSource::new(&config.admin).resolve();
     admin::exposure(config.admin.listen, &token)?;
+    // The shared store's password and certificate files read (nothing is connected here).
+    #[cfg(feature = "etcd")]
+    if let Some(e) = &config.state.etcd {
+        control::state::etcd::check(e).map_err(|e| StartError::Store(e.to_string()))?;
+    }
     Ok(())
 }
 

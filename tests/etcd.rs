@@ -742,3 +742,22 @@ async fn a_user_and_password_from_a_file_and_the_password_is_never_shown() {
         );
     }
 }
+
+#[test]
+fn check_fails_on_an_unreadable_password_file_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    let text = "[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [\"http://127.0.0.1:1\"]\nusername = \"u\"\npassword_file = \"missing-password\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n";
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("password_file") && err.contains("missing-password"),
+        "{err}"
+    );
+}

@@ -173,6 +173,12 @@ impl Backend for Etcd {
     }
 }
 
+/// Reads what the connection needs from files and the environment (password, certificates),
+/// connecting nothing: `flipgate check` and start fail on the same errors.
+pub fn check(cfg: &EtcdConfig) -> Result<(), StartError> {
+    options(cfg).map(|_| ())
+}
+
 /// Connection options from the config: timeouts, keep-alive, user and TLS.
 fn options(cfg: &EtcdConfig) -> Result<ConnectOptions, StartError> {
     let mut o = ConnectOptions::new()
