@@ -523,6 +523,8 @@ impl Thread {
             etcd_client::LeaseKeeper,
             etcd_client::LeaseKeepAliveStream,
         )> = None;
+        // What this replica last wrote under each of its keys (bound to `lease`).
+        let mut published = BTreeMap::new();
         loop {
             tick.tick().await;
             let Some(control) = self.control.upgrade() else {
@@ -530,11 +532,15 @@ impl Thread {
             };
             let client = link.borrow().clone();
             let ok = match client {
-                Some(mut c) => self.exchange(&mut c, &control, &mut lease).await,
+                Some(mut c) => {
+                    self.exchange(&mut c, &control, &mut lease, &mut published)
+                        .await
+                }
                 None => false,
             };
             if !ok {
                 lease = None;
+                published.clear();
                 for r in &control.snapshots().load().routes {
                     for t in &r.targets {
                         t.window.set_fleet(Default::default());
@@ -554,6 +560,7 @@ impl Thread {
             etcd_client::LeaseKeeper,
             etcd_client::LeaseKeepAliveStream,
         )>,
+        published: &mut BTreeMap<String, Vec<u8>>,
     ) -> bool {
         let t = self.timeout;
         let snap = control.snapshots().load_full();
@@ -579,7 +586,11 @@ impl Thread {
                 Ok::<_, etcd_client::Error>((g.id(), keeper, stream))
             };
             match tokio::time::timeout(t, granted).await {
-                Ok(Ok(l)) => *lease = Some(l),
+                Ok(Ok(l)) => {
+                    // A new lease: whatever was bound to the old one is gone.
+                    *lease = Some(l);
+                    published.clear();
+                }
                 _ => return false,
             }
         }
@@ -587,7 +598,22 @@ impl Thread {
         self.lease
             .store(lease_id, std::sync::atomic::Ordering::Relaxed);
         let now_ms = crate::clock::now_ms();
+        let now_unix_ms = crate::control::unix_ms();
         for r in snap.routes.iter().filter(|r| r.circuit.is_some()) {
+            let key = format!("{}{}/{}", self.windows, r.name, self.replica);
+            // Only routes the circuit watches now (a canary, a bake) are published, and only
+            // when their totals changed: every put is a revision etcd keeps until it compacts.
+            // A route no longer watched has its key deleted, so no old totals are summed when
+            // it is watched again.
+            if crate::control::current_candidate(&r.state, now_unix_ms).is_none() {
+                if published.remove(&key).is_some() {
+                    let del = client.delete(key, None);
+                    if !matches!(tokio::time::timeout(t, del).await, Ok(Ok(_))) {
+                        return false;
+                    }
+                }
+                continue;
+            }
             let mine = Published {
                 rev: revs.get(&*r.name).copied().unwrap_or(0),
                 targets: r
@@ -602,15 +628,18 @@ impl Thread {
             let Ok(body) = serde_json::to_vec(&mine) else {
                 continue;
             };
-            let key = format!("{}{}/{}", self.windows, r.name, self.replica);
+            if published.get(&key) == Some(&body) {
+                continue;
+            }
             let put = client.put(
-                key,
-                body,
+                key.clone(),
+                body.clone(),
                 Some(etcd_client::PutOptions::new().with_lease(lease_id)),
             );
             if !matches!(tokio::time::timeout(t, put).await, Ok(Ok(_))) {
                 return false;
             }
+            published.insert(key, body);
         }
         let all = match tokio::time::timeout(
             t,
