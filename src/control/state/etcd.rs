@@ -233,8 +233,14 @@ impl Thread {
         let session = tokio::spawn(this.clone().session(link_tx));
         let windows = tokio::spawn(this.clone().windows(link.clone()));
         let mut pending: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
+        // Pending trips are also retried on a timer: a write can fail while the link stays up.
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = retry.tick(), if !pending.is_empty() => {
+                    this.flush(&mut pending, &link).await;
+                }
                 req = rx.recv() => match req {
                     None | Some(Request::Stop) => break,
                     Some(Request::Cas { route, rev, value, reply }) => {
