@@ -504,7 +504,7 @@ async fn a_trip_taken_while_etcd_is_down_is_written_when_it_is_back() {
     let green = spawn_upstream("green").await;
     let tmp = tempfile::tempdir().unwrap();
     let mut etcd = Etcd::start(tmp.path()).await;
-    let fleet = Fleet::new(
+    let mut fleet = Fleet::new(
         &route_file(&etcd, &blue, &green, &CANARY.replace("MIN", "5")),
         3,
     );
@@ -512,8 +512,10 @@ async fn a_trip_taken_while_etcd_is_down_is_written_when_it_is_back() {
     for p in &fleet.procs {
         wait_store_up(&c, p, true).await;
     }
-    let all: Vec<&Proc> = fleet.procs.iter().collect();
-    all_serve(&c, &all, "green", Duration::from_secs(5)).await;
+    {
+        let all: Vec<&Proc> = fleet.procs.iter().collect();
+        all_serve(&c, &all, "green", Duration::from_secs(5)).await;
+    }
     etcd.kill();
     for p in &fleet.procs {
         wait_store_up(&c, p, false).await;
@@ -533,10 +535,24 @@ async fn a_trip_taken_while_etcd_is_down_is_written_when_it_is_back() {
     );
     green.fail_every(0);
     assert_eq!(served(&c, &fleet.procs[1]).await, "green");
+    // Restarted before etcd is back, it still serves its trip and still has it to write.
+    fleet.procs.remove(0).kill9();
+    let restarted = fleet.start(0);
+    assert_eq!(served(&c, &restarted).await, "blue");
+    assert_eq!(
+        store(&c, &restarted).await["trips_pending"],
+        serde_json::json!(["bot"])
+    );
+    fleet.procs.insert(0, restarted);
     etcd.run().await;
     // Written once etcd is back: the whole fleet follows the trip.
+    let all: Vec<&Proc> = fleet.procs.iter().collect();
     all_serve(&c, &all, "blue", Duration::from_secs(15)).await;
-    assert_eq!(store(&c, a).await["trips_pending"], serde_json::json!([]));
+    wait_until("the trip is written", Duration::from_secs(5), || async {
+        store(&c, &fleet.procs[0]).await["trips_pending"] == serde_json::json!([])
+    })
+    .await;
+    assert!(tripped(&c, &fleet.procs[1]).await.is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,6 +187,10 @@ struct Inner {
     base: Saved,
     /// With a shared store: each route's key as last seen (revision, value; `None`: absent).
     remote: HashMap<String, (i64, Option<Persisted>)>,
+    /// With a shared store: routes whose state holds a circuit trip not yet written to it, and the
+    /// key revision it was judged on. Until the key moves past it, the key does not replace the
+    /// trip here; once it does, the trip was written or a newer decision won.
+    trips_pending: HashMap<String, i64>,
 }
 
 /// The control plane's single entry point.
@@ -314,6 +318,13 @@ impl Control {
             &metrics,
             &events,
         );
+        // Trips a shared store has not taken yet, for the routes whose state was restored.
+        let trips_pending: HashMap<String, i64> = persisted
+            .routes
+            .iter()
+            .filter(|(name, p)| states.get(*name) == Some(&p.state))
+            .filter_map(|(name, p)| Some((name.clone(), p.trip_pending_at?)))
+            .collect();
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             published: watch::Sender::new(0),
@@ -336,6 +347,7 @@ impl Control {
                 submitted: None,
                 base: persisted,
                 remote: HashMap::new(),
+                trips_pending,
             }),
         });
         let weak = Arc::downgrade(&control);
@@ -589,7 +601,11 @@ impl Control {
     /// The state in force, each route with the split it was made against (to seed an empty
     /// shared store).
     pub fn persisted_now(&self) -> Routes {
-        persisted_routes(&self.lock())
+        let mut routes = persisted_routes(&self.lock());
+        for p in routes.values_mut() {
+            p.trip_pending_at = None;
+        }
+        routes
     }
 
     /// Takes in a route's key as the shared store has it now (revision `rev`; `None`: absent):
@@ -600,8 +616,11 @@ impl Control {
         if inner.remote.get(route).is_some_and(|(r, _)| *r >= rev) {
             return;
         }
-        inner.remote.insert(route.to_string(), (rev, value));
+        let resolved = saw(&mut inner, route, rev, value);
         self.behind.store(Arc::new(behind(&inner)));
+        if resolved {
+            self.record(&mut inner);
+        }
         if follow(&mut inner, route) {
             self.events.push(
                 "adopt",
@@ -623,6 +642,22 @@ impl Control {
             .remote
             .iter()
             .map(|(n, (rev, _))| (n.clone(), *rev))
+            .collect()
+    }
+
+    /// Circuit trips not yet written to the shared store (restored from the state file at start):
+    /// route, the key revision each was judged on, and the state to write.
+    pub fn trips_pending(&self) -> Vec<(String, i64, Persisted)> {
+        let inner = self.lock();
+        let routes = persisted_routes(&inner);
+        inner
+            .trips_pending
+            .iter()
+            .filter_map(|(name, at)| {
+                let mut p = routes.get(name)?.clone();
+                p.trip_pending_at = None;
+                Some((name.clone(), *at, p))
+            })
             .collect()
     }
 
@@ -690,11 +725,7 @@ impl Control {
         match store.cas(route, rev, &value) {
             Cas::Accepted(new_rev) => {
                 let mut inner = self.lock();
-                if inner.remote.get(route).is_none_or(|(r, _)| *r < new_rev) {
-                    inner
-                        .remote
-                        .insert(route.to_string(), (new_rev, Some(value)));
-                }
+                saw(&mut inner, route, new_rev, Some(value));
                 // Served like any key taken in (the watch may have done it already, or brought
                 // a newer one): only while it fits the split of the file in force, which a
                 // reload may have changed meanwhile.
@@ -820,11 +851,7 @@ impl Control {
                         // Counted before it is published, as for a trip in force at once.
                         self.count_trip(route, live_moved, rollout_ended);
                         inner = self.lock();
-                        if inner.remote.get(route).is_none_or(|(r, _)| *r < new_rev) {
-                            inner
-                                .remote
-                                .insert(route.to_string(), (new_rev, Some(value)));
-                        }
+                        saw(&mut inner, route, new_rev, Some(value));
                         if follow(&mut inner, route) {
                             self.publish(&mut inner);
                             self.record(&mut inner);
@@ -845,12 +872,14 @@ impl Control {
                             return false;
                         }
                         store.trip(route, rev, value);
+                        inner.trips_pending.insert(route.to_string(), rev);
                     }
                 }
             } else {
                 // The store is away: in force here at once (it only moves traffic to the safe
                 // side), written when the store is back unless the route's key moved meanwhile.
                 store.trip(route, rev, value);
+                inner.trips_pending.insert(route.to_string(), rev);
             }
         }
         self.count_trip(route, live_moved, rollout_ended);
@@ -1031,6 +1060,20 @@ impl Control {
 /// How many times `act` re-applies an action after losing a compare-and-swap race.
 const CAS_TRIES: u32 = 3;
 
+/// Records a route's key at revision `rev` (`value`: `None` when absent) unless a newer one was
+/// seen; a pending trip judged on an older revision is resolved by it (written, or overtaken by a
+/// newer decision). Returns whether a pending trip was resolved.
+fn saw(inner: &mut Inner, route: &str, rev: i64, value: Option<Persisted>) -> bool {
+    if inner.remote.get(route).is_none_or(|(r, _)| *r < rev) {
+        inner.remote.insert(route.to_string(), (rev, value));
+    }
+    let resolved = inner.trips_pending.get(route).is_some_and(|at| *at < rev);
+    if resolved {
+        inner.trips_pending.remove(route);
+    }
+    resolved
+}
+
 /// Routes whose shared state was made against another split than this replica's file has.
 fn behind(inner: &Inner) -> Vec<String> {
     let mut v: Vec<String> = inner
@@ -1054,9 +1097,13 @@ fn follow(inner: &mut Inner, name: &str) -> bool {
     let Some(route) = inner.config.route(name) else {
         return false;
     };
-    let Some((_, Some(p))) = inner.remote.get(name) else {
+    let Some((rev, Some(p))) = inner.remote.get(name) else {
         return false;
     };
+    // A trip of this replica not yet written, judged on this very key: it is the newer decision.
+    if inner.trips_pending.get(name).is_some_and(|at| at >= rev) {
+        return false;
+    }
     if !p.made_against(route) || !state_fits(route, &p.state) {
         return false;
     }
@@ -1078,7 +1125,9 @@ fn persisted_routes(inner: &Inner) -> Routes {
         .filter_map(|(name, state)| {
             let route = inner.config.route(name)?;
             let split = inner.splits.get(name)?.clone();
-            Some((name.clone(), Persisted::new(route, split, state.clone())))
+            let mut p = Persisted::new(route, split, state.clone());
+            p.trip_pending_at = inner.trips_pending.get(name).copied();
+            Some((name.clone(), p))
         })
         .collect()
 }

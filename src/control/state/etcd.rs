@@ -114,6 +114,10 @@ impl Etcd {
             settled,
         });
         control.set_shared(etcd.clone());
+        // Trips taken while the store was away before a restart: written once it answers.
+        for (route, rev, value) in control.trips_pending() {
+            etcd.trip(&route, rev, value);
+        }
         Ok(etcd)
     }
 
