@@ -359,6 +359,10 @@ impl Admin {
                 &serde_json::json!({ "events": self.control.events.recent() }),
             ),
             (&Method::GET, ["api", "v1", "routes", name]) => self.route_view(name),
+            (&Method::GET, ["api", "v1", "history"]) => json(
+                StatusCode::OK,
+                &self.control.history.view(&self.control.events.recent()),
+            ),
             (_, ["api", "v1", "routes", _, _])
             | (_, ["api", "v1", "routes", ..])
             | (_, ["metrics" | "healthz" | "readyz"]) => {

@@ -38,6 +38,7 @@ pub mod circuit;
 pub mod drain;
 pub mod events;
 pub mod health_check;
+pub mod history;
 pub mod reload;
 pub mod rollout;
 pub mod state;
@@ -178,6 +179,8 @@ pub struct Control {
     last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
+    /// Every target's recent rate, errors and p99, for charts (`history`, its own sampling task).
+    pub history: Arc<history::History>,
     writer: Writer,
     inner: Mutex<Inner>,
 }
@@ -298,6 +301,7 @@ impl Control {
             }),
             metrics,
             events,
+            history: Arc::new(history::History::new(history::interval_from_env())),
             writer,
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
