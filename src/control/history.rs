@@ -15,7 +15,8 @@
 //! - The task wakes once per interval while the snapshot has routes, else only when a new one is
 //!   published (`control::wake`), and stops on shutdown.
 //! - Markers are read from `control::events` when the history is viewed, never copied: they are
-//!   the events of the route (and route file reloads) since the oldest point.
+//!   the events of the route (and route file reloads) within `POINTS` intervals of the newest
+//!   point.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -36,7 +37,8 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 /// Overrides `INTERVAL` in milliseconds (at least 10), for tests that cannot wait 5 s a point.
 pub const INTERVAL_ENV: &str = "FLIPGATE_HISTORY_INTERVAL_MS";
 
-/// The event kinds marked on the time axis.
+/// The event kinds marked on the time axis (`rollout` covers a rollout's start, each step, its
+/// waits for traffic, pauses and end: `control::rollout` pushes them all under that kind).
 const MARKED: &[&str] = &[
     "flip",
     "promote",
@@ -47,7 +49,6 @@ const MARKED: &[&str] = &[
     "reload",
     "reload_rejected",
     "rollout",
-    "rollout_step",
 ];
 
 /// The sample interval in force: `INTERVAL`, or `INTERVAL_ENV` when set to a number of
@@ -249,10 +250,14 @@ impl History {
     pub fn view(&self, events: &[Event]) -> HistoryView {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let t: Vec<u64> = inner.times.iter().copied().collect();
+        // The whole span the axis covers, in whole seconds as events are kept.
         let span = u64::try_from((self.interval * POINTS as u32).as_millis()).unwrap_or(u64::MAX);
-        let since = t.first().map_or(unix_ms().saturating_sub(span), |first| {
-            first.saturating_sub(u64::try_from(self.interval.as_millis()).unwrap_or(0))
-        });
+        let since_secs = t
+            .last()
+            .copied()
+            .unwrap_or_else(unix_ms)
+            .saturating_sub(span)
+            / 1000;
         let pad = |s: &Series, f: fn(&Point) -> Option<f64>| -> Vec<Option<f64>> {
             std::iter::repeat_n(None, t.len().saturating_sub(s.points.len()))
                 .chain(s.points.iter().map(f))
@@ -278,7 +283,7 @@ impl History {
                         .collect(),
                     markers: events
                         .iter()
-                        .filter(|e| e.at.saturating_mul(1000) >= since)
+                        .filter(|e| e.at >= since_secs)
                         .filter(|e| MARKED.contains(&e.kind))
                         .filter(|e| match &e.route {
                             Some(route) => route.as_str() == &*r.name,
@@ -313,7 +318,8 @@ pub struct HistoryView {
 pub struct RouteHistory {
     pub name: String,
     pub targets: Vec<TargetHistory>,
-    /// Events on the route (and route file reloads) since the oldest point, oldest first.
+    /// Events on the route (and route file reloads) in the span the axis covers (`capacity`
+    /// points back from the newest), oldest first.
     pub markers: Vec<Marker>,
 }
 
@@ -505,10 +511,10 @@ mod tests {
     fn markers_are_the_routes_events_and_reloads_in_the_span() {
         let h = History::new(Duration::from_secs(5));
         let t0 = Instant::now();
-        h.record(t0, 100_000, sample(&[("web", &[("blue", 0)])]));
+        h.record(t0, 1_000_000, sample(&[("web", &[("blue", 0)])]));
         h.record(
             t0 + Duration::from_secs(5),
-            105_000,
+            1_005_000,
             sample(&[("web", &[("blue", 0)])]),
         );
         let ev = |at: u64, kind: &'static str, route: Option<&str>| Event {
@@ -518,12 +524,12 @@ mod tests {
             message: format!("{kind} at {at}"),
         };
         let events = [
-            ev(10, "flip", Some("web")),  // before the span
-            ev(101, "flip", Some("web")), // in it
-            ev(102, "trip", Some("api")), // another route
-            ev(103, "reload", None),      // a reload: every route
-            ev(104, "persisted", None),   // not a marker
-            ev(104, "rollout", Some("web")),
+            ev(104, "flip", Some("web")), // before the span (15 minutes back from 1005 s)
+            ev(105, "flip", Some("web")), // in it (the axis covers 15 minutes)
+            ev(1002, "trip", Some("api")), // another route
+            ev(1003, "reload", None),     // a reload: every route
+            ev(1004, "persisted", None),  // not a marker
+            ev(1004, "rollout", Some("web")),
         ];
         let v = h.view(&events);
         let kinds: Vec<(u64, &str)> = v.routes[0]
@@ -533,7 +539,11 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            [(101_000, "flip"), (103_000, "reload"), (104_000, "rollout")]
+            [
+                (105_000, "flip"),
+                (1_003_000, "reload"),
+                (1_004_000, "rollout")
+            ]
         );
     }
 }
