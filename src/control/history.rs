@@ -250,14 +250,13 @@ impl History {
     pub fn view(&self, events: &[Event]) -> HistoryView {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let t: Vec<u64> = inner.times.iter().copied().collect();
-        // The whole span the axis covers, in whole seconds as events are kept.
+        // The whole span the axis covers.
         let span = u64::try_from((self.interval * POINTS as u32).as_millis()).unwrap_or(u64::MAX);
-        let since_secs = t
+        let since = t
             .last()
             .copied()
             .unwrap_or_else(unix_ms)
-            .saturating_sub(span)
-            / 1000;
+            .saturating_sub(span);
         let pad = |s: &Series, f: fn(&Point) -> Option<f64>| -> Vec<Option<f64>> {
             std::iter::repeat_n(None, t.len().saturating_sub(s.points.len()))
                 .chain(s.points.iter().map(f))
@@ -283,14 +282,14 @@ impl History {
                         .collect(),
                     markers: events
                         .iter()
-                        .filter(|e| e.at >= since_secs)
+                        .filter(|e| e.at_ms >= since)
                         .filter(|e| MARKED.contains(&e.kind))
                         .filter(|e| match &e.route {
                             Some(route) => route.as_str() == &*r.name,
                             None => e.kind.starts_with("reload"),
                         })
                         .map(|e| Marker {
-                            at_ms: e.at.saturating_mul(1000),
+                            at_ms: e.at_ms,
                             kind: e.kind.to_string(),
                             message: e.message.clone(),
                         })
@@ -338,7 +337,7 @@ pub struct TargetHistory {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Marker {
-    /// Unix milliseconds (events are kept to the second).
+    /// Unix milliseconds.
     pub at_ms: u64,
     /// The event's kind (`flip`, `trip`, `reload`, `rollout`, ...).
     pub kind: String,
@@ -519,6 +518,7 @@ mod tests {
         );
         let ev = |at: u64, kind: &'static str, route: Option<&str>| Event {
             at,
+            at_ms: at * 1000,
             kind,
             route: route.map(str::to_string),
             message: format!("{kind} at {at}"),
