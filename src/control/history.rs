@@ -370,7 +370,8 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
                 (r.name.clone(), targets)
             })
             .collect();
-        history.record(Instant::now(), unix_ms(), sample);
+        // tokio's clock, so a test on a paused clock measures its own intervals.
+        history.record(tokio::time::Instant::now().into_std(), unix_ms(), sample);
     }
 }
 
@@ -545,5 +546,43 @@ mod tests {
                 (1_004_000, "rollout")
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_samples_once_per_interval_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flipgate.toml");
+        std::fs::write(
+            &path,
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"state\"\n[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:9\"]\n",
+        )
+        .unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        let metrics = Arc::new(crate::observe::metrics::Metrics::new());
+        let control = Control::new(config, metrics).unwrap();
+        assert_eq!(control.history.interval(), INTERVAL);
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run(control.clone(), rx));
+        // The first sample (a baseline) is taken at once; 50 requests follow in the first interval.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let snap = control.snapshots().load_full();
+        let blue = &snap.route("bot").unwrap().targets[0];
+        for _ in 0..50 {
+            blue.metrics.record(200, 0.003);
+        }
+        // A minute of (virtual) time: twelve points, no more.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let v = control.history.view(&[]);
+        assert_eq!(v.t.len(), 12);
+        let rate = &v.routes[0].targets[0].rate;
+        assert_eq!(rate[0], Some(10.0));
+        assert!(rate[1..].iter().all(|r| *r == Some(0.0)), "{rate:?}");
+        let p99 = v.routes[0].targets[0].p99_ms[0].unwrap();
+        assert!((2.5..=5.0).contains(&p99), "{p99}");
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("stops on shutdown")
+            .unwrap();
     }
 }
