@@ -27,8 +27,17 @@ pub async fn run(
 ) -> Result<(), Failure> {
     let tty = std::io::stdout().is_terminal();
     let mut frames = 0u64;
+    // One listener for the whole watch: a Ctrl-C during a call ends it as well as one between.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
-        let bytes = call(admin, http::Method::GET, "/api/v1/history", None).await?;
+        let bytes = tokio::select! {
+            r = call(admin, http::Method::GET, "/api/v1/history", None) => r?,
+            _ = &mut ctrl_c => {
+                println!();
+                return Ok(());
+            }
+        };
         let h: HistoryView = serde_json::from_slice(&bytes)
             .map_err(|e| Failure(format!("unexpected answer: {e}")))?;
         if let Some(r) = route {
@@ -50,7 +59,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 println!();
                 return Ok(());
             }

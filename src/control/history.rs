@@ -275,9 +275,9 @@ impl History {
                         .iter()
                         .map(|s| TargetHistory {
                             name: s.name.to_string(),
-                            rate: pad(s, |p| Some(p.rate)),
-                            error_rate: pad(s, |p| p.error_rate),
-                            p99_ms: pad(s, |p| p.p99_ms),
+                            rate: pad(s, |p| Some(round(p.rate, 1e3))),
+                            error_rate: pad(s, |p| p.error_rate.map(|e| round(e, 1e5))),
+                            p99_ms: pad(s, |p| p.p99_ms.map(|l| round(l, 1e2))),
                         })
                         .collect(),
                     markers: events
@@ -299,6 +299,11 @@ impl History {
             t,
         }
     }
+}
+
+/// `v` to the nearest `1 / per` (the API's figures need no more digits than a chart shows).
+fn round(v: f64, per: f64) -> f64 {
+    (v * per).round() / per
 }
 
 /// `GET /api/v1/history`.
