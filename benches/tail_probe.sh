@@ -4,18 +4,21 @@
 # proxy alone on CPU 1, open loop at one rate, rows measured in turns, medians over rounds.
 #
 #   bash benches/tail_probe.sh [--load PCT | --rate RPS] [--secs S] [--rounds N] [--perf] [--conns N]
+#                              [--shadow PCT]
 #
 # Rows: pipe (L4 limit), nginx, flipgate (compare.sh's config: 5 % sticky canary, circuit on),
 # flipgate-bare (one target, no canary, no circuit: what the control plane's work costs), and
 # flipgate-b when FLIPGATE_BIN_B names a second build (an A/B of a change; FLIPGATE_B_ENV, e.g.
-# "KNOB=1 OTHER=2", is its environment).
+# "KNOB=1 OTHER=2", is its environment). With --shadow PCT, the row flipgate-shadow: flipgate's
+# config plus [routes.shadow] copying PCT % of requests to a third target (the same upstream nginx,
+# on a second port), so live p99 with shadow on and off is measured in the same run, in turns.
 # The rate is --load % (default 50) of nginx's closed-loop ceiling (wrk -c32), or --rate. With --perf, `perf sched`
 # records CPU 1 during each run and the row adds: the proxy's worst wait for the CPU, its number of
 # waits over 1 ms, and the CPU time other tasks took on CPU 1 (they preempt the proxy).
 # Binaries: FLIPGATE_BIN, FLIPGATE_BIN_B, LOADGEN_BIN, PIPE_BIN (default: target/release).
 # Loopback only; everything it starts is stopped on exit.
 set -euo pipefail
-RATE=0; LOAD=50; SECS=3; ROUNDS=3; PERF=0; CONNS=64
+RATE=0; LOAD=50; SECS=3; ROUNDS=3; PERF=0; CONNS=64; SHADOW=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE="$2"; shift ;;
@@ -24,7 +27,8 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift ;;
     --conns) CONNS="$2"; shift ;;
     --perf) PERF=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --shadow) SHADOW="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "tail_probe.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -49,15 +53,15 @@ trap cleanup EXIT INT TERM
 load() { exec taskset -c 0 "$@"; }
 proxied() { exec taskset -c 1 "$@"; }
 
-UP=18180
-declare -A PORT=([pipe]=19101 [nginx]=19102 [flipgate]=19104 [flipgate-bare]=19105 [flipgate-b]=19106)
+UP=18180; UP_SHADOW=18181
+declare -A PORT=([pipe]=19101 [nginx]=19102 [flipgate]=19104 [flipgate-bare]=19105 [flipgate-b]=19106 [flipgate-shadow]=19107)
 mkdir -p "$W/up" "$W/ngx"
 cat >"$W/up/nginx.conf" <<EOF
 daemon off; master_process off; worker_processes 1; pid $W/up/pid; error_log $W/up/error.log warn;
 worker_rlimit_nofile 65536; events { worker_connections 65536; }
 http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
   client_body_temp_path $W/up; proxy_temp_path $W/up; fastcgi_temp_path $W/up; uwsgi_temp_path $W/up; scgi_temp_path $W/up;
-  server { listen 127.0.0.1:$UP reuseport backlog=4096;
+  server { listen 127.0.0.1:$UP reuseport backlog=4096; listen 127.0.0.1:$UP_SHADOW backlog=4096;
     location = /12 { default_type text/plain; return 200 "hello world\n"; } } }
 EOF
 load nginx -c "$W/up/nginx.conf" -p "$W/up" -e "$W/up/error.log" & PIDS+=($!)
@@ -76,7 +80,7 @@ declare -A PID
 proxied nginx -c "$W/ngx/nginx.conf" -p "$W/ngx" -e "$W/ngx/error.log" & PIDS+=($!); PID[nginx]=$!
 proxied "$PIPE" "127.0.0.1:${PORT[pipe]}" "127.0.0.1:$UP" & PIDS+=($!); PID[pipe]=$!
 
-fg_config() { # name port admin bare
+fg_config() { # name port admin bare [shadow-percent]
   cat <<EOF
 [server]
 listen = "127.0.0.1:$2"
@@ -105,10 +109,18 @@ min_requests = 20
 max_error_rate = 0.05
 bake = "5m"
 EOF
+  [ -z "${5:-}" ] && return
+  cat <<EOF
+[routes.targets.dark]
+instances = ["127.0.0.1:$UP_SHADOW"]
+[routes.shadow]
+target = "dark"
+percent = $5
+EOF
 }
 ROWS=(pipe nginx flipgate flipgate-bare)
-fg_start() { # row binary admin bare [env]
-  fg_config "$1" "${PORT[$1]}" "$3" "$4" >"$W/$1.toml"
+fg_start() { # row binary admin bare [env] [shadow-percent]
+  fg_config "$1" "${PORT[$1]}" "$3" "$4" "${6:-}" >"$W/$1.toml"
   # shellcheck disable=SC2086 # $5 is a list of KEY=VALUE words
   RUST_LOG=warn exec_env ${5:-} taskset -c 1 "$2" run -c "$W/$1.toml" 2>"$W/$1.log" & PIDS+=($!); PID[$1]=$!
 }
@@ -116,6 +128,7 @@ exec_env() { exec env "$@"; }
 fg_start flipgate "$FLIPGATE" 19904 0
 fg_start flipgate-bare "$FLIPGATE" 19905 1
 if [ -n "${FLIPGATE_BIN_B:-}" ]; then fg_start flipgate-b "$FLIPGATE_BIN_B" 19906 0 "${FLIPGATE_B_ENV:-}"; ROWS+=(flipgate-b); fi
+if [ -n "$SHADOW" ]; then fg_start flipgate-shadow "$FLIPGATE" 19907 0 "" "$SHADOW"; ROWS+=(flipgate-shadow); fi
 
 for r in "${ROWS[@]}"; do
   for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:${PORT[$r]}/12" && break; sleep 0.05; done

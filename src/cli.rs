@@ -430,6 +430,17 @@ pub fn summary(c: &crate::config::Config) -> String {
             "  {}  host {}  prefix {}  live {}  canary {}  targets {}  circuit {}\n",
             r.name, hosts, r.path_prefix, r.live, canary, targets, circuit
         ));
+        if let Some(s) = &r.shadow {
+            let methods: Vec<&str> = s.methods.iter().map(|m| m.as_str()).collect();
+            out.push_str(&format!(
+                "    shadow {} {:.2}% of bodyless {} (timeout {}, max_in_flight {}): copies carry x-flipgate-shadow: 1, the bot must skip side effects\n",
+                s.target,
+                f64::from(s.basis_points) / 100.0,
+                methods.join(","),
+                humantime::format_duration(s.timeout),
+                s.max_in_flight
+            ));
+        }
     }
     out
 }

@@ -560,6 +560,7 @@ pub fn h1_differential(data: &[u8]) -> bool {
         preview: Some("x-flipgate-target"),
         upgrade: false,
         http2: false,
+        shadow: false,
     };
     let conn = crate::serve::proxy::ConnInfo::new(([127, 0, 0, 1], 40000).into(), false);
     let instance: http::uri::Authority = "127.0.0.1:9".parse().expect("authority");

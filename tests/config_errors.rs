@@ -997,3 +997,129 @@ fn valid_rules_are_accepted_in_file_order() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `[routes.shadow]` (issue 15 item 3): each mistake names its field and place.
+const SHADOW_CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
+    (
+        "unknown shadow target",
+        with_rules!("[routes.shadow]\ntarget = \"gren\"\npercent = 10\n"),
+        8,
+        10,
+        "routes[bot].shadow.target",
+        "unknown target `gren`; defined targets: blue, green",
+    ),
+    (
+        "shadow target is live",
+        with_rules!("[routes.shadow]\ntarget = \"blue\"\npercent = 10\n"),
+        8,
+        10,
+        "routes[bot].shadow.target",
+        "shadow target `blue` is the live target",
+    ),
+    (
+        "shadow percent out of range",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 100.5\n"),
+        9,
+        11,
+        "routes[bot].shadow.percent",
+        "must be between 0 and 100, got 100.5",
+    ),
+    (
+        "shadow percent missing",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\n"),
+        7,
+        1,
+        "",
+        "missing field `percent`",
+    ),
+    (
+        "shadow methods empty",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmethods = []\n"),
+        10,
+        11,
+        "routes[bot].shadow.methods",
+        "must name at least one method",
+    ),
+    (
+        "shadow method CONNECT",
+        with_rules!(
+            "[routes.shadow]\ntarget = \"green\"\npercent = 10\nmethods = [\"GET\", \"CONNECT\"]\n"
+        ),
+        10,
+        19,
+        "routes[bot].shadow.methods",
+        "CONNECT opens a tunnel and cannot be shadowed",
+    ),
+    (
+        "shadow method not a token",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmethods = [\"GE T\"]\n"),
+        10,
+        12,
+        "routes[bot].shadow.methods",
+        "`GE T` is not a valid method name",
+    ),
+    (
+        "shadow body copies",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmax_body_bytes = 1024\n"),
+        10,
+        18,
+        "routes[bot].shadow.max_body_bytes",
+        "only 0 is supported (got 1024)",
+    ),
+    (
+        "shadow timeout zero",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\ntimeout = \"0s\"\n"),
+        10,
+        11,
+        "routes[bot].shadow.timeout",
+        "duration must be greater than zero",
+    ),
+    (
+        "shadow max_in_flight zero",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmax_in_flight = 0\n"),
+        10,
+        17,
+        "routes[bot].shadow.max_in_flight",
+        "must be at least 1, got 0",
+    ),
+    (
+        "unknown shadow key",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmethod = [\"GET\"]\n"),
+        10,
+        1,
+        "",
+        "unknown field `method`",
+    ),
+];
+
+#[test]
+fn every_invalid_shadow_names_its_error_and_location() {
+    let failures: Vec<String> = SHADOW_CASES
+        .iter()
+        .filter_map(|(case, text, line, col, field, msg)| {
+            check(case, text, *line, *col, field, msg).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn a_valid_shadow_gets_its_defaults() {
+    let text = with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 2.5\n");
+    let config = parse(Path::new("f.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let s = config.routes[0].shadow.as_ref().expect("shadow");
+    assert_eq!(s.target, "green");
+    assert_eq!(s.basis_points, 250);
+    assert_eq!(s.methods, [http::Method::GET, http::Method::HEAD]);
+    assert_eq!(s.timeout, Duration::from_secs(5));
+    assert_eq!(s.max_in_flight, 64);
+    let text = with_rules!(
+        "[routes.shadow]\ntarget = \"green\"\npercent = 100\nmethods = [\"GET\", \"POST\"]\nmax_body_bytes = 0\ntimeout = \"250ms\"\nmax_in_flight = 3\n"
+    );
+    let config = parse(Path::new("f.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let s = config.routes[0].shadow.as_ref().expect("shadow");
+    assert_eq!(s.basis_points, 10_000);
+    assert_eq!(s.methods, [http::Method::GET, http::Method::POST]);
+    assert_eq!(s.timeout, Duration::from_millis(250));
+    assert_eq!(s.max_in_flight, 3);
+}

@@ -213,6 +213,11 @@ fn request(rng: &mut SmallRng) -> Vec<u8> {
     if rng.random_bool(0.1) {
         fields.push(("x-preview".into(), "blue".into()));
     }
+    // A client's forged shadow mark (`policy::forward`: never forwarded).
+    if rng.random_bool(0.15) {
+        let mark = pick(rng, &["1", "0", "yes"]);
+        fields.push(("X-Flipgate-Shadow".into(), mark.into()));
+    }
     for _ in 0..rng.random_range(0..7) {
         let mut tokens: Vec<&str> = Vec::new();
         for _ in 0..rng.random_range(1..8) {
@@ -276,6 +281,13 @@ async fn engines_send_the_same_requests_upstream() {
         );
         let up_a = p.engine.1.seen.lock().unwrap().pop();
         let up_b = p.hyper.1.seen.lock().unwrap().pop();
+        let marked = up_a.as_ref().is_some_and(|(_, fields, _)| {
+            fields.iter().any(|f| f.starts_with("x-flipgate-shadow:"))
+        });
+        assert!(
+            !marked,
+            "seed {seed} case {case}: a client's shadow mark reached live"
+        );
         assert_eq!(
             up_a, up_b,
             "seed {seed} case {case}: the upstream got different requests for\n{shown}"

@@ -95,6 +95,41 @@ pub struct RouteView {
     /// What a rollout of this route uses where the call names nothing (`[routes.rollout]`).
     #[serde(default)]
     pub rollout_defaults: Option<crate::admin::rollout::DefaultsView>,
+    /// Shadow traffic (`[routes.shadow]`), when the route has it.
+    #[serde(default)]
+    pub shadow: Option<ShadowView>,
+}
+
+/// A route's shadow traffic: what the file says and whether copies go out now.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShadowView {
+    pub target: String,
+    pub percent: f64,
+    pub methods: Vec<String>,
+    pub timeout_ms: u64,
+    pub max_in_flight: u64,
+    /// Copies out now.
+    pub in_flight: u64,
+    /// False while the shadow target is live (shadowing paused).
+    pub active: bool,
+}
+
+impl ShadowView {
+    fn of(cfg: &crate::config::Route, r: &RouteEntry) -> Option<ShadowView> {
+        let s = cfg.shadow.as_ref()?;
+        let compiled = r.shadow.as_deref();
+        Some(ShadowView {
+            target: s.target.clone(),
+            percent: f64::from(s.basis_points) / 100.0,
+            methods: s.methods.iter().map(|m| m.to_string()).collect(),
+            timeout_ms: s.timeout.as_millis() as u64,
+            max_in_flight: s.max_in_flight,
+            in_flight: compiled.map_or(0, |c| {
+                c.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            active: compiled.is_some(),
+        })
+    }
 }
 
 fn yes() -> bool {
@@ -344,6 +379,7 @@ impl RouteView {
             persisted,
             rollout: crate::admin::rollout::RolloutView::of(r),
             rollout_defaults: Some(crate::admin::rollout::DefaultsView::of(&cfg.rollout)),
+            shadow: ShadowView::of(cfg, r),
         }
     }
 }

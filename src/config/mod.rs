@@ -2,7 +2,7 @@
 //!
 //! Invariants: a `Config` only exists if every check passed, so everything downstream (snapshot
 //! build, the data path, the control plane) can rely on it: target names referenced by `live`,
-//! `canary` and cohort rules (`rules`) exist, percents are in basis points 0..=10_000, every target has at least one instance,
+//! `canary`, cohort rules (`rules`) and `[routes.shadow]` (`shadow`) exist, percents are in basis points 0..=10_000, every target has at least one instance,
 //! (host, prefix) pairs are unique, durations are positive and bounded (at most a day; a bake and a
 //! tunnel's lifetime after a flip at most 30 days). `Config` is immutable once built; a
 //! reload builds a new one. No route file larger than `MAX_FILE_BYTES` is ever read whole: `read`
@@ -12,6 +12,7 @@ mod error;
 pub mod raw;
 pub mod rollout;
 pub mod rules;
+pub mod shadow;
 mod validate;
 
 use std::net::SocketAddr;
@@ -176,6 +177,8 @@ pub struct Route {
     /// gRPC status codes that count as a failure of the target, as a bit mask
     /// (`policy::grpc::is_error`); default UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
     pub grpc_errors: u32,
+    /// Shadow traffic to an idle target (`[routes.shadow]`, `config::shadow`).
+    pub shadow: Option<shadow::Shadow>,
 }
 
 impl Route {

@@ -114,6 +114,8 @@ pub struct RawRoute {
     pub rollout: Option<Spanned<super::rollout::RawRollout>>,
     /// gRPC status codes (names or numbers) that count as a failure of the target.
     pub grpc_error_codes: Option<Vec<Spanned<String>>>,
+    /// `[routes.shadow]`: shadow traffic (`config::shadow`).
+    pub shadow: Option<Spanned<super::shadow::RawShadow>>,
 }
 
 /// The table form of a target: instances plus upstream protocol options.

@@ -172,7 +172,7 @@ pub const MAX_LONG: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A duration setting: positive and at most `max`. Every duration ends up added to a clock reading
 /// (flipgate's own sums saturate, hyper's do not) or to a persisted deadline, and a value past
 /// these bounds ("100000000y") is a typo, not an intent.
-fn duration(
+pub(super) fn duration(
     sink: &mut Sink,
     v: Option<Spanned<String>>,
     default: Duration,
@@ -213,7 +213,13 @@ fn duration(
     }
 }
 
-fn count(sink: &mut Sink, v: Option<Spanned<i64>>, default: u64, min: i64, field: &str) -> u64 {
+pub(super) fn count(
+    sink: &mut Sink,
+    v: Option<Spanned<i64>>,
+    default: u64,
+    min: i64,
+    field: &str,
+) -> u64 {
     let Some(s) = v else { return default };
     let n = *s.get_ref();
     if n < min {
@@ -692,6 +698,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         raw.rollout,
         circuit.as_ref().map(|c| c.min_requests),
     );
+    let shadow = super::shadow::validate(sink, &name, &target_names, &live, raw.shadow);
 
     if sink.count() != errors_before {
         return None;
@@ -727,6 +734,7 @@ fn route(sink: &mut Sink, base: &Path, raw: Spanned<RawRoute>) -> Option<Route> 
         rules,
         rollout,
         grpc_errors,
+        shadow,
     })
 }
 

@@ -48,6 +48,51 @@ pub struct Metrics {
     pub rollout_step: IntGaugeVec,
     /// `rollouts_total{route,result}`: rollouts ended, by result (promoted, rolled_back, aborted).
     pub rollouts: IntCounterVec,
+    /// `shadow_requests_total{route,target,code}`: shadow copies by outcome (`ShadowMetrics`).
+    shadow_requests: IntCounterVec,
+}
+
+/// What became of a shadow copy (`serve::shadow`): the `code` label of
+/// `shadow_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    /// The shadow target answered, with this status.
+    Answered(u16),
+    /// No answer: the connection failed or was reset, or no instance passes its health checks.
+    Error,
+    /// No answer within the shadow's `timeout`.
+    Timeout,
+    /// Not sent: `max_in_flight` copies were already out, or flipgate's own limits
+    /// (`max_upstream_connections`, every instance drained) refused it.
+    Dropped,
+}
+
+impl ShadowOutcome {
+    /// Every `code` label value, in `ShadowMetrics` order.
+    pub const LABELS: [&'static str; 8] = [
+        "1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout", "dropped",
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            ShadowOutcome::Answered(status) => class(status),
+            ShadowOutcome::Error => 5,
+            ShadowOutcome::Timeout => 6,
+            ShadowOutcome::Dropped => 7,
+        }
+    }
+}
+
+/// Pre-resolved `shadow_requests_total` handles of one (route, shadow target).
+#[derive(Clone)]
+pub struct ShadowMetrics([IntCounter; 8]);
+
+impl ShadowMetrics {
+    /// Counts one copy's outcome.
+    #[inline]
+    pub fn record(&self, outcome: ShadowOutcome) {
+        self.0[outcome.index()].inc();
+    }
 }
 
 /// Pre-resolved handles for one (route, target): what the request path records into.
@@ -340,6 +385,14 @@ impl Metrics {
             ),
             &["route", "rule"],
         ));
+        let shadow_requests = must(IntCounterVec::new(
+            opts(
+                "shadow_requests_total",
+                "Shadow copies of live requests ([routes.shadow]), by route, shadow target and \
+                 outcome: the status class of the discarded answer, or error, timeout, dropped.",
+            ),
+            &["route", "target", "code"],
+        ));
         let build_info = must(IntGaugeVec::new(
             opts("build_info", "Build information; always 1."),
             &["version"],
@@ -368,6 +421,7 @@ impl Metrics {
             Box::new(rule_requests.clone()),
             Box::new(rollout_step.clone()),
             Box::new(rollouts.clone()),
+            Box::new(shadow_requests.clone()),
             Box::new(build_info),
         ] {
             must(registry.register(c));
@@ -405,7 +459,17 @@ impl Metrics {
             rule_requests,
             rollout_step,
             rollouts,
+            shadow_requests,
         }
+    }
+
+    /// The pre-resolved `shadow_requests_total` handles of a route's shadow target; called when a
+    /// snapshot is built (the series exist from then on, at 0).
+    pub fn shadow(&self, route: &str, target: &str) -> ShadowMetrics {
+        ShadowMetrics(ShadowOutcome::LABELS.map(|code| {
+            self.shadow_requests
+                .with_label_values(&[route, target, code])
+        }))
     }
 
     /// The pre-resolved `rule_requests_total` handle of one rule; called when a snapshot is built
@@ -479,6 +543,11 @@ impl Metrics {
         }
         for code in GRPC_CODES {
             let _ = self.grpc.remove_label_values(&[route, target, code]);
+        }
+        for code in ShadowOutcome::LABELS {
+            let _ = self
+                .shadow_requests
+                .remove_label_values(&[route, target, code]);
         }
         let _ = self.duration.remove_label_values(&[route, target]);
         let _ = self.split_percent.remove_label_values(&[route, target]);

@@ -15,9 +15,14 @@
 //!   an HTTP/1.1 upstream), and `TE: trailers` when the client's `TE` lists `trailers` (gRPC
 //!   needs it; an upstream such as hyper's server sends response trailers only when asked).
 //!   `Trailer` is not hop-by-hop (RFC 9110 §6.6.2): it names the trailer fields and is kept.
+//!   Last, on a shadow copy only (`serve::shadow`), `x-flipgate-shadow: 1`.
+//! - `x-flipgate-shadow` from a client is never forwarded (`Replace` with nothing added on a live
+//!   request): only flipgate marks a request as a shadow copy, so a client can neither make a bot
+//!   skip a live request's side effects nor pass for a copy.
 //!
 //! Invariants: the table is a pure function of the field name and the request's `Rules`; the
-//! engine never calls it with `upgrade` or `http2` set (it hands such requests to hyper), so
+//! engine never calls it with `upgrade`, `http2` or `shadow` set (it hands such requests to hyper;
+//! copies are built on a `HeaderMap`, `apply`), so
 //! on every request both engines can serve, they send the same fields (a multiset of lower-cased
 //! name and value, the generated request id aside): `tests/differential.rs` and the
 //! `h1_differential` fuzz target hold them to it. Nothing here allocates on the engine's path;
@@ -56,12 +61,14 @@ pub enum Added {
     Connection,
     /// `TE: trailers`, when the client's `TE` lists `trailers`.
     Te,
+    /// `x-flipgate-shadow: 1`, on a shadow copy only.
+    Shadow,
 }
 
 impl Added {
     /// Every added field, in the order they are written (`Host` first, as RFC 9112 §3.2 asks of
     /// user agents).
-    pub const ALL: [Added; 8] = [
+    pub const ALL: [Added; 9] = [
         Added::Host,
         Added::XForwardedFor,
         Added::XForwardedProto,
@@ -70,6 +77,7 @@ impl Added {
         Added::RequestId,
         Added::Connection,
         Added::Te,
+        Added::Shadow,
     ];
 
     /// The lower-case field name the engine writes.
@@ -83,6 +91,7 @@ impl Added {
             Added::RequestId => "x-request-id",
             Added::Connection => "connection",
             Added::Te => "te",
+            Added::Shadow => "x-flipgate-shadow",
         }
     }
 
@@ -97,6 +106,7 @@ impl Added {
             Added::RequestId => X_REQUEST_ID,
             Added::Connection => header::CONNECTION,
             Added::Te => header::TE,
+            Added::Shadow => X_FLIPGATE_SHADOW,
         }
     }
 
@@ -111,6 +121,8 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Marks a shadow copy (`serve::shadow`): a bot that sees it must skip side effects.
+pub const X_FLIPGATE_SHADOW: HeaderName = HeaderName::from_static("x-flipgate-shadow");
 
 /// What the table needs to know about the request besides a field's name.
 #[derive(Debug, Clone, Copy, Default)]
@@ -122,6 +134,8 @@ pub struct Rules<'a> {
     /// The upstream is HTTP/2: no `Host` (the `:authority` is the upstream's own), and `TE:
     /// trailers` goes without `Connection: te` (HTTP/2 has no `Connection`).
     pub http2: bool,
+    /// A shadow copy (`serve::shadow`): `x-flipgate-shadow: 1` is added.
+    pub shadow: bool,
 }
 
 #[inline]
@@ -172,6 +186,7 @@ pub fn action(name: &str, rules: &Rules<'_>, listed: impl FnOnce(&str) -> bool) 
         15 if is(name, "x-forwarded-for") => Action::Replace(Added::XForwardedFor),
         16 if is(name, "x-forwarded-host") => Action::Replace(Added::XForwardedHost),
         17 if is(name, "x-forwarded-proto") => Action::Replace(Added::XForwardedProto),
+        17 if is(name, "x-flipgate-shadow") => Action::Replace(Added::Shadow),
         _ => Action::Keep,
     }
 }
@@ -265,6 +280,7 @@ pub fn added<'a, V: ?Sized>(
         },
         hop.te_trailers
             .then_some((Added::Te, Value::Static("trailers"))),
+        rules.shadow.then_some((Added::Shadow, Value::Static("1"))),
     ]
     .into_iter()
     .flatten()
@@ -435,6 +451,13 @@ mod tests {
             Action::Replace(Added::XForwardedHost)
         );
         assert_eq!(act("X-Request-Id", &r), Action::Replace(Added::RequestId));
+        // Only flipgate marks a shadow copy: a client's mark is never forwarded.
+        assert_eq!(act("X-Flipgate-Shadow", &r), Action::Replace(Added::Shadow));
+        assert_eq!(
+            action("x-flipgate-shadow", &r, |_| true),
+            Action::Drop,
+            "listed in Connection: dropped all the same"
+        );
         for keep in ["content-length", "via", "accept", "forwarded", "cookie"] {
             assert_eq!(act(keep, &r), Action::Keep, "{keep}");
         }
@@ -475,6 +498,7 @@ mod tests {
         h.append("x-request-id", "def".parse().unwrap());
         h.insert("via", "1.1 other".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
+        h.insert("x-flipgate-shadow", "1".parse().unwrap());
         let host = HeaderValue::from_static("a.example");
         let instance: Authority = "127.0.0.1:9".parse().unwrap();
         let id = apply(
@@ -508,6 +532,36 @@ mod tests {
                 "x-request-id: abc",
             ]
         );
+    }
+
+    /// A shadow copy carries flipgate's mark once, whatever the client sent; a live request none.
+    #[test]
+    fn the_shadow_mark_is_flipgate_s_alone() {
+        let instance: Authority = "127.0.0.1:9".parse().unwrap();
+        let client = HeaderValue::from_static("10.0.0.1");
+        for shadow in [false, true] {
+            let mut h = HeaderMap::new();
+            h.append("x-flipgate-shadow", "0".parse().unwrap());
+            h.append("X-Flipgate-Shadow", "1".parse().unwrap());
+            let rules = Rules {
+                shadow,
+                ..Rules::default()
+            };
+            apply(
+                &mut h,
+                &rules,
+                &client,
+                false,
+                None,
+                &instance,
+                http::Version::HTTP_11,
+            );
+            let marks: Vec<_> = h.get_all("x-flipgate-shadow").iter().collect();
+            match shadow {
+                true => assert_eq!(marks, ["1"]),
+                false => assert!(marks.is_empty(), "{marks:?}"),
+            }
+        }
     }
 
     #[test]

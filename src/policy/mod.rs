@@ -1,8 +1,9 @@
 //! The request policy both engines apply, written once: the request decision (`decide`: route,
 //! preview, cohort rules, split), the forwarding headers (`forward`: one table of rules both
 //! header representations apply; `headers` its helpers), the outcome classification
-//! and local answers (`error`, `grpc`), when a failed attempt may be sent again (`resend`), and
-//! when a failed connect moves a request to another instance (`connect_retry`).
+//! and local answers (`error`, `grpc`), when a failed attempt may be sent again (`resend`),
+//! when a failed connect moves a request to another instance (`connect_retry`), and whether a
+//! request is copied to its route's shadow target (`shadow`).
 //!
 //! Invariants: nothing here does I/O or holds a connection; each function takes what an engine
 //! parsed (through `decide::Fields` for either header representation) and returns a plain value,
@@ -16,3 +17,4 @@ pub mod grpc;
 pub mod headers;
 pub mod resend;
 pub mod rules;
+pub mod shadow;

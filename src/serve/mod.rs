@@ -26,6 +26,7 @@
 
 pub mod h1;
 pub mod proxy;
+pub mod shadow;
 pub mod tls;
 pub mod write_deadline;
 

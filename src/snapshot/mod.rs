@@ -11,10 +11,12 @@
 //! by the errors that tripped it). Requests still in flight record into the window they started
 //! with. Each instance's drain flag is set from the route's runtime state (`control::drain`) when
 //! the snapshot is built; its in-flight count and flag are shared by address with the previous
-//! snapshot's upstream even when the target's table changed (`upstream::balance`).
+//! snapshot's upstream even when the target's table changed (`upstream::balance`). A route's
+//! shadow traffic is compiled here too (`shadow`), paused while its target is live.
 
 pub mod router;
 pub mod rules;
+pub mod shadow;
 pub mod split;
 
 use std::collections::HashMap;
@@ -48,6 +50,8 @@ pub struct RouteEntry {
     /// Cohort rules, tried after preview and before the split (`policy::rules`).
     pub rules: rules::Rules,
     pub circuit: Option<Circuit>,
+    /// Shadow traffic (`[routes.shadow]`): `None` without it, and while its target is live.
+    pub shadow: Option<Arc<shadow::Shadow>>,
     /// The runtime state this entry was compiled from, for status and the circuit task.
     pub state: RouteState,
 }
@@ -177,10 +181,13 @@ fn build_route(
                 .map_or(crate::config::Sticky::None, |c| c.sticky.clone());
             (index(c), state.canary_bp, sticky)
         });
+    let previous_shadow = old.and_then(|r| r.shadow.as_deref());
+    let shadow = shadow::build(route, &state.live, &targets, previous_shadow, metrics);
     RouteEntry {
         split: Split::new(&route.name, index(&state.live), canary),
         name,
         targets,
+        shadow,
         preview: route.preview.clone(),
         rules: rules::Rules::build(route, metrics),
         circuit: route.circuit.clone(),

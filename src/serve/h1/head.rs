@@ -26,6 +26,7 @@ use crate::policy::forward::{self as policy, hop_by_hop, Action, Added, Rules, V
 use crate::policy::headers::{has_token, request_authority, request_id_ok};
 use crate::policy::resend;
 use crate::serve::proxy::{admit, record_local, At, ConnInfo, Limits, Proxy};
+use crate::serve::shadow::CopiedHead;
 use crate::snapshot::split::Reason;
 use crate::snapshot::TargetEntry;
 use crate::upstream::InflightGuard;
@@ -402,6 +403,7 @@ fn plan(
         preview: route.preview.as_ref().map(|p| p.header.as_str()),
         upgrade: false,
         http2: false,
+        shadow: false,
     };
     let request_id = write_request(
         out,
@@ -415,6 +417,19 @@ fn plan(
         &instance,
         http::Version::HTTP_11,
     );
+    let copy = crate::policy::shadow::decide(route, ti, || crate::policy::shadow::Request {
+        method: method.as_bytes(),
+        bodyless: body_len == 0,
+        upgrade: false, // handed over
+    });
+    if let Some(shadow) = copy {
+        let preview = route.preview.as_ref().map(|p| &p.header);
+        let copy = CopiedHead::of_head(method, target, headers, host, preview);
+        let id = http::HeaderValue::from_bytes(request_id.as_bytes());
+        if let (Some(copy), Ok(id)) = (copy, id) {
+            crate::serve::shadow::send(proxy, conn, shadow, &limits, copy, &id);
+        }
+    }
     let access = log(Some(request_id.as_bytes()), Some(reason));
     let head_method = method == "HEAD";
     let idempotent = resend::idempotent(method.as_bytes());

@@ -135,12 +135,34 @@ pub(crate) fn record_answer(
     start: Instant,
 ) {
     let elapsed = start.elapsed();
-    let is_5xx = (500..600).contains(&status);
-    if is_5xx {
+    if (500..600).contains(&status) {
         target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
     }
-    record_outcome(target, index, &limits.outlier, is_5xx, elapsed);
+    judge(target, index, &limits.outlier, Ok(status), elapsed);
     target.metrics.record(status, elapsed.as_secs_f64());
+}
+
+/// What judges a target (its instance's health, the circuit window) learns from one exchange with
+/// it: an answer is a failure when it is a 5xx; an upstream fault is one; no healthy instance is
+/// one in the window (no instance to blame); a client's or flipgate's own failure is nothing. The
+/// one classification of live requests (`record_answer`, `record_error`) and shadow copies
+/// (`serve::shadow`). `elapsed`: time to the response head (or to the failure).
+pub(crate) fn judge(
+    target: &TargetEntry,
+    index: usize,
+    outlier: &Outlier,
+    outcome: Result<u16, ProxyError>,
+    elapsed: Duration,
+) {
+    match outcome {
+        Ok(status) => {
+            let is_5xx = (500..600).contains(&status);
+            record_outcome(target, index, outlier, is_5xx, elapsed);
+        }
+        Err(ProxyError::Upstream(_)) => record_outcome(target, index, outlier, true, elapsed),
+        Err(ProxyError::NoHealthy) => target.window.record(crate::clock::now_ms(), true, 0),
+        Err(ProxyError::Client(_) | ProxyError::Local(_) | ProxyError::NoRoute) => {}
+    }
 }
 
 /// Records whether an upstream's answer was a failure in what judges the target: the instance's
@@ -172,20 +194,15 @@ pub(crate) fn record_error(
     start: Instant,
 ) {
     let elapsed = start.elapsed();
+    judge(target, index, &limits.outlier, Err(e), elapsed);
     match e {
         ProxyError::Upstream(kind) => {
-            let now_ms = crate::clock::now_ms();
-            target.upstream.health[index].record(true, now_ms, &limits.outlier);
             target.metrics.upstream_error(kind);
-            target
-                .window
-                .record(now_ms, true, elapsed.as_millis() as u64);
             target
                 .metrics
                 .record(e.status().as_u16(), elapsed.as_secs_f64());
         }
         ProxyError::NoHealthy => {
-            target.window.record(crate::clock::now_ms(), true, 0);
             target
                 .metrics
                 .record(e.status().as_u16(), elapsed.as_secs_f64());
@@ -394,7 +411,7 @@ impl Proxy {
                 Ok(Some(a)) => Ok(HeaderValue::from_bytes(a).ok()),
             }
         };
-        let (host, target, reason, limits, access, preview) = {
+        let (host, target, reason, limits, access, preview, shadow) = {
             let snap = self.snapshot.load();
             let access = crate::observe::access_log::sample(&snap.config.log);
             // The line of an answer given before forwarding: the client's own request id.
@@ -449,11 +466,21 @@ impl Proxy {
                 return local(e);
             }
             let preview = route.preview.as_ref().map(|p| p.header.clone());
-            (host, target.clone(), reason, limits, access, preview)
+            let shadow =
+                crate::policy::shadow::decide(route, ti, || crate::policy::shadow::Request {
+                    method: req.method().as_str().as_bytes(),
+                    bodyless: http_body::Body::is_end_stream(req.body()),
+                    upgrade: headers::is_upgrade(req.headers()),
+                })
+                .cloned();
+            let target = target.clone();
+            (host, target, reason, limits, access, preview, shadow)
         };
         let access = access.map(|a| (a, reason));
-        self.forward(req, host, preview, conn, &target, limits, start, access)
-            .await
+        self.forward(
+            req, host, preview, conn, &target, limits, start, access, shadow,
+        )
+        .await
     }
 
     /// Admits, applies the forwarding policy, and forwards; records the outcome (and the access
@@ -472,6 +499,7 @@ impl Proxy {
             crate::config::AccessLogFormat,
             crate::snapshot::split::Reason,
         )>,
+        shadow: Option<Arc<crate::snapshot::shadow::Shadow>>,
     ) -> Response<ProxyBody> {
         let mut log = access.map(|(format, reason)| {
             crate::observe::access_log::Pending::new(
@@ -519,8 +547,21 @@ impl Proxy {
             preview: preview.as_ref().map(|p| p.as_str()),
             upgrade,
             http2: upstream.http2,
+            shadow: false,
         };
         let bodyless = http_body::Body::is_end_stream(req.body());
+        // The request's head as received, when it is to be copied (`serve::shadow`).
+        let copy = shadow.map(|s| {
+            let copy = crate::serve::shadow::CopiedHead {
+                method: req.method().clone(),
+                path: req.uri().path_and_query().cloned(),
+                headers: req.headers().clone(),
+                version,
+                authority: host.clone(),
+                preview: preview.clone(),
+            };
+            (s, copy)
+        });
         let id = policy::apply(
             req.headers_mut(),
             &rules,
@@ -532,6 +573,9 @@ impl Proxy {
         );
         if !upstream.http2 {
             headers::chunk_for_trailers(req.headers_mut(), version, bodyless);
+        }
+        if let Some((shadow, copy)) = copy {
+            crate::serve::shadow::send(self, conn, &shadow, &limits, copy, &id);
         }
         if let Some(log) = &mut log {
             log.sent_with(id);
