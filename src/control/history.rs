@@ -108,9 +108,16 @@ pub struct Point {
     pub p99_ms: Option<f64>,
 }
 
-/// The point between two samples of one target `elapsed` apart. A counter that went backwards
-/// (it cannot, today) counts from zero.
+/// The point between two samples of one target `elapsed` apart. Counters that went backwards
+/// (a reload removed the target's series and the next one made them again, between two samples)
+/// count from zero, as Prometheus' `rate` does.
 pub fn point(before: &Counts, after: &Counts, elapsed: Duration) -> Point {
+    let zero = Counts::default();
+    let before = if after.requests < before.requests || after.observed < before.observed {
+        &zero
+    } else {
+        before
+    };
     let requests = after.requests.saturating_sub(before.requests);
     let errors = after.errors.saturating_sub(before.errors);
     let secs = elapsed.as_secs_f64();
@@ -440,6 +447,11 @@ mod tests {
         // pull it down.
         let p99 = p.p99_ms.unwrap();
         assert!((250.0..=500.0).contains(&p99), "{p99}");
+        // Counters made again from zero: the new counts are the interval's.
+        let again = counts(30, 3, &[0.8; 30]);
+        let p = point(&after, &again, Duration::from_secs(5));
+        assert_eq!((p.rate, p.error_rate), (6.0, Some(0.1)));
+        assert!(p.p99_ms.unwrap() <= 1.0);
         // An interval without requests: rate 0, no error rate, no p99.
         let idle = point(&after, &after, Duration::from_secs(5));
         assert_eq!(
