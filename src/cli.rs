@@ -5,6 +5,7 @@
 //! to the admin API, so they work against any replica from anywhere the API is reachable.
 
 pub mod rollout;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -41,8 +42,15 @@ pub enum Command {
     Status {
         route: Option<String>,
         /// Print the API's JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// A live view: each target's request rate, error rate and p99 over the last 15 minutes
+        /// as sparklines, with events marked, redrawn every 2 s until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many frames.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -175,7 +183,19 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
     use http::Method;
     let post = |route: &str, verb: &str| format!("/api/v1/routes/{}/{verb}", encode(route));
     let (admin, path, body) = match cmd {
-        Command::Status { route, json, admin } => {
+        Command::Status {
+            route,
+            watch: true,
+            count,
+            admin,
+            ..
+        } => {
+            watch::run(&admin, route.as_deref(), count).await?;
+            return Ok(String::new());
+        }
+        Command::Status {
+            route, json, admin, ..
+        } => {
             let path = match &route {
                 Some(r) => format!("/api/v1/routes/{}", encode(r)),
                 None => "/api/v1/routes".to_string(),

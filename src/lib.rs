@@ -234,6 +234,7 @@ impl Gateway {
         tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
         tasks.spawn(reload::run(control.clone(), path, rx.clone()));
         tasks.spawn(control::rollout::run(control.clone(), rx.clone()));
+        tasks.spawn(control::history::run(control.clone(), rx.clone()));
         tasks.spawn(circuit::run(control.clone(), rx));
         ready.store(true, Ordering::Release);
         tracing::info!(%addr, admin = %admin_addr, "flipgate serving");

@@ -369,6 +369,13 @@ impl Admin {
                 &serde_json::json!({ "events": self.control.events.recent() }),
             ),
             (&Method::GET, ["api", "v1", "routes", name]) => self.route_view(name),
+            // Compact: pretty-printed, each of its thousands of numbers would take a line.
+            (&Method::GET, ["api", "v1", "history"]) => text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&self.control.history.view(&self.control.events.recent()))
+                    .unwrap_or_default(),
+            ),
             (_, ["api", "v1", "routes", _, _])
             | (_, ["api", "v1", "routes", ..])
             | (_, ["metrics" | "healthz" | "readyz"]) => {

@@ -47,6 +47,7 @@ pub mod circuit;
 pub mod drain;
 pub mod events;
 pub mod health_check;
+pub mod history;
 pub mod reload;
 pub mod rollout;
 pub mod state;
@@ -203,6 +204,8 @@ pub struct Control {
     last_reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
+    /// Every target's recent rate, errors and p99, for charts (`history`, its own sampling task).
+    pub history: Arc<history::History>,
     writer: Writer,
     /// The shared state store, when `[state] backend` is not `file` (set once, at start).
     shared: std::sync::OnceLock<Arc<dyn shared::Backend>>,
@@ -335,6 +338,7 @@ impl Control {
             }),
             metrics,
             events,
+            history: Arc::new(history::History::new(history::interval_from_env())),
             writer,
             shared: std::sync::OnceLock::new(),
             behind: ArcSwap::from_pointee(Vec::new()),
