@@ -5,6 +5,7 @@
 //! to the admin API, so they work against any replica from anywhere the API is reachable.
 
 pub mod rollout;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -41,8 +42,15 @@ pub enum Command {
     Status {
         route: Option<String>,
         /// Print the API's JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// A live view: each target's request rate, error rate and p99 over the last 15 minutes
+        /// as sparklines, with events marked, redrawn every 2 s until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many frames.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -182,7 +190,19 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
     use http::Method;
     let post = |route: &str, verb: &str| format!("/api/v1/routes/{}/{verb}", encode(route));
     let (admin, path, body) = match cmd {
-        Command::Status { route, json, admin } => {
+        Command::Status {
+            route,
+            watch: true,
+            count,
+            admin,
+            ..
+        } => {
+            watch::run(&admin, route.as_deref(), count).await?;
+            return Ok(String::new());
+        }
+        Command::Status {
+            route, json, admin, ..
+        } => {
             let path = match &route {
                 Some(r) => format!("/api/v1/routes/{}", encode(r)),
                 None => "/api/v1/routes".to_string(),
@@ -195,9 +215,12 @@ pub async fn client(cmd: Command) -> Result<String, Failure> {
                 vec![serde_json::from_slice::<RouteView>(&bytes)
                     .map_err(|e| Failure(format!("unexpected answer: {e}")))?]
             } else {
-                serde_json::from_slice::<RoutesView>(&bytes)
-                    .map_err(|e| Failure(format!("unexpected answer: {e}")))?
-                    .routes
+                let view = serde_json::from_slice::<RoutesView>(&bytes)
+                    .map_err(|e| Failure(format!("unexpected answer: {e}")))?;
+                let store = view.state.and_then(|s| s.store);
+                return Ok(
+                    table(&view.routes) + &store.map_or_else(String::new, |s| store_note(&s))
+                );
             };
             return Ok(table(&routes));
         }
@@ -348,6 +371,31 @@ pub fn table(routes: &[RouteView]) -> String {
     }
     if routes.iter().any(|r| !r.persisted) {
         out.push_str("warning: runtime state not persisted: the decisions shown are in force but would not survive a restart (see /readyz)\n");
+    }
+    out
+}
+
+/// Warnings about the shared state store (`[state] backend = "etcd"`), empty while all is well.
+fn store_note(s: &crate::control::state::shared::StoreStatus) -> String {
+    let mut out = String::new();
+    if !s.up {
+        out.push_str(&wrap(
+            &format!(
+                "warning: shared state store ({}) unreachable: {}; this replica serves the last state it knows and refuses changes",
+                s.backend,
+                s.error.as_deref().unwrap_or("unknown")
+            ),
+            WIDTH,
+        ));
+    }
+    if !s.routes_behind.is_empty() {
+        out.push_str(&wrap(
+            &format!(
+                "warning: this replica's route file has another split than the fleet's state for {}; it serves its own file for them",
+                s.routes_behind.join(", ")
+            ),
+            WIDTH,
+        ));
     }
     out
 }

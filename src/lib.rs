@@ -89,6 +89,9 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     State(#[from] control::StateError),
+    /// The shared state store's settings cannot be used (a password or certificate file).
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Every check a start makes before it binds anything, beyond the route file's own validation:
@@ -101,7 +104,37 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
     }
     let token = admin::token::TokenSource::new(&config.admin).resolve();
     admin::exposure(config.admin.listen, &token)?;
+    // The shared store's password and certificate files read (nothing is connected here).
+    #[cfg(feature = "etcd")]
+    if let Some(e) = &config.state.etcd {
+        control::state::etcd::check(e).map_err(|e| StartError::Store(e.to_string()))?;
+    }
     Ok(())
+}
+
+/// Connects the shared state store and waits (bounded) for its first read, so a replica that
+/// says it is ready serves the fleet's state whenever the store answers. Unreachable, it serves
+/// the state it persisted locally.
+#[cfg(feature = "etcd")]
+async fn start_store(control: &Arc<Control>, cfg: &config::Etcd) -> Result<(), StartError> {
+    let store = control::state::etcd::Etcd::start(control, cfg)
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    if !store.settle(cfg.timeout * 2).await {
+        tracing::error!(
+            endpoints = ?cfg.endpoints,
+            "etcd unreachable at start: serving the state this replica persisted locally; admin changes answer 503 until it is back"
+        );
+    }
+    Ok(())
+}
+
+/// Config validation rejects `backend = "etcd"` in a build without the feature.
+#[cfg(not(feature = "etcd"))]
+async fn start_store(_: &Arc<Control>, _: &config::Etcd) -> Result<(), StartError> {
+    Err(StartError::Store(
+        "this flipgate was built without etcd support (cargo build --release --features etcd)"
+            .into(),
+    ))
 }
 
 /// How long start waits for the first write of the runtime state (a hung disk must not keep the
@@ -127,7 +160,11 @@ impl Gateway {
             config.server.connect_timeout,
             config.server.pool_idle_timeout,
         );
+        let etcd = config.state.etcd.clone();
         let control = Control::new(config, metrics)?;
+        if let Some(cfg) = etcd {
+            start_store(&control, &cfg).await?;
+        }
         match control.settle(START_WRITE_WAIT).await {
             control::Durability::Persisted => {}
             control::Durability::Failed(e) => {
@@ -197,6 +234,7 @@ impl Gateway {
         tasks.spawn(admin::serve(admin, admin_listener, rx.clone()));
         tasks.spawn(reload::run(control.clone(), path, rx.clone()));
         tasks.spawn(control::rollout::run(control.clone(), rx.clone()));
+        tasks.spawn(control::history::run(control.clone(), rx.clone()));
         tasks.spawn(circuit::run(control.clone(), rx));
         ready.store(true, Ordering::Release);
         tracing::info!(%addr, admin = %admin_addr, "flipgate serving");

@@ -498,6 +498,92 @@ fn every_invalid_case_names_its_error_and_location() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+const ROUTE: &str =
+    "[[routes]]\nname = \"bot\"\nlive = \"blue\"\n[routes.targets]\nblue = [\"127.0.0.1:1\"]\n";
+
+#[test]
+fn state_backend_errors_name_the_setting() {
+    let cases = [
+        (
+            "unknown backend",
+            format!("[state]\nbackend = \"consul\"\n{ROUTE}"),
+            2,
+            11,
+            "state.backend",
+            "unknown state backend `consul`; expected \"file\" or \"etcd\"",
+        ),
+        (
+            "etcd table with the file backend",
+            format!("[state]\n[state.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n{ROUTE}"),
+            2,
+            1,
+            "state.etcd",
+            "add `backend = \"etcd\"`",
+        ),
+    ];
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(case, text, line, col, field, msg)| {
+            check(case, text, *line, *col, field, msg).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// A binary built without the `etcd` feature says how to get one that has it.
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn the_etcd_backend_needs_a_build_with_the_etcd_feature() {
+    let text = format!(
+        "[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n{ROUTE}"
+    );
+    check(
+        "etcd backend without the feature",
+        &text,
+        2,
+        11,
+        "state.backend",
+        "built without etcd support; build it with `cargo build --release --features etcd`",
+    )
+    .unwrap(); // `flipgate check` and `flipgate run` both refuse it, saying how to get a build that has it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(&file, &text).unwrap();
+    for cmd in ["check", "run"] {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"));
+        match cmd {
+            "check" => c.arg("check").arg(&file),
+            _ => c.arg("run").arg("-c").arg(&file),
+        };
+        let out = c.output().unwrap();
+        assert_ne!(out.status.code(), Some(0), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--features etcd"), "{cmd}: {err}");
+    }
+}
+
+/// With the feature, the etcd table is checked setting by setting.
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_settings_are_checked() {
+    let text = format!(
+        "[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n{ROUTE}"
+    );
+    check(
+        "endpoint without scheme",
+        &text,
+        4,
+        14,
+        "state.etcd.endpoints",
+        "is not an etcd endpoint URL",
+    )
+    .unwrap();
+    let tls = format!(
+        "[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [\"https://etcd:2379\"]\n{ROUTE}"
+    );
+    check("TLS without a CA", &tls, 3, 1, "state.etcd.ca", "set `ca`").unwrap();
+}
+
 #[test]
 fn header_defaults_apply_and_several_errors_are_reported_at_once() {
     let text = format!(

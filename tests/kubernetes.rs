@@ -145,14 +145,6 @@ fn the_etcd_overlay_is_the_edge_route_file_with_another_state_section() {
     if o.status.success() {
         return;
     }
-    if err.contains("unknown field `backend`") {
-        // This flipgate predates the state backends (issue 16, branch i16-etcd): nothing to
-        // hold the overlay to yet.
-        eprintln!(
-            "skipped: this flipgate has no `[state] backend` key; the overlay's check waits for it"
-        );
-        return;
-    }
     assert!(
         err.contains("--features etcd"),
         "a flipgate without the etcd backend must refuse the overlay saying how to build it: {err}"

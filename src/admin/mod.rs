@@ -344,6 +344,15 @@ impl Admin {
                         body.push_str(&line);
                         body.push('\n');
                     }
+                    // Ready either way: the last known state keeps serving while the store is
+                    // away; the line says so.
+                    if let Some(store) = self.control.store_status().filter(|s| !s.up) {
+                        body.push_str(&format!(
+                            "state: shared store ({}) unreachable: {}; serving the last known state, changes refused\n",
+                            store.backend,
+                            store.error.as_deref().unwrap_or("unknown")
+                        ));
+                    }
                     text(StatusCode::OK, "text/plain", body)
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
@@ -356,21 +365,31 @@ impl Admin {
             ),
             (&Method::GET, ["api", "v1", "routes"]) => {
                 let snap = self.control.snapshots().load_full();
-                let mut v = RoutesView::new(
+                let mut view = RoutesView::new(
                     &snap,
                     &self.control.last_reload(),
                     &self.control.persist_status(),
                 );
-                for (view, r) in v.routes.iter_mut().zip(&snap.routes) {
-                    view.analysis = analysis::view(r, self.control.analysis.get(&r.name).as_ref());
+                for (v, r) in view.routes.iter_mut().zip(&snap.routes) {
+                    v.analysis = analysis::view(r, self.control.analysis.get(&r.name).as_ref());
                 }
-                json(StatusCode::OK, &v)
+                if let Some(state) = view.state.as_mut() {
+                    state.store = self.control.store_status();
+                }
+                json(StatusCode::OK, &view)
             }
             (&Method::GET, ["api", "v1", "events"]) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "events": self.control.events.recent() }),
             ),
             (&Method::GET, ["api", "v1", "routes", name]) => self.route_view(name),
+            // Compact: pretty-printed, each of its thousands of numbers would take a line.
+            (&Method::GET, ["api", "v1", "history"]) => text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&self.control.history.view(&self.control.events.recent()))
+                    .unwrap_or_default(),
+            ),
             (_, ["api", "v1", "routes", _, _])
             | (_, ["api", "v1", "routes", ..])
             | (_, ["metrics" | "healthz" | "readyz"]) => {

@@ -36,6 +36,10 @@ pub struct StateView {
     pub owner_pid: Option<u32>,
     /// Why the state is not persisted, or why changes are refused.
     pub error: Option<String>,
+    /// The shared state store (`[state] backend = "etcd"`) and its health; absent with the file
+    /// backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::control::state::shared::StoreStatus>,
 }
 
 impl StateView {
@@ -50,6 +54,7 @@ impl StateView {
             role: role.into(),
             owner_pid,
             error: s.error.clone(),
+            store: None,
         }
     }
 }

@@ -140,6 +140,50 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub dir: PathBuf,
+    /// Where the runtime state is shared: `None` is the file backend (only `dir`), `Some` etcd
+    /// (`dir` then keeps this replica's local copy).
+    pub etcd: Option<Etcd>,
+}
+
+/// `[state.etcd]`, validated. Only a binary built with the `etcd` feature accepts it.
+#[derive(Clone, PartialEq)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+    /// Ends with `/`.
+    pub prefix: String,
+    pub username: Option<String>,
+    /// Where the password is read from at start (it is never kept in the config or logged).
+    pub password: Option<Secret>,
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub timeout: Duration,
+    pub replica: String,
+}
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| "<from file or env>"),
+            )
+            .field("ca", &self.ca)
+            .field("identity", &self.identity)
+            .field("timeout", &self.timeout)
+            .field("replica", &self.replica)
+            .finish()
+    }
 }
 
 /// Access log format.

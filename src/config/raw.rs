@@ -84,6 +84,32 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Option<String>,
+    /// `file` (the default) or `etcd`.
+    pub backend: Option<Spanned<String>>,
+    pub etcd: Option<Spanned<RawEtcd>>,
+}
+
+/// `[state.etcd]`: the shared store of a fleet's runtime state (`backend = "etcd"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    /// File holding the password (a Secret mount); never logged.
+    pub password_file: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<Spanned<String>>,
+    /// CA certificate (PEM) that signs the etcd servers' certificates: turns TLS on.
+    pub ca: Option<String>,
+    /// Client certificate and key (PEM), for etcd's client-certificate authentication.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// How long one request to etcd may take (an admin change answers 503 past it).
+    pub timeout: Option<Spanned<String>>,
+    /// This replica's name in the fleet (default: host name and PID).
+    pub replica: Option<Spanned<String>>,
 }
 
 /// `[log]`: access log format and sampling.

@@ -59,9 +59,7 @@ fn build(sink: &mut Sink, base: &Path, path: &Path, text: &str, raw: RawConfig) 
     if let (Some(s), Some(a)) = (&server, &admin) {
         distinct_listeners(sink, s, a, admin_span);
     }
-    let state = State {
-        dir: resolve(base, raw.state.dir.as_deref().unwrap_or("state")),
-    };
+    let state = state(sink, base, raw.state);
     let log = log(sink, raw.log);
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut name_spans = Vec::with_capacity(raw.routes.len());
@@ -361,6 +359,188 @@ fn server(sink: &mut Sink, base: &Path, raw: RawServer) -> Option<Server> {
         ),
     };
     Some(s)
+}
+
+/// `[state]`: the state directory, and the etcd store when `backend = "etcd"`.
+fn state(sink: &mut Sink, base: &Path, raw: RawState) -> State {
+    let dir = resolve(base, raw.dir.as_deref().unwrap_or("state"));
+    let etcd_span = raw.etcd.as_ref().map_or(0..0, |e| e.span());
+    let etcd = match raw.backend.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("file") => {
+            if raw.etcd.is_some() {
+                sink.push(
+                    etcd_span,
+                    "state.etcd",
+                    "[state.etcd] is set but the backend is `file`; add `backend = \"etcd\"` to [state] to use it",
+                );
+            }
+            None
+        }
+        Some("etcd") if !cfg!(feature = "etcd") => {
+            sink.push(
+                raw.backend.as_ref().expect("matched").span(),
+                "state.backend",
+                "this flipgate was built without etcd support; build it with `cargo build --release --features etcd` (needs `protoc`: apt-get install protobuf-compiler), or use backend = \"file\"",
+            );
+            None
+        }
+        Some("etcd") => match raw.etcd {
+            None => {
+                sink.push(
+                    raw.backend.as_ref().expect("matched").span(),
+                    "state.backend",
+                    "backend = \"etcd\" needs a [state.etcd] table with `endpoints`",
+                );
+                None
+            }
+            Some(e) => etcd(sink, base, etcd_span, e.into_inner()),
+        },
+        Some(other) => {
+            sink.push(
+                raw.backend.as_ref().expect("matched").span(),
+                "state.backend",
+                format!(
+                    "unknown state backend `{}`; expected \"file\" or \"etcd\"",
+                    quote(other)
+                ),
+            );
+            None
+        }
+    };
+    State { dir, etcd }
+}
+
+/// Default `[state.etcd] prefix`.
+const DEFAULT_ETCD_PREFIX: &str = "/flipgate/";
+
+fn etcd(sink: &mut Sink, base: &Path, span: Range<usize>, raw: RawEtcd) -> Option<Etcd> {
+    if raw.endpoints.is_empty() {
+        sink.push(
+            span,
+            "state.etcd.endpoints",
+            "no endpoints; example: endpoints = [\"http://127.0.0.1:2379\"]",
+        );
+        return None;
+    }
+    let mut endpoints = Vec::with_capacity(raw.endpoints.len());
+    for e in raw.endpoints {
+        let text = e.get_ref();
+        let ok = text.parse::<http::Uri>().ok().filter(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if ok.is_none() {
+            sink.push(
+                e.span(),
+                "state.etcd.endpoints",
+                format!(
+                    "`{}` is not an etcd endpoint URL (example: \"http://10.0.0.5:2379\")",
+                    quote(text)
+                ),
+            );
+        }
+        endpoints.push(e.into_inner());
+    }
+    let prefix = match raw.prefix {
+        None => DEFAULT_ETCD_PREFIX.to_string(),
+        Some(p) if p.get_ref().is_empty() => {
+            sink.push(
+                p.span(),
+                "state.etcd.prefix",
+                "prefix must not be empty (example: \"/flipgate/\")",
+            );
+            DEFAULT_ETCD_PREFIX.to_string()
+        }
+        Some(p) if p.get_ref().ends_with('/') => p.into_inner(),
+        Some(p) => format!("{}/", p.into_inner()),
+    };
+    let password = match (raw.password_file, raw.password_env) {
+        (Some(_), Some(e)) => {
+            sink.push(
+                e.span(),
+                "state.etcd.password_env",
+                "set password_file or password_env, not both",
+            );
+            None
+        }
+        (Some(f), None) => Some(Secret::File(resolve(base, &f))),
+        (None, Some(e)) => Some(Secret::Env(e.into_inner())),
+        (None, None) => None,
+    };
+    let username = raw.username.map(Spanned::into_inner);
+    if password.is_some() != username.is_some() {
+        sink.push(
+            span.clone(),
+            "state.etcd.username",
+            "username and a password (password_file or password_env) go together",
+        );
+    }
+    let identity = match (raw.cert, raw.key) {
+        (Some(c), Some(k)) => Some((resolve(base, &c), resolve(base, &k))),
+        (None, None) => None,
+        _ => {
+            sink.push(
+                span.clone(),
+                "state.etcd.cert",
+                "a client certificate needs both `cert` and `key`",
+            );
+            None
+        }
+    };
+    if raw.ca.is_none() {
+        if let Some(e) = endpoints.iter().find(|e| e.starts_with("https:")) {
+            sink.push(
+                span.clone(),
+                "state.etcd.ca",
+                format!("endpoint `{}` uses TLS: set `ca` to the CA certificate (PEM) that signs etcd's certificates", quote(e)),
+            );
+        }
+    }
+    if identity.is_some() && raw.ca.is_none() {
+        sink.push(
+            span,
+            "state.etcd.ca",
+            "a client certificate needs TLS: set `ca` too",
+        );
+    }
+    let replica = match raw.replica {
+        Some(r) if r.get_ref().is_empty() || r.get_ref().contains('/') => {
+            sink.push(
+                r.span(),
+                "state.etcd.replica",
+                "a replica name is not empty and has no `/`",
+            );
+            None
+        }
+        Some(r) => Some(r.into_inner()),
+        None => None,
+    };
+    Some(Etcd {
+        endpoints,
+        prefix,
+        username,
+        password,
+        ca: raw.ca.map(|c| resolve(base, &c)),
+        identity,
+        timeout: duration(
+            sink,
+            raw.timeout,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+            "state.etcd.timeout",
+        ),
+        replica: replica.unwrap_or_else(default_replica),
+    })
+}
+
+/// This replica's default name: the host name (a Kubernetes pod's name) and the PID.
+fn default_replica() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().replace('/', "_"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flipgate".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn admin(sink: &mut Sink, base: &Path, raw: RawAdmin) -> Option<Admin> {

@@ -16,6 +16,8 @@ const CAPACITY: usize = 100;
 pub struct Event {
     /// Unix seconds.
     pub at: u64,
+    /// Unix milliseconds (the same instant, for the charts' time axis).
+    pub at_ms: u64,
     /// `flip`, `promote`, `canary`, `rollback`, `trip`, `reset`, `reload`, `reload_rejected`,
     /// `route_removed`, `state_restored`, `state_dropped`; about the state file: `persist_failed`,
     /// `persisted` (again, after failures), `state_corrupt`, `takeover` (this process became its
@@ -51,8 +53,10 @@ impl Events {
         if q.len() == CAPACITY {
             q.pop_front();
         }
+        let at_ms = crate::control::unix_ms();
         q.push_back(Event {
-            at: crate::clock::unix_secs(),
+            at: at_ms / 1000,
+            at_ms,
             kind,
             route: route.map(str::to_string),
             message,

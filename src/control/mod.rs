@@ -33,11 +33,21 @@
 //! decisions). Dropping for good a state set aside by a route's removal is a warning and a
 //! `state_dropped` event. A follower takes in the owner's parked states with the same three-way
 //! merge (per route name) as its live states.
+//!
+//! With a shared store (`[state] backend = "etcd"`, `state::shared`): a change is computed under
+//! the lock, then written by compare-and-swap on the route key's revision it was computed from
+//! *without* the lock, and applied only once the store took it (a lost race: the winner's state is
+//! taken in and the change refused as `Raced`, which `act` re-applies; an unreachable store:
+//! `StoreDown`, nothing applied). Keys the store's thread hands in (`take_in`) are served only
+//! while they were made against the route's split in this process's file (else the file's split
+//! serves and the route is listed as behind). A circuit trip is applied at once and handed to the
+//! store conditioned on the revision it judged. The state file stays this process's local copy.
 
 pub mod circuit;
 pub mod drain;
 pub mod events;
 pub mod health_check;
+pub mod history;
 pub mod reload;
 pub mod rollout;
 pub mod state;
@@ -54,6 +64,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigErrors, Route};
 use crate::control::events::Events;
 use crate::control::state::lock::{self, Attempt};
+use crate::control::state::shared::{self, Cas, StoreStatus};
 use crate::control::state::writer::{pid_text, Ownership, PersistStatus, Writer};
 use crate::control::state::{
     FileSplit, Loaded, Parked, Persisted, RouteState, Routes, Saved, Source, Store, Trip,
@@ -86,6 +97,13 @@ pub enum ControlError {
     NotOwner(Option<u32>),
     #[error("changes are refused: {0}")]
     Blocked(String),
+    /// Another replica changed the route at the same moment (a lost compare-and-swap); this
+    /// replica now serves that change and applied nothing.
+    #[error("{0}")]
+    Raced(String),
+    /// The shared state store did not take the change; nothing was applied.
+    #[error("the shared state store is unreachable ({0}); nothing was applied: this replica keeps serving the last state it knows, retry when the store is back")]
+    StoreDown(String),
 }
 
 impl ControlError {
@@ -94,8 +112,10 @@ impl ControlError {
         match self {
             ControlError::UnknownRoute(_) => 404,
             ControlError::UnknownTarget { .. } | ControlError::Rejected(_) => 422,
-            ControlError::Conflict(_) => 409,
-            ControlError::NotOwner(_) | ControlError::Blocked(_) => 503,
+            ControlError::Conflict(_) | ControlError::Raced(_) => 409,
+            ControlError::NotOwner(_) | ControlError::Blocked(_) | ControlError::StoreDown(_) => {
+                503
+            }
         }
     }
 }
@@ -166,6 +186,12 @@ struct Inner {
     /// The state file as this process last read it: the base of the three-way merge while
     /// another process owns it.
     base: Saved,
+    /// With a shared store: each route's key as last seen (revision, value; `None`: absent).
+    remote: HashMap<String, (i64, Option<Persisted>)>,
+    /// With a shared store: routes whose state holds a circuit trip not yet written to it, and the
+    /// key revision it was judged on. Until the key moves past it, the key does not replace the
+    /// trip here; once it does, the trip was written or a newer decision won.
+    trips_pending: HashMap<String, i64>,
 }
 
 /// The control plane's single entry point.
@@ -180,7 +206,14 @@ pub struct Control {
     pub events: Arc<Events>,
     /// The circuit task's running sequential evidence per route (`circuit::analysis`).
     pub analysis: circuit::analysis::Board,
+    /// Every target's recent rate, errors and p99, for charts (`history`, its own sampling task).
+    pub history: Arc<history::History>,
     writer: Writer,
+    /// The shared state store, when `[state] backend` is not `file` (set once, at start).
+    shared: std::sync::OnceLock<Arc<dyn shared::Backend>>,
+    /// Routes whose shared state was made against another split of the file (published, so
+    /// status never waits for the control lock).
+    behind: ArcSwap<Vec<String>>,
     inner: Mutex<Inner>,
 }
 
@@ -290,6 +323,13 @@ impl Control {
             &metrics,
             &events,
         );
+        // Trips a shared store has not taken yet, for the routes whose state was restored.
+        let trips_pending: HashMap<String, i64> = persisted
+            .routes
+            .iter()
+            .filter(|(name, p)| states.get(*name) == Some(&p.state))
+            .filter_map(|(name, p)| Some((name.clone(), p.trip_pending_at?)))
+            .collect();
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             published: watch::Sender::new(0),
@@ -301,7 +341,10 @@ impl Control {
             metrics,
             events,
             analysis: Default::default(),
+            history: Arc::new(history::History::new(history::interval_from_env())),
             writer,
+            shared: std::sync::OnceLock::new(),
+            behind: ArcSwap::from_pointee(Vec::new()),
             inner: Mutex::new(Inner {
                 config: Arc::new(config),
                 states,
@@ -310,6 +353,8 @@ impl Control {
                 generation: 0,
                 submitted: None,
                 base: persisted,
+                remote: HashMap::new(),
+                trips_pending,
             }),
         });
         let weak = Arc::downgrade(&control);
@@ -389,6 +434,9 @@ impl Control {
     /// Stops the state writer after it has written what is pending, releasing the state
     /// directory's lock (waits at most a few seconds for a slow disk).
     pub async fn close(&self) {
+        if let Some(store) = self.shared.get() {
+            store.stop();
+        }
         self.writer.stop();
         let mut rx = self.writer.subscribe();
         let _ = tokio::time::timeout(CLOSE_WAIT, rx.wait_for(|s| s.stopped)).await;
@@ -488,6 +536,12 @@ impl Control {
         inner.states = states;
         inner.splits = splits;
         inner.parked = parked;
+        // A route whose file split now matches the shared store's state follows the store.
+        let names: Vec<String> = inner.remote.keys().cloned().collect();
+        for name in names {
+            follow(&mut inner, &name);
+        }
+        self.behind.store(Arc::new(behind(&inner)));
         self.last_reload.store(Arc::new(ReloadStatus {
             result: "success",
             error: None,
@@ -531,22 +585,32 @@ impl Control {
         action: Action,
         require_healthy: bool,
     ) -> Result<Applied, ControlError> {
-        self.change(route, |r, s, now| {
-            if require_healthy {
-                let to = match &action {
-                    Action::Flip { target: Some(t) } => Some(t.clone()),
-                    Action::Flip { target: None } => default_other(r, s, "").ok(),
-                    Action::Promote => s.canary_target.clone().filter(|_| s.canary_bp > 0),
-                    _ => None,
-                };
-                if let Some(to) = to.filter(|t| *t != s.live) {
-                    self.require_healthy(&r.name, &to)?;
+        // With a shared store, a replica that lost a race re-applies the action to the state the
+        // winner wrote (it has taken it in), a few times at most.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.change(route, |r, s, now| {
+                if require_healthy {
+                    let to = match &action {
+                        Action::Flip { target: Some(t) } => Some(t.clone()),
+                        Action::Flip { target: None } => default_other(r, s, "").ok(),
+                        Action::Promote => s.canary_target.clone().filter(|_| s.canary_bp > 0),
+                        _ => None,
+                    };
+                    if let Some(to) = to.filter(|t| *t != s.live) {
+                        self.require_healthy(&r.name, &to)?;
+                    }
                 }
+                let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
+                rollout::interrupted(r, s, kind, now, &self.metrics);
+                Ok((kind, message))
+            });
+            match result {
+                Err(ControlError::Raced(_)) if tries < CAS_TRIES => {}
+                other => return other,
             }
-            let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
-            rollout::interrupted(r, s, kind, now, &self.metrics);
-            Ok((kind, message))
-        })
+        }
     }
 
     /// Refuses (409, with the verdict) unless `target` of `route` is judged healthy now.
@@ -570,10 +634,176 @@ impl Control {
         }
     }
 
+    /// Connects the shared state store (once, at start, before serving).
+    pub fn set_shared(&self, backend: Arc<dyn shared::Backend>) {
+        let _ = self.shared.set(backend);
+        self.metrics.state_backend_up.set(0);
+    }
+
+    /// The shared state store's health, when there is one.
+    pub fn store_status(&self) -> Option<StoreStatus> {
+        self.shared.get().map(|b| {
+            let mut s = b.status();
+            s.routes_behind = (**self.behind.load()).clone();
+            s
+        })
+    }
+
+    /// The state in force, each route with the split it was made against (to seed an empty
+    /// shared store).
+    pub fn persisted_now(&self) -> Routes {
+        let mut routes = persisted_routes(&self.lock());
+        for p in routes.values_mut() {
+            p.trip_pending_at = None;
+        }
+        routes
+    }
+
+    /// Takes in a route's key as the shared store has it now (revision `rev`; `None`: absent):
+    /// served if it was made against this replica's file split, else kept until the file catches
+    /// up. Older revisions than one already seen are ignored. Called by the store's thread.
+    pub fn take_in(&self, route: &str, rev: i64, value: Option<Persisted>) {
+        let mut inner = self.lock();
+        if inner.remote.get(route).is_some_and(|(r, _)| *r >= rev) {
+            return;
+        }
+        let resolved = saw(&mut inner, route, rev, value);
+        self.behind.store(Arc::new(behind(&inner)));
+        if resolved {
+            self.record(&mut inner);
+        }
+        if follow(&mut inner, route) {
+            self.events.push(
+                "adopt",
+                Some(route),
+                format!(
+                    "followed the fleet's shared state: {}",
+                    describe(&inner.states[route])
+                ),
+            );
+            self.publish(&mut inner);
+            self.record(&mut inner);
+        }
+    }
+
+    /// Each route's key revision in the shared store as last seen (what a trip is conditioned on).
+    pub fn revisions(&self) -> HashMap<String, i64> {
+        let inner = self.lock();
+        inner
+            .remote
+            .iter()
+            .map(|(n, (rev, _))| (n.clone(), *rev))
+            .collect()
+    }
+
+    /// Circuit trips not yet written to the shared store (restored from the state file at start):
+    /// route, the key revision each was judged on, and the state to write.
+    pub fn trips_pending(&self) -> Vec<(String, i64, Persisted)> {
+        let inner = self.lock();
+        let routes = persisted_routes(&inner);
+        inner
+            .trips_pending
+            .iter()
+            .filter_map(|(name, at)| {
+                let mut p = routes.get(name)?.clone();
+                p.trip_pending_at = None;
+                Some((name.clone(), *at, p))
+            })
+            .collect()
+    }
+
+    /// Routes whose stored state was made against another split of the route file.
+    pub fn routes_behind(&self) -> Vec<String> {
+        (**self.behind.load()).clone()
+    }
+
     /// Changes one route's state with `f` (route, its state, now in unix ms), which says what it
     /// did (event kind and message) or refuses (then nothing changes). Like `act`: published,
     /// handed to the state writer, refused while another process owns the state.
     pub(crate) fn change(
+        &self,
+        route: &str,
+        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
+        match self.shared.get() {
+            Some(store) => self.change_shared(store.as_ref(), route, f),
+            None => self.change_local(route, f),
+        }
+    }
+
+    /// `change` with a shared store: the new state is computed under the control lock, written to
+    /// the store with a compare-and-swap on the revision it was computed from (without the lock),
+    /// and in force only once the store took it. A lost race takes in the winner's state and is
+    /// a `Conflict`; an unreachable store a `StoreDown`; either way nothing is applied.
+    fn change_shared(
+        &self,
+        store: &dyn shared::Backend,
+        route: &str,
+        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
+        // Known to be away: refused before anything is computed (or counted).
+        let health = store.status();
+        if !health.up && self.config().route(route).is_some() {
+            return Err(ControlError::StoreDown(
+                health.error.unwrap_or_else(|| "unreachable".into()),
+            ));
+        }
+        let (rev, value, kind, message) = {
+            let inner = self.lock();
+            let config = inner.config.clone();
+            let r = config
+                .route(route)
+                .ok_or_else(|| ControlError::UnknownRoute(route.into()))?;
+            match self.writer.status().ownership {
+                Ownership::Owner => {}
+                Ownership::Follower { pid } => return Err(ControlError::NotOwner(pid)),
+                Ownership::Blocked { reason } => return Err(ControlError::Blocked(reason)),
+            }
+            let mut s = inner
+                .states
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| RouteState::from_file(r));
+            let (kind, message) = f(r, &mut s, unix_ms())?;
+            let split = inner
+                .splits
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| FileSplit::of(r));
+            let rev = inner.remote.get(route).map_or(0, |(rev, _)| *rev);
+            (rev, Persisted::new(r, split, s), kind, message)
+        };
+        match store.cas(route, rev, &value) {
+            Cas::Accepted(new_rev) => {
+                let mut inner = self.lock();
+                saw(&mut inner, route, new_rev, Some(value));
+                // Served like any key taken in (the watch may have done it already, or brought
+                // a newer one): only while it fits the split of the file in force, which a
+                // reload may have changed meanwhile.
+                self.behind.store(Arc::new(behind(&inner)));
+                let generation = if follow(&mut inner, route) {
+                    self.publish(&mut inner)
+                } else {
+                    inner.generation
+                };
+                let version = self.record(&mut inner);
+                self.events.push(kind, Some(route), message);
+                Ok(Applied {
+                    generation,
+                    version,
+                })
+            }
+            Cas::Conflict(now_rev, now) => {
+                self.take_in(route, now_rev, now.map(|p| *p));
+                Err(ControlError::Raced(format!(
+                    "route `{route}` was changed through another replica meanwhile; this replica now serves that change: check it and retry"
+                )))
+            }
+            Cas::Down(why) => Err(ControlError::StoreDown(why)),
+        }
+    }
+
+    fn change_local(
         &self,
         route: &str,
         f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
@@ -625,45 +855,109 @@ impl Control {
         let Some(r) = inner.config.route(route).cloned() else {
             return false;
         };
-        let mut s = inner
+        let current = inner
             .states
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(&r));
-        if s != *seen
-            || current_candidate(&s, now_unix_ms).as_deref() != Some(candidate)
-            || s.tripped.is_some()
+        if current != *seen
+            || current_candidate(&current, now_unix_ms).as_deref() != Some(candidate)
+            || current.tripped.is_some()
         {
             return false;
         }
-        if s.canary_bp > 0 && s.canary_target.as_deref() == Some(candidate) {
+        let mut s = current.clone();
+        let live_moved = if s.canary_bp > 0 && s.canary_target.as_deref() == Some(candidate) {
             s.canary_bp = 0;
             s.canary_source = Source::Circuit;
+            false
         } else if let Some(prev) = s.previous.take() {
             s.live = prev;
             s.live_source = Source::Circuit;
             s.bake_until_unix_ms = None;
-            self.metrics.flips.with_label_values(&[route]).inc();
+            true
         } else {
             return false;
-        }
-        self.metrics
-            .rollbacks
-            .with_label_values(&[route, kind])
-            .inc();
+        };
         let message = format!(
             "circuit tripped on `{candidate}`: {}; rolled back, live is now `{}`",
             trip.reason, s.live
         );
-        rollout::on_trip(route, &mut s, &trip.reason, now_unix_ms, &self.metrics);
+        let rollout_ended = rollout::end_on_trip(&mut s, &trip.reason, now_unix_ms);
         s.tripped = Some(trip);
+        if let Some(store) = self.shared.get() {
+            let rev = inner.remote.get(route).map_or(0, |(rev, _)| *rev);
+            let split = inner
+                .splits
+                .get(route)
+                .cloned()
+                .unwrap_or_else(|| FileSplit::of(&r));
+            let value = Persisted::new(&r, split, s.clone());
+            if store.status().up {
+                // Fleet-wide first: a compare-and-swap on the revision the verdict was reached
+                // on, so of all the replicas judging the same sums exactly one rolls back, and a
+                // verdict on a state an operator changed since is dropped.
+                drop(inner);
+                match store.cas(route, rev, &value) {
+                    Cas::Accepted(new_rev) => {
+                        // Counted before it is published, as for a trip in force at once.
+                        self.count_trip(route, kind, live_moved, rollout_ended);
+                        inner = self.lock();
+                        saw(&mut inner, route, new_rev, Some(value));
+                        if follow(&mut inner, route) {
+                            self.publish(&mut inner);
+                            self.record(&mut inner);
+                        }
+                        drop(inner);
+                        self.events.push("trip", Some(route), message);
+                        return true;
+                    }
+                    Cas::Conflict(now_rev, now) => {
+                        // Another replica's trip, or a newer decision: that state serves here.
+                        self.take_in(route, now_rev, now.map(|p| *p));
+                        return false;
+                    }
+                    // Unreachable after all: trip here, write it when the store is back.
+                    Cas::Down(_) => {
+                        inner = self.lock();
+                        if inner.states.get(route) != Some(&current) {
+                            return false;
+                        }
+                        store.trip(route, rev, value);
+                        inner.trips_pending.insert(route.to_string(), rev);
+                    }
+                }
+            } else {
+                // The store is away: in force here at once (it only moves traffic to the safe
+                // side), written when the store is back unless the route's key moved meanwhile.
+                store.trip(route, rev, value);
+                inner.trips_pending.insert(route.to_string(), rev);
+            }
+        }
+        self.count_trip(route, kind, live_moved, rollout_ended);
         inner.states.insert(route.to_string(), s);
         // A newer decision than any parked state of the route: it must not come back.
         inner.parked.remove(route);
         self.publish(&mut inner);
         self.record(&mut inner);
+        drop(inner);
         self.events.push("trip", Some(route), message);
         true
+    }
+
+    /// The metrics of a trip in force: a rollback by the circuit, a flip if it moved the live
+    /// target, a rollout ended as rolled back.
+    fn count_trip(&self, route: &str, kind: &str, live_moved: bool, rollout_ended: bool) {
+        if live_moved {
+            self.metrics.flips.with_label_values(&[route]).inc();
+        }
+        self.metrics
+            .rollbacks
+            .with_label_values(&[route, kind])
+            .inc();
+        if rollout_ended {
+            rollout::count_rolled_back(&self.metrics, route);
+        }
     }
 
     /// Takes in what the state file's owner wrote (`disk`, when read) with a three-way merge per
@@ -815,6 +1109,66 @@ impl Control {
     }
 }
 
+/// How many times `act` re-applies an action after losing a compare-and-swap race.
+const CAS_TRIES: u32 = 3;
+
+/// Records a route's key at revision `rev` (`value`: `None` when absent) unless a newer one was
+/// seen; a pending trip judged on an older revision is resolved by it (written, or overtaken by a
+/// newer decision). Returns whether a pending trip was resolved.
+fn saw(inner: &mut Inner, route: &str, rev: i64, value: Option<Persisted>) -> bool {
+    if inner.remote.get(route).is_none_or(|(r, _)| *r < rev) {
+        inner.remote.insert(route.to_string(), (rev, value));
+    }
+    let resolved = inner.trips_pending.get(route).is_some_and(|at| *at < rev);
+    if resolved {
+        inner.trips_pending.remove(route);
+    }
+    resolved
+}
+
+/// Routes whose shared state was made against another split than this replica's file has.
+fn behind(inner: &Inner) -> Vec<String> {
+    let mut v: Vec<String> = inner
+        .remote
+        .iter()
+        .filter(|(name, (_, p))| {
+            let Some(r) = inner.config.route(name) else {
+                return false;
+            };
+            p.as_ref().is_some_and(|p| !p.made_against(r))
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Serves route `name`'s state from the shared store's key if it was made against the route's
+/// split in this replica's file (and names only its targets); returns whether the state changed.
+fn follow(inner: &mut Inner, name: &str) -> bool {
+    let Some(route) = inner.config.route(name) else {
+        return false;
+    };
+    let Some((rev, Some(p))) = inner.remote.get(name) else {
+        return false;
+    };
+    // A trip of this replica not yet written, judged on this very key: it is the newer decision.
+    if inner.trips_pending.get(name).is_some_and(|at| at >= rev) {
+        return false;
+    }
+    if !p.made_against(route) || !state_fits(route, &p.state) {
+        return false;
+    }
+    let mut s = p.state.clone();
+    drain::prune(route, &mut s);
+    if inner.states.get(name) == Some(&s) {
+        return false;
+    }
+    inner.states.insert(name.to_string(), s);
+    inner.parked.remove(name);
+    true
+}
+
 /// The persisted form of the route states in force: each with the split it was made against.
 fn persisted_routes(inner: &Inner) -> Routes {
     inner
@@ -823,7 +1177,9 @@ fn persisted_routes(inner: &Inner) -> Routes {
         .filter_map(|(name, state)| {
             let route = inner.config.route(name)?;
             let split = inner.splits.get(name)?.clone();
-            Some((name.clone(), Persisted::new(route, split, state.clone())))
+            let mut p = Persisted::new(route, split, state.clone());
+            p.trip_pending_at = inner.trips_pending.get(name).copied();
+            Some((name.clone(), p))
         })
         .collect()
 }
@@ -1289,6 +1645,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.state.dir != new.state.dir {
         v.push("state.dir");
+    }
+    if old.state.etcd != new.state.etcd {
+        v.push("state.backend/state.etcd");
     }
     v
 }

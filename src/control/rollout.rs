@@ -14,7 +14,7 @@
 //!   candidate served at least `min_requests` in it, and the circuit neither tripped nor would
 //!   trip now.
 //! - A circuit trip ends the rollout as `rolled_back` in the same state change that rolls the
-//!   canary back (`on_trip`), so no later step can follow it. An operator's split change (flip,
+//!   canary back (`end_on_trip`), so no later step can follow it. An operator's split change (flip,
 //!   canary, promote, rollback) ends it as `aborted`, as does the route file changing the route's
 //!   split. An ended rollout stays visible (result and reason) until the next one starts.
 //! - Every change the task asks for carries the rollout it was decided on; if the state changed
@@ -294,22 +294,25 @@ pub(crate) fn interrupted(
     }
 }
 
-/// The circuit rolls `s` back: a rollout in progress ends as `rolled_back` in the same change.
-pub(crate) fn on_trip(
-    route: &str,
-    s: &mut RouteState,
-    reason: &str,
-    now_unix_ms: u64,
-    metrics: &Metrics,
-) {
-    if let Some(r) = s.rollout.as_mut().filter(|r| r.phase.active()) {
-        r.end(
-            Phase::RolledBack,
-            format!("circuit tripped: {reason}"),
-            now_unix_ms,
-        );
-        count(metrics, route, Phase::RolledBack);
+/// The circuit rolls `s` back: a rollout in progress ends as `rolled_back` in the same change
+/// (returns whether one did; `count_rolled_back` counts it once the trip is in force).
+pub(crate) fn end_on_trip(s: &mut RouteState, reason: &str, now_unix_ms: u64) -> bool {
+    match s.rollout.as_mut().filter(|r| r.phase.active()) {
+        Some(r) => {
+            r.end(
+                Phase::RolledBack,
+                format!("circuit tripped: {reason}"),
+                now_unix_ms,
+            );
+            true
+        }
+        None => false,
     }
+}
+
+/// Counts a rollout ended by a trip (`end_on_trip`), once the trip is in force.
+pub(crate) fn count_rolled_back(metrics: &Metrics, route: &str) {
+    count(metrics, route, Phase::RolledBack);
 }
 
 /// The route file changed the route's split: a rollout in progress ends as `aborted` (the file is

@@ -15,7 +15,7 @@ use crate::observe::labels::{
 };
 
 /// Latency buckets for a proxy: 100 µs .. 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
@@ -36,6 +36,9 @@ pub struct Metrics {
     pub flips: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
+    /// 1 while the runtime state's store answers (always for the file backend), 0 while a shared
+    /// store (etcd) is unreachable.
+    pub state_backend_up: IntGauge,
     pub config_generation: IntGauge,
     pub open_tunnels: IntGaugeVec,
     /// Admin requests refused before any handler ran, by `admin::guard::Refusal::reason`.
@@ -153,6 +156,39 @@ impl TargetMetrics {
     #[inline]
     pub fn local_error(&self, kind: LocalErrorKind) {
         self.local[kind as usize].inc();
+    }
+}
+
+/// One target's cumulative counts, as `control::history` samples them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `requests_total`, all classes.
+    pub requests: u64,
+    /// `requests_total{code="5xx"}`.
+    pub errors: u64,
+    /// `request_duration_seconds`: the cumulative count at each bound of `LATENCY_BUCKETS`.
+    pub buckets: Vec<u64>,
+    /// `request_duration_seconds_count` (the `+Inf` bucket).
+    pub observed: u64,
+}
+
+impl TargetMetrics {
+    /// This target's cumulative counts. Off the request path: atomic loads, and the histogram's
+    /// collect lock, which recording never takes (the same read a `/metrics` scrape does).
+    pub fn counts(&self) -> Counts {
+        use prometheus::core::Metric;
+        let m = self.duration.metric();
+        let h = m.get_histogram();
+        Counts {
+            requests: self.requests.iter().map(IntCounter::get).sum(),
+            errors: self.requests[4].get(),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .map(|b| b.cumulative_count())
+                .collect(),
+            observed: h.get_sample_count(),
+        }
     }
 }
 
@@ -332,6 +368,11 @@ impl Metrics {
             "config_last_reload_success",
             "1 if the last route file reload succeeded.",
         )));
+        let state_backend_up = must(IntGauge::with_opts(opts(
+            "state_backend_up",
+            "1 while the runtime state's store answers (always for the file backend), 0 while the shared store (etcd) is unreachable.",
+        )));
+        state_backend_up.set(1);
         let config_generation = must(IntGauge::with_opts(opts(
             "config_generation",
             "Generation of the snapshot serving traffic; grows with every published change.",
@@ -391,6 +432,7 @@ impl Metrics {
             Box::new(flips.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
+            Box::new(state_backend_up.clone()),
             Box::new(config_generation.clone()),
             Box::new(open_tunnels.clone()),
             Box::new(admin_refusals.clone()),
@@ -430,6 +472,7 @@ impl Metrics {
             flips,
             config_reloads,
             config_last_reload_success,
+            state_backend_up,
             config_generation,
             open_tunnels,
             admin_refusals,

@@ -635,8 +635,9 @@ pub fn verdict(route: &RouteEntry, target: &str, now_ms: u64) -> Verdict {
         };
     }
     let window = humantime::format_duration(t.window.length());
-    let ct = t.window.totals(now_ms);
-    let lt = live.window.totals(now_ms);
+    // With a shared store, the fleet's sums (`Window::fleet`: zero without one).
+    let ct = t.window.totals(now_ms).plus(t.window.fleet());
+    let lt = live.window.totals(now_ms).plus(live.window.fleet());
     let (cand, reference) = (Counts::from(ct), Counts::from(lt));
     let against_live = c.compare == Compare::Live;
     if let Some(why) = super::threshold_reason(c, "target", ct, against_live.then_some(lt)) {

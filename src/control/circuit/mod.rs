@@ -57,7 +57,8 @@ pub fn evaluate(
     }
     let candidate = current_candidate(&route.state, now_unix_ms)?;
     let cand = route.targets.iter().find(|t| *t.name == *candidate)?;
-    let t = cand.window.totals(now_ms);
+    // With a shared store, the sum over the fleet (`Window::fleet`: zero without one).
+    let t = cand.window.totals(now_ms).plus(cand.window.fleet());
     let role = if route.state.canary_bp > 0 {
         "canary"
     } else {
@@ -73,7 +74,8 @@ pub fn evaluate(
     if t.requests >= c.min_requests {
         let live = match c.compare {
             Compare::Live if candidate != route.state.live => {
-                Some(route.targets.get(route.split.live)?.window.totals(now_ms))
+                let live = &route.targets.get(route.split.live)?.window;
+                Some(live.totals(now_ms).plus(live.fleet()))
             }
             _ => None,
         };

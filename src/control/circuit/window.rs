@@ -80,6 +80,15 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The sum of two totals (this replica's and the rest of the fleet's).
+    pub fn plus(self, o: Totals) -> Totals {
+        Totals {
+            requests: self.requests.saturating_add(o.requests),
+            errors: self.errors.saturating_add(o.errors),
+            slow: self.slow.saturating_add(o.slow),
+        }
+    }
+
     /// Error share of requests; 0 when there were none.
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
@@ -114,6 +123,9 @@ pub struct Window {
     /// Latency above which a request counts as slow; `u64::MAX` when unused.
     slow_ms: u64,
     buckets: [Bucket; BUCKETS],
+    /// The other replicas' totals for this target (requests, errors, slow), set about once a
+    /// second by the shared state store (`state::etcd`); zero without one.
+    fleet: [AtomicU64; 3],
 }
 
 impl Window {
@@ -130,7 +142,24 @@ impl Window {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
             }),
             buckets: Default::default(),
+            fleet: Default::default(),
         }
+    }
+
+    /// The other replicas' totals, as last set.
+    pub fn fleet(&self) -> Totals {
+        Totals {
+            requests: self.fleet[0].load(Relaxed),
+            errors: self.fleet[1].load(Relaxed),
+            slow: self.fleet[2].load(Relaxed),
+        }
+    }
+
+    /// Sets the other replicas' totals (the shared store's thread, never the request path).
+    pub fn set_fleet(&self, t: Totals) {
+        self.fleet[0].store(t.requests, Relaxed);
+        self.fleet[1].store(t.errors, Relaxed);
+        self.fleet[2].store(t.slow, Relaxed);
     }
 
     /// The window's length.
@@ -244,6 +273,7 @@ impl Window {
                 l.store(0, Relaxed);
             }
         }
+        self.set_fleet(Totals::default());
     }
 }
 

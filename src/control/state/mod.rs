@@ -15,7 +15,10 @@
 //! files written before `parked` existed read as having none, and it is written only when there is
 //! some, so a file without parked state reads the same to an older binary.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod lock;
+pub mod shared;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -171,6 +174,12 @@ pub struct Persisted {
     #[serde(default)]
     pub fingerprint: u64,
     pub state: RouteState,
+    /// With a shared store (`[state] backend = "etcd"`): `state` holds a circuit trip taken while
+    /// the store was away, judged on the store's key at this revision and not yet written there;
+    /// kept across a restart so the trip is still written when the store is back. Written only
+    /// when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trip_pending_at: Option<i64>,
 }
 
 impl Persisted {
@@ -180,6 +189,7 @@ impl Persisted {
             split: Some(split),
             fingerprint: legacy_fingerprint(route),
             state,
+            trip_pending_at: None,
         }
     }
 
