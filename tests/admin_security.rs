@@ -757,16 +757,7 @@ fn admin_settings_are_validated() {
 /// flipped the route to green.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_in_a_real_browser_cannot_change_state() {
-    let Some(bin) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
-        eprintln!("SKIPPED: no chromium installed (Debian: apt-get install chromium); no browser attack was run");
+    let Some(bin) = browser::chromium("no browser attack was run") else {
         return;
     };
     let blue = spawn_upstream("blue").await;
@@ -816,29 +807,7 @@ Promise.all([
         }
     });
     let before = refusals(&c, &gw, "cross_origin").await;
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&site_url)
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), out)
-        .await
-        .expect("chromium finishes within 90 s")
-        .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let (dom, _) = browser::run(bin, &site_url, &["--dump-dom".to_string()]).await;
     // Every fetch settled, so flipgate answered each: the no-CORS ones opaquely, the CORS one
     // failed at its preflight.
     assert!(

@@ -217,67 +217,6 @@ async fn history_api_watch_and_status_page_charts() {
     drop(load);
 }
 
-fn chromium() -> Option<&'static str> {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if std::process::Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return Some(name);
-        }
-    }
-    eprintln!(
-        "SKIPPED: no chromium installed (Debian: apt-get install chromium); the status page's charts were not rendered"
-    );
-    None
-}
-
-/// Runs headless Chromium with `args` on `url`; returns (stdout, stderr).
-async fn run_chromium(bin: &str, url: &str, args: &[String]) -> (String, String) {
-    let profile = tempfile::tempdir().unwrap();
-    let child = tokio::process::Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("chromium starts");
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("chromium finishes within 90 s")
-        .expect("chromium output");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Console messages Chromium logged for the page, uncaught errors, CSP refusals.
-fn console_problems(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("Refused to"))
-        .collect()
-}
-
 /// The value of attribute `name` in the tag `tag` (as Chromium serialises it).
 fn attr<'a>(tag: &'a str, name: &str) -> &'a str {
     let start = tag
@@ -289,14 +228,16 @@ fn attr<'a>(tag: &'a str, name: &str) -> &'a str {
 }
 
 async fn status_page(p: &Proc) {
-    let Some(bin) = chromium() else { return };
+    let Some(bin) = browser::chromium("the status page's charts were not rendered") else {
+        return;
+    };
     let url = p.admin_url("/");
-    let (dom, stderr) = run_chromium(bin, &url, &["--dump-dom".to_string()]).await;
+    let (dom, stderr) = browser::run(bin, &url, &["--dump-dom".to_string()]).await;
     assert!(
         dom.contains("data-loaded=\"1\"") && !dom.contains("data-error="),
         "the page rendered without an exception.\nDOM:\n{dom}\nstderr:\n{stderr}"
     );
-    let problems = console_problems(&stderr);
+    let problems = browser::console_problems(&stderr);
     assert!(problems.is_empty(), "console errors: {problems:#?}");
     assert!(
         dom.contains("class=\"mark\"") && dom.contains("data-kind=\"flip\""),
@@ -354,7 +295,7 @@ async fn status_page(p: &Proc) {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, size) in [("laptop", "1366,900"), ("phone", "390,1400")] {
         let file = dir.join(format!("charts-{name}.png"));
-        let (_, stderr) = run_chromium(
+        let (_, stderr) = browser::run(
             bin,
             &url,
             &[
@@ -363,7 +304,7 @@ async fn status_page(p: &Proc) {
             ],
         )
         .await;
-        let problems = console_problems(&stderr);
+        let problems = browser::console_problems(&stderr);
         assert!(
             problems.is_empty(),
             "console errors ({name}): {problems:#?}"

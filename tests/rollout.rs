@@ -500,41 +500,10 @@ async fn the_status_page_shows_the_ladder_and_the_time_left() {
     assert_eq!(r.status, 202, "{}", r.text());
     let page = get(&client(), &gw.admin_url("/"), &[]).await.text();
     assert!(page.contains("rolloutView") && page.contains("aria-current"));
-    let Some(bin) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
-        eprintln!("SKIPPED: no chromium installed; the status page was not rendered");
+    let Some(bin) = browser::chromium("the status page was not rendered") else {
         return;
     };
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(gw.admin_url("/"))
-            .kill_on_drop(true)
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("chromium finishes")
-    .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let (dom, _) = browser::run(bin, &gw.admin_url("/"), &["--dump-dom".to_string()]).await;
     assert!(dom.contains("data-loaded=\"1\""), "{dom}");
     for want in [
         "<li class=\"current\" aria-current=\"step\">5%</li>",

@@ -206,78 +206,20 @@ async fn page_is_self_contained_and_its_json_has_what_it_shows() {
     gw.stop().await;
 }
 
-fn chromium() -> Option<&'static str> {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if std::process::Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return Some(name);
-        }
-    }
-    eprintln!(
-        "SKIPPED: no chromium installed (Debian: apt-get install chromium); the status page was not rendered"
-    );
-    None
-}
-
-/// Runs headless Chromium with `args` on `url`; returns (stdout, stderr).
-async fn run_chromium(bin: &str, url: &str, args: &[String]) -> (String, String) {
-    let profile = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--virtual-time-budget=5000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args)
-    .arg(url)
-    .kill_on_drop(true)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().expect("chromium starts");
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("chromium finishes within 90 s")
-        .expect("chromium output");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Console messages Chromium logged for the page (`CONSOLE` lines), and uncaught errors.
-fn console_problems(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("Refused to"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renders_in_headless_chromium_without_errors_or_injection() {
-    let Some(bin) = chromium() else { return };
+    let Some(bin) = browser::chromium("the status page was not rendered") else {
+        return;
+    };
     let (gw, _ups) = busy_gateway().await;
     let url = gw.admin_url("/");
 
-    let (dom, stderr) = run_chromium(bin, &url, &["--dump-dom".to_string()]).await;
+    let (dom, stderr) = browser::run(bin, &url, &["--dump-dom".to_string()]).await;
     assert!(
         dom.contains("data-loaded=\"1\""),
         "the page rendered the API data (no exception in rendering).\nDOM:\n{dom}\nstderr:\n{stderr}"
     );
-    let problems = console_problems(&stderr);
+    let problems = browser::console_problems(&stderr);
     assert!(problems.is_empty(), "console errors: {problems:#?}");
     for want in [
         "data-route=\"chatbot\"",
@@ -311,7 +253,7 @@ async fn renders_in_headless_chromium_without_errors_or_injection() {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, size) in [("laptop", "1366,900"), ("phone", "390,1600")] {
         let file = dir.join(format!("status-{name}.png"));
-        let (_, stderr) = run_chromium(
+        let (_, stderr) = browser::run(
             bin,
             &url,
             &[
@@ -320,7 +262,7 @@ async fn renders_in_headless_chromium_without_errors_or_injection() {
             ],
         )
         .await;
-        let problems = console_problems(&stderr);
+        let problems = browser::console_problems(&stderr);
         assert!(
             problems.is_empty(),
             "console errors ({name}): {problems:#?}"

@@ -750,20 +750,8 @@ impl Control {
         }
         let (rev, value, kind, message) = {
             let inner = self.lock();
-            let config = inner.config.clone();
-            let r = config
-                .route(route)
-                .ok_or_else(|| ControlError::UnknownRoute(route.into()))?;
-            match self.writer.status().ownership {
-                Ownership::Owner => {}
-                Ownership::Follower { pid } => return Err(ControlError::NotOwner(pid)),
-                Ownership::Blocked { reason } => return Err(ControlError::Blocked(reason)),
-            }
-            let mut s = inner
-                .states
-                .get(route)
-                .cloned()
-                .unwrap_or_else(|| RouteState::from_file(r));
+            let (config, mut s) = self.editable(&inner, route)?;
+            let r = config.route(route).expect("editable checked the route");
             let (kind, message) = f(r, &mut s, unix_ms())?;
             let split = inner
                 .splits
@@ -803,12 +791,13 @@ impl Control {
         }
     }
 
-    fn change_local(
+    /// The file in force and `route`'s state as an operator's change starts from, if this process
+    /// may change it: the route exists and this process owns the runtime state.
+    fn editable(
         &self,
+        inner: &Inner,
         route: &str,
-        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
-    ) -> Result<Applied, ControlError> {
-        let mut inner = self.lock();
+    ) -> Result<(Arc<Config>, RouteState), ControlError> {
         let config = inner.config.clone();
         let r = config
             .route(route)
@@ -818,11 +807,22 @@ impl Control {
             Ownership::Follower { pid } => return Err(ControlError::NotOwner(pid)),
             Ownership::Blocked { reason } => return Err(ControlError::Blocked(reason)),
         }
-        let mut s = inner
+        let s = inner
             .states
             .get(route)
             .cloned()
             .unwrap_or_else(|| RouteState::from_file(r));
+        Ok((config, s))
+    }
+
+    fn change_local(
+        &self,
+        route: &str,
+        f: impl FnOnce(&Route, &mut RouteState, u64) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
+        let mut inner = self.lock();
+        let (config, mut s) = self.editable(&inner, route)?;
+        let r = config.route(route).expect("editable checked the route");
         let now = unix_ms();
         let (kind, message) = f(r, &mut s, now)?;
         inner.states.insert(route.to_string(), s);

@@ -2,6 +2,7 @@
 //! and condition waits with deadlines (never sleeps as synchronisation).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod proc;
 
 use std::collections::HashMap;
