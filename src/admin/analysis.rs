@@ -53,6 +53,8 @@ pub struct AnalysisView {
 /// The analysis view of `r` given the circuit task's evidence `ev`; `None` without a circuit.
 pub fn view(r: &RouteEntry, ev: Option<&Evidence>) -> Option<AnalysisView> {
     let c = r.circuit.as_ref()?;
+    // A tripped route judges nothing, whatever the board still holds for a moment.
+    let ev = ev.filter(|_| r.state.tripped.is_none());
     let a = &c.analysis;
     let worse_at = stats::worse_bar(a) / LN10;
     let not_worse_at = stats::not_worse_bar(a) / LN10;

@@ -545,6 +545,16 @@ impl Board {
         *board = next;
     }
 
+    /// Drops `route`'s evidence: its candidate was just rolled back, so nothing is judged until
+    /// the next update finds a new one (the API and the gauge must not show a tripped candidate
+    /// still being judged).
+    pub fn forget(&self, route: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(route);
+    }
+
     /// The running evidence about `route`'s candidate, if any.
     pub fn get(&self, route: &str) -> Option<Evidence> {
         self.0

@@ -159,14 +159,18 @@ struct Pending {
 
 impl Pending {
     fn apply(self, control: &Control, now_unix_ms: u64) -> bool {
-        control.trip(
+        let applied = control.trip(
             &self.route,
             &self.seen,
             &self.candidate,
             self.trip,
             self.kind,
             now_unix_ms,
-        )
+        );
+        if applied {
+            control.analysis.forget(&self.route);
+        }
+        applied
     }
 }
 
@@ -213,9 +217,18 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
         .await
         {
             Wake::Stop => return,
-            // Something changed: evaluate at the next poll, whatever the counters say.
+            // Something changed: evaluate at the next poll, whatever the counters say. The
+            // evidence follows the new snapshot now, since the task may sleep from here on (no
+            // candidate left to judge) and must not leave the last one's on show.
             Wake::Changed => {
                 seen = u64::MAX;
+                let snap = control.snapshots().load();
+                control.analysis.update(
+                    &snap.routes,
+                    crate::clock::now_ms(),
+                    unix_ms(),
+                    &control.metrics,
+                );
                 continue;
             }
             Wake::Tick => {}
