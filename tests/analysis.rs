@@ -2,7 +2,7 @@
 //! deterministic share of requests (`fail_every`) or answering 300 ms late, the circuit evaluated
 //! by `check_all` after each request where the count at the trip matters, and by its own task
 //! otherwise (waited on with deadlines). `--require-healthy` is exercised through the CLI binary
-//! and the admin API, the idle target fed through the route's preview header.
+//! and the admin API, the idle target fed through the route's preview header or by shadow copies.
 mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -327,4 +327,66 @@ async fn a_rollout_step_proven_not_worse_advances_before_its_hold_ends() {
         }
     }
     gw.stop().await;
+}
+
+/// Dark launch, end to end: green only ever receives shadow copies of live's requests. While
+/// green fails half of them, every live answer is still blue's 200 and `flip --require-healthy`
+/// refuses green as failing; a green that answers its copies cleanly is allowed by the same
+/// command.
+#[tokio::test]
+async fn a_failing_shadow_target_blocks_require_healthy_and_a_healthy_one_allows_it() {
+    for failing in [true, false] {
+        let blue = spawn_upstream("blue").await;
+        let green = spawn_upstream("green").await;
+        if failing {
+            green.fail_every(2);
+        }
+        let gw = Gw::start(&config(
+            "blue",
+            &[("blue", blue.addr), ("green", green.addr)],
+            "[routes.shadow]\ntarget = \"green\"\npercent = 100\n\n\
+             [routes.circuit]\ncompare = \"live\"\nwindow = \"60s\"\nmin_requests = 20\ndetect_points = 1.0\n",
+        ))
+        .await;
+        let c = client();
+        for _ in 0..300 {
+            let r = get(&c, &gw.url("/"), &[]).await;
+            assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+        }
+        let green_window = || async {
+            let v = get(&client(), &gw.admin_url("/api/v1/routes/bot"), &[])
+                .await
+                .json();
+            let t = v["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == "green")
+                .unwrap()
+                .clone();
+            (
+                t["window"]["requests"].as_u64().unwrap(),
+                t["window"]["errors"].as_u64().unwrap(),
+            )
+        };
+        wait_until(
+            "300 copies judged at green",
+            Duration::from_secs(20),
+            || async { green_window().await.0 >= 300 },
+        )
+        .await;
+        let judged = green_window().await;
+        let (code, out) = fg(&gw, &["flip", "bot", "green", "--require-healthy"]).await;
+        if failing {
+            assert_eq!(judged, (300, 150));
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains("`green`: failing"), "{out}");
+            assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "blue");
+        } else {
+            assert_eq!(judged, (300, 0));
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(get(&c, &gw.url("/"), &[]).await.text(), "green");
+        }
+        gw.stop().await;
+    }
 }
