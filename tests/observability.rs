@@ -355,6 +355,9 @@ fn grafana_dashboard_is_importable_json_over_our_metrics() {
         "flipgate_request_duration_seconds_bucket",
         "flipgate_config_reloads_total",
         "flipgate_circuit_tripped",
+        "flipgate_analysis_evidence",
+        "flipgate_shadow_requests_total",
+        "flipgate_state_backend_up",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(metric)),
@@ -382,6 +385,8 @@ fn grafana_dashboard_is_importable_json_over_our_metrics() {
     m.rollout_step.with_label_values(&["r"]).set(0);
     m.rollouts.with_label_values(&["r", "promoted"]).reset();
     m.rule("r", "x");
+    m.shadow("r", "t");
+    m.analysis_evidence("r", 0.0, 0.0);
     let known = m.render();
     for name in text
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
