@@ -35,11 +35,10 @@
 //! merge (per route name) as its live states.
 //!
 //! With a shared store (`[state] backend = "etcd"`, `state::shared`; this side of it in `fleet`):
-//! a change is computed under
-//! the lock, then written by compare-and-swap on the route key's revision it was computed from
-//! *without* the lock, and applied only once the store took it (a lost race: the winner's state is
-//! taken in and the change refused as `Raced`, which `act` re-applies; an unreachable store:
-//! `StoreDown`, nothing applied). Keys the store's thread hands in (`take_in`) are served only
+//! a change is computed under the lock, then written by compare-and-swap on the route key's
+//! revision it was computed from *without* the lock, and applied only once the store took it (a
+//! lost race: the winner's state is taken in and the change refused as `Raced`, which `act`
+//! re-applies; an unreachable store: `StoreDown`, nothing applied). Keys the store's thread hands in (`take_in`) are served only
 //! while they were made against the route's split in this process's file (else the file's split
 //! serves and the route is listed as behind). A circuit trip is applied at once and handed to the
 //! store conditioned on the revision it judged. The state file stays this process's local copy.
