@@ -368,6 +368,24 @@ pub fn table(routes: &[RouteView]) -> String {
         if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.active()) {
             out.push_str(&wrap(&rollout::summary(&r.name, ro), WIDTH));
         }
+        for rule in &r.rules {
+            let field = rule
+                .field
+                .as_deref()
+                .map_or(String::new(), |f| format!(" {f}"));
+            out.push_str(&wrap(
+                &format!(
+                    "{} rule {}: {}{field} in [{}] -> {}, {} matched",
+                    r.name,
+                    rule.name,
+                    rule.kind,
+                    rule.values.join(", "),
+                    rule.target,
+                    rule.matched
+                ),
+                WIDTH,
+            ));
+        }
     }
     if routes.iter().any(|r| !r.persisted) {
         out.push_str("warning: runtime state not persisted: the decisions shown are in force but would not survive a restart (see /readyz)\n");
@@ -495,6 +513,24 @@ pub fn summary(c: &crate::config::Config) -> String {
             "  {}  host {}  prefix {}  live {}  canary {}  targets {}  circuit {}\n",
             r.name, hosts, r.path_prefix, r.live, canary, targets, circuit
         ));
+        for rule in &r.rules {
+            let matches = match &rule.matcher {
+                crate::config::RuleMatch::Header { name, values } => {
+                    format!("header {name} in [{}]", values.join(", "))
+                }
+                crate::config::RuleMatch::Cookie { name, values } => {
+                    format!("cookie {name} in [{}]", values.join(", "))
+                }
+                crate::config::RuleMatch::Source(nets) => {
+                    let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+                    format!("source in [{}]", nets.join(", "))
+                }
+            };
+            out.push_str(&format!(
+                "    rule {}: {matches} -> {}\n",
+                rule.name, rule.target
+            ));
+        }
         if let Some(s) = &r.shadow {
             let methods: Vec<&str> = s.methods.iter().map(|m| m.as_str()).collect();
             out.push_str(&format!(

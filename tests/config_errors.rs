@@ -1146,6 +1146,27 @@ fn valid_rules_are_accepted_in_file_order() {
         }
         other => panic!("{other:?}"),
     }
+    // `flipgate check` lists them, in order, with what each matches.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flipgate.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    let listed: Vec<&str> = said.lines().filter(|l| l.contains(" rule ")).collect();
+    assert_eq!(
+        listed,
+        [
+            "    rule beta-testers: header x-user-tier in [beta, staff] -> green",
+            "    rule cookie.tier: cookie tier in [beta] -> green",
+            "    rule office_v6: source in [10.1.0.0/16, fd00::/8, 192.0.2.7/32] -> blue",
+        ],
+        "{said}"
+    );
 }
 
 /// `[routes.shadow]` (issue 15 item 3): each mistake names its field and place.

@@ -557,6 +557,21 @@ async fn a_header_rule_sends_beta_testers_to_green_while_everyone_else_follows_t
         .as_f64()
         .unwrap();
     assert_eq!(green_share, 0.0);
+    // `flipgate status` lists the rule with what it matched.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flipgate"))
+        .args(["status", "--admin", &gw.admin.to_string()])
+        .env_remove("FLIPGATE_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "bot rule beta-testers: header x-user-tier in [beta, staff] -> green, 21 matched"
+        ),
+        "{said}"
+    );
     gw.stop().await;
 }
 
