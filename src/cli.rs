@@ -534,9 +534,13 @@ pub fn summary(c: &crate::config::Config) -> String {
         if let Some(s) = &r.shadow {
             let methods: Vec<&str> = s.methods.iter().map(|m| m.as_str()).collect();
             out.push_str(&format!(
-                "    shadow {} {:.2}% of bodyless {} (timeout {}, max_in_flight {}): copies carry x-flipgate-shadow: 1, the bot must skip side effects\n",
+                "    shadow {} {:.2}% of {} {} (timeout {}, max_in_flight {}): copies carry x-flipgate-shadow: 1, the bot must skip side effects\n",
                 s.target,
                 f64::from(s.basis_points) / 100.0,
+                match s.max_body_bytes {
+                    0 => "bodyless".to_string(),
+                    n => format!("bodies up to {n} bytes,"),
+                },
                 methods.join(","),
                 humantime::format_duration(s.timeout),
                 s.max_in_flight

@@ -1230,12 +1230,20 @@ const SHADOW_CASES: &[(&str, &str, usize, usize, &str, &str)] = &[
         "`GE T` is not a valid method name",
     ),
     (
-        "shadow body copies",
-        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmax_body_bytes = 1024\n"),
+        "shadow body copies too large",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmax_body_bytes = 100000\n"),
         10,
         18,
         "routes[bot].shadow.max_body_bytes",
-        "only 0 is supported (got 1024)",
+        "at most 65536 (got 100000)",
+    ),
+    (
+        "shadow body copies negative",
+        with_rules!("[routes.shadow]\ntarget = \"green\"\npercent = 10\nmax_body_bytes = -1\n"),
+        10,
+        18,
+        "routes[bot].shadow.max_body_bytes",
+        "must be at least 0, got -1",
     ),
     (
         "shadow timeout zero",
@@ -1284,6 +1292,7 @@ fn a_valid_shadow_gets_its_defaults() {
     assert_eq!(s.methods, [http::Method::GET, http::Method::HEAD]);
     assert_eq!(s.timeout, Duration::from_secs(5));
     assert_eq!(s.max_in_flight, 64);
+    assert_eq!(s.max_body_bytes, 0, "bodyless requests only by default");
     let text = with_rules!(
         "[routes.shadow]\ntarget = \"green\"\npercent = 100\nmethods = [\"GET\", \"POST\"]\nmax_body_bytes = 0\ntimeout = \"250ms\"\nmax_in_flight = 3\n"
     );
@@ -1293,4 +1302,12 @@ fn a_valid_shadow_gets_its_defaults() {
     assert_eq!(s.methods, [http::Method::GET, http::Method::POST]);
     assert_eq!(s.timeout, Duration::from_millis(250));
     assert_eq!(s.max_in_flight, 3);
+    let text = with_rules!(
+        "[routes.shadow]\ntarget = \"green\"\npercent = 100\nmethods = [\"POST\"]\nmax_body_bytes = 65536\n"
+    );
+    let config = parse(Path::new("f.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.routes[0].shadow.as_ref().unwrap().max_body_bytes,
+        65536
+    );
 }

@@ -43,6 +43,7 @@ struct Seen {
     /// Every `x-flipgate-shadow` value.
     marks: Vec<String>,
     request_id: String,
+    body: Bytes,
 }
 
 /// An upstream that records every request it receives.
@@ -108,10 +109,16 @@ async fn answer(
     mode: Mode,
     req: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
-    let h = req.headers();
+    let (req, body) = req.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let h = &req.headers;
     rec.seen.lock().unwrap().push(Seen {
-        method: req.method().to_string(),
-        path: req.uri().path().to_string(),
+        body,
+        method: req.method.to_string(),
+        path: req.uri.path().to_string(),
         marks: h
             .get_all("x-flipgate-shadow")
             .iter()
@@ -429,5 +436,86 @@ async fn percent_samples_a_share() {
     .await;
     let n = green.count();
     assert!((50..=150).contains(&n), "{n} of 200 copied at 50.5 %");
+    gw.stop().await;
+}
+
+/// `max_body_bytes`: a POST whose declared body fits is copied with exactly the bytes live got
+/// (HTTP/1.1 through the engine, h2c through hyper's path); a larger one is not copied; a client
+/// that stops mid-body gets no copy sent (counted `dropped`), and live is unaffected throughout.
+#[tokio::test]
+async fn bodies_up_to_max_body_bytes_are_copied_whole() {
+    let blue = recorder("blue", Mode::Ok).await;
+    let green = recorder("green", Mode::Ok).await;
+    let gw = Gw::start(&shadow_config(
+        blue.addr,
+        green.addr,
+        "percent = 100\nmethods = [\"POST\"]\nmax_body_bytes = 4096\n",
+    ))
+    .await;
+    let (c, c2) = (client(), h2c());
+    let small: String = (0..3000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let big = "x".repeat(5000);
+    for (i, body) in [small.as_str(), big.as_str(), small.as_str(), big.as_str()]
+        .into_iter()
+        .enumerate()
+    {
+        let url = gw.url(&format!("/post/{i}"));
+        let r = match i < 2 {
+            true => send(&c, "POST", &url, &[], body.to_string()).await,
+            false => send(&c2, "POST", &url, &[], body.to_string()).await,
+        };
+        assert_eq!((r.status, r.text()), (200, "blue".to_string()), "{i}");
+    }
+    wait_until("2 copies at green", DEADLINE, || async {
+        shadowed(&gw, "2xx").await == 2.0
+    })
+    .await;
+    let copies = green.seen();
+    let paths: Vec<&str> = copies.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(
+        paths.contains(&"/post/0") && paths.contains(&"/post/2"),
+        "{paths:?}"
+    );
+    for s in &copies {
+        assert_eq!(s.method, "POST");
+        assert_eq!(
+            s.body,
+            small.as_bytes(),
+            "the copy's body is live's: {}",
+            s.path
+        );
+        assert_eq!(s.marks, ["1"]);
+    }
+    for s in blue.seen() {
+        let want = if s.path.ends_with('0') || s.path.ends_with('2') {
+            &small
+        } else {
+            &big
+        };
+        assert_eq!(
+            s.body,
+            want.as_bytes(),
+            "live's body is untouched: {}",
+            s.path
+        );
+    }
+
+    // A client that declares 100 bytes, sends 10 and goes away: live fails on its own, the copy
+    // is never sent.
+    let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(b"POST /cut HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    drop(raw);
+    wait_until("the copy counted dropped", DEADLINE, || async {
+        shadowed(&gw, "dropped").await == 1.0
+    })
+    .await;
+    assert_eq!(shadowed(&gw, "2xx").await, 2.0);
+    assert!(green.seen().iter().all(|s| s.path != "/cut"));
     gw.stop().await;
 }

@@ -6,10 +6,10 @@
 //! Invariants: a validated `Shadow` names a target of the route other than the file's `live`;
 //! `basis_points` is 0..=10_000 (the canary's 0.01 % resolution); `methods` is non-empty, each a
 //! valid method token other than `CONNECT`; `timeout` is positive and at most a day;
-//! `max_in_flight` is at least 1. `max_body_bytes` is 0: only requests without a body are copied
-//! (a body would have to be held back from the live request, or buffered, to be sent twice; see
-//! docs/operations.md, "Shadow traffic"). Nothing here is seen by the data path: the snapshot
-//! compiles it (`snapshot::shadow`).
+//! `max_in_flight` is at least 1. `max_body_bytes` is 0..=`MAX_BODY_BYTES` (0: only requests
+//! without a body are copied; above it, a request whose declared `Content-Length` is at most this
+//! is copied with its body, taken as the live request's body passes, never held back). Nothing
+//! here is seen by the data path: the snapshot compiles it (`snapshot::shadow`).
 
 use std::time::Duration;
 
@@ -24,6 +24,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 64;
 /// The methods copied when the file names none: the ones without side effects by definition.
 pub const DEFAULT_METHODS: [&str; 2] = ["GET", "HEAD"];
+
+/// The largest body a copy may carry: the size up to which the HTTP/1.1 engine relays request
+/// bodies itself (`h1::head::MAX_BODY`) and hyper's path keeps a body for a resend
+/// (`upstream::body::REPLAY_MAX`).
+pub const MAX_BODY_BYTES: u64 = crate::upstream::body::REPLAY_MAX as u64;
 
 /// `[routes.shadow]` as written.
 #[derive(Debug, Deserialize)]
@@ -52,6 +57,8 @@ pub struct Shadow {
     /// Copies in flight at once for this route; past it a copy is dropped (and counted), never
     /// queued.
     pub max_in_flight: u64,
+    /// Largest declared request body copied with the request (0: bodyless requests only).
+    pub max_body_bytes: u64,
 }
 
 /// Checks `[routes.shadow]` of route `route` (whose targets are `targets` and live `live`).
@@ -132,14 +139,16 @@ pub(super) fn validate(
             methods
         }
     };
-    if let Some(b) = raw.max_body_bytes {
-        if *b.get_ref() != 0 {
+    let body_span = raw.max_body_bytes.as_ref().map(|b| b.span());
+    let max_body_bytes =
+        super::validate::count(sink, raw.max_body_bytes, 0, 0, &f("max_body_bytes"));
+    if max_body_bytes > MAX_BODY_BYTES {
+        if let Some(span) = body_span {
             sink.push(
-                b.span(),
+                span,
                 f("max_body_bytes"),
                 format!(
-                    "only 0 is supported (got {}): requests with a body are not copied, so the live request is never held back to copy its body",
-                    b.get_ref()
+                    "at most {MAX_BODY_BYTES} (got {max_body_bytes}): a copy's body is kept in memory while the live request's body passes"
                 ),
             );
         }
@@ -164,5 +173,6 @@ pub(super) fn validate(
         methods,
         timeout,
         max_in_flight,
+        max_body_bytes,
     })
 }

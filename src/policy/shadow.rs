@@ -2,7 +2,8 @@
 //! both engines call, after the request was decided and admitted.
 //!
 //! A request is copied when the route has shadow traffic (not paused: `snapshot::shadow`), the
-//! request has no body and asks for no upgrade, its method is one of the shadow's `methods`, the
+//! request has no body or declares one of at most the shadow's `max_body_bytes` (a body of
+//! unknown length is never copied), asks for no upgrade, its method is one of the shadow's `methods`, the
 //! target serving it is not the shadow target itself (a canary, preview or cohort rule can send
 //! a request there; it is not sent twice), and the draw falls within `percent`.
 //!
@@ -20,9 +21,10 @@ use crate::snapshot::RouteEntry;
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub method: &'a [u8],
-    /// The request has no body (none declared, or `Content-Length: 0`, or an HTTP/2 stream
-    /// ended with its head).
-    pub bodyless: bool,
+    /// The body's declared length: `Some(0)` without a body (none declared, `Content-Length: 0`,
+    /// an HTTP/2 stream ended with its head), `None` when its length is unknown (chunked, or an
+    /// HTTP/2 stream without `Content-Length`).
+    pub body: Option<u64>,
     /// The request asks for an upgrade (WebSocket): never copied (a copy cannot share the tunnel).
     pub upgrade: bool,
 }
@@ -42,7 +44,7 @@ pub fn decide<'r, 'q>(
 /// The rule itself, for a compiled shadow.
 #[inline]
 pub fn copies(shadow: &Shadow, served: usize, req: Request<'_>) -> bool {
-    req.bodyless
+    req.body.is_some_and(|n| n <= shadow.max_body_bytes)
         && !req.upgrade
         && served != shadow.target_index
         && shadow.basis_points > 0
@@ -74,7 +76,7 @@ mod tests {
     fn req(method: &str, bodyless: bool, upgrade: bool) -> Request<'_> {
         Request {
             method: method.as_bytes(),
-            bodyless,
+            body: if bodyless { Some(0) } else { None },
             upgrade,
         }
     }
@@ -97,6 +99,28 @@ mod tests {
         let snap = snapshot("percent = 100\nmethods = [\"POST\"]\n", "blue");
         assert!(decide(&snap.routes[0], blue, || req("POST", true, false)).is_some());
         assert!(decide(&snap.routes[0], blue, || req("GET", true, false)).is_none());
+    }
+
+    /// With `max_body_bytes`, a declared body up to it is copied; a larger or unknown one is not.
+    #[test]
+    fn bodies_up_to_max_body_bytes() {
+        let snap = snapshot(
+            "percent = 100\nmethods = [\"POST\"]\nmax_body_bytes = 100\n",
+            "blue",
+        );
+        let route = &snap.routes[0];
+        let post = |body| Request {
+            method: b"POST",
+            body,
+            upgrade: false,
+        };
+        assert!(decide(route, 0, || post(Some(0))).is_some());
+        assert!(decide(route, 0, || post(Some(100))).is_some());
+        assert!(decide(route, 0, || post(Some(101))).is_none());
+        assert!(decide(route, 0, || post(None)).is_none());
+        // The default is bodyless requests only.
+        let snap = snapshot("percent = 100\nmethods = [\"POST\"]\n", "blue");
+        assert!(decide(&snap.routes[0], 0, || post(Some(1))).is_none());
     }
 
     /// A runtime flip that makes the shadow target live pauses shadowing.

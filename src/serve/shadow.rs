@@ -14,8 +14,12 @@
 //!   drain and `max_upstream_connections` see it).
 //! - The copy is the live request's head through the same forwarding policy (`policy::forward`,
 //!   with `Rules::shadow`: `x-flipgate-shadow: 1` added, the client's own mark never kept) and
-//!   carries the live request's `x-request-id`. It has no body (`policy::shadow` copies only
-//!   requests without one).
+//!   carries the live request's `x-request-id`. Its body, when the request has one (a declared
+//!   length of at most the shadow's `max_body_bytes`, `policy::shadow`), is what the live request
+//!   sent, taken as it passes (`upstream::tee`, fed by the engine's body relay and by hyper's path's
+//!   `RequestBody`): the copy is sent once the live body has passed whole, and abandoned (counted
+//!   `dropped`) if it never does (client aborted, upstream answered early). Nothing holds the live
+//!   body back.
 //! - Its outcome is judged by the one rule of live requests (`proxy::judge`: instance health and
 //!   the circuit window of the shadow target) and counted in `shadow_requests_total`, never in
 //!   `requests_total`, `request_duration_seconds` or the access log.
@@ -35,6 +39,7 @@ use crate::policy::forward::{self as policy, X_REQUEST_ID};
 use crate::serve::proxy::{admit, judge, ConnInfo, Limits, Proxy};
 use crate::snapshot::shadow::Shadow;
 use crate::upstream::body::RequestBody;
+use crate::upstream::tee::Tee;
 
 /// The live request's head, as received, for its copy.
 pub struct CopiedHead {
@@ -76,7 +81,9 @@ impl CopiedHead {
 }
 
 /// Sends `copy` to `shadow`'s target in the background. `request_id`: the id the live request
-/// went out with. Returns at once; the copy's fate is recorded by its task.
+/// went out with; `body_len`: the live request's declared body length. Returns at once; the
+/// copy's fate is recorded by its task. With a body, the returned `Tee` must be fed the live body
+/// (the copy waits for it, within its timeout).
 pub fn send(
     proxy: &Proxy,
     conn: &ConnInfo,
@@ -84,10 +91,11 @@ pub fn send(
     limits: &Limits,
     mut copy: CopiedHead,
     request_id: &HeaderValue,
-) {
+    body_len: u64,
+) -> Option<Tee> {
     let Some(place) = shadow.try_enter() else {
         shadow.metrics.record(ShadowOutcome::Dropped);
-        return;
+        return None;
     };
     let target = &shadow.target;
     let (index, instance, slot) = match admit(target, limits, None) {
@@ -98,7 +106,7 @@ pub fn send(
                 ProxyError::NoHealthy => ShadowOutcome::Error,
                 _ => ShadowOutcome::Dropped,
             });
-            return;
+            return None;
         }
     };
     let upstream = &target.upstream;
@@ -118,6 +126,17 @@ pub fn send(
         instance,
         copy.version,
     );
+    let (tee, body) = match usize::try_from(body_len) {
+        Ok(0) => (None, None),
+        Ok(len) => {
+            let (tee, from) = Tee::new(len);
+            (Some(tee), Some(from))
+        }
+        Err(_) => {
+            shadow.metrics.record(ShadowOutcome::Dropped);
+            return None;
+        }
+    };
     let mut req = Request::new(RequestBody::empty());
     *req.method_mut() = copy.method;
     *req.uri_mut() = upstream.uri(instance, copy.path);
@@ -135,6 +154,16 @@ pub fn send(
         let start = Instant::now();
         let deadline = crate::clock::deadline(start, shadow.timeout);
         let target = &shadow.target;
+        if let Some(body) = body {
+            // The live body, whole; or nothing to copy (it never ended, or not as declared).
+            match tokio::time::timeout_at(deadline, body).await {
+                Ok(Ok(bytes)) => *req.body_mut() = RequestBody::full(bytes),
+                _ => {
+                    shadow.metrics.record(ShadowOutcome::Dropped);
+                    return;
+                }
+            }
+        }
         let outcome = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
@@ -166,4 +195,5 @@ pub fn send(
             _ = cut.wait_for(|c| *c) => {}
         }
     });
+    tee
 }

@@ -27,6 +27,8 @@ pub struct Shadow {
     /// Bound on a copy, from its start to its response's end.
     pub timeout: Duration,
     pub max_in_flight: u64,
+    /// Largest declared request body copied with its request (0: bodyless requests only).
+    pub max_body_bytes: u64,
     /// Copies out now (shared with earlier snapshots' `Shadow` of the route).
     pub in_flight: Arc<AtomicU64>,
     pub metrics: ShadowMetrics,
@@ -75,6 +77,7 @@ pub(super) fn build(
         methods: s.methods.clone().into_boxed_slice(),
         timeout: s.timeout,
         max_in_flight: s.max_in_flight,
+        max_body_bytes: s.max_body_bytes,
         in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
         metrics: metrics.shadow(&route.name, &s.target),
     }))

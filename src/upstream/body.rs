@@ -31,6 +31,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::expect::Gate;
+use super::tee::Tee;
 
 /// Request body bytes kept to send a request again (HTTP/2 upstreams): the size up to which the
 /// HTTP/1.1 engine relays bodies itself (`h1::head::MAX_BODY`), as nginx's default
@@ -59,6 +60,8 @@ pub struct RequestBody(Src);
 enum Src {
     /// No body (a bodyless request sent again).
     Empty,
+    /// A body held whole (a shadow copy's, `serve::shadow`), sent as one frame.
+    Full(Option<Bytes>),
     /// The client's body, streamed through.
     Client(Client),
     /// The client's body shared with its `Replay`: this body is the `attempt`-th sending of it
@@ -80,6 +83,8 @@ struct Client {
     waiting: Option<Arc<AtomicBool>>,
     /// `Expect: 100-continue`: the body is not polled until this opens (`expect`).
     gate: Option<Gate>,
+    /// A shadow copy's share of the body (`upstream::tee`): fed each data frame as it is taken.
+    tee: Option<Tee>,
 }
 
 impl Client {
@@ -114,6 +119,9 @@ impl Client {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
                     }
                     self.remaining -= n;
+                    if let Some(tee) = &mut self.tee {
+                        tee.push(d);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -282,6 +290,7 @@ impl RequestBody {
             remaining: if limit == 0 { u64::MAX } else { limit },
             waiting,
             gate: None,
+            tee: None,
         };
         (client, watch)
     }
@@ -289,6 +298,20 @@ impl RequestBody {
     /// No body (used to resend a bodyless request).
     pub fn empty() -> RequestBody {
         RequestBody(Src::Empty)
+    }
+
+    /// `bytes` as the whole body (a shadow copy's).
+    pub fn full(bytes: Bytes) -> RequestBody {
+        RequestBody(Src::Full(Some(bytes)))
+    }
+
+    /// Feeds the client's body, as it is taken, to a shadow copy's `tee`.
+    pub fn tee(&mut self, tee: Tee) {
+        match &mut self.0 {
+            Src::Client(c) => c.tee = Some(tee),
+            Src::Kept { shared, .. } => lock(shared).client.tee = Some(tee),
+            Src::Empty | Src::Full(_) => {}
+        }
     }
 }
 
@@ -302,6 +325,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match &mut self.get_mut().0 {
             Src::Empty => Poll::Ready(None),
+            Src::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Src::Client(c) => c.poll_frame(cx),
             Src::Kept {
                 shared,
@@ -339,6 +363,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Src::Empty => true,
+            Src::Full(b) => b.is_none(),
             Src::Client(c) => c.is_end_stream(),
             Src::Kept {
                 shared,
@@ -354,6 +379,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Src::Empty => SizeHint::with_exact(0),
+            Src::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Src::Client(c) => c.size_hint(),
             Src::Kept { shared, next, .. } => {
                 let s = lock(shared);

@@ -21,6 +21,7 @@ pub mod body;
 pub mod expect;
 pub mod health;
 pub mod idle;
+pub mod tee;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -29,6 +29,7 @@ use crate::serve::proxy::{admit, record_local, At, ConnInfo, Limits, Proxy};
 use crate::serve::shadow::CopiedHead;
 use crate::snapshot::split::Reason;
 use crate::snapshot::TargetEntry;
+use crate::upstream::tee::Tee;
 use crate::upstream::InflightGuard;
 
 /// Header fields parsed on the stack; a head with more goes to hyper when the configured
@@ -76,6 +77,8 @@ pub struct Forward {
     /// The in-flight slot (balancing and drain count it; `max_upstream_connections` bounds it),
     /// released when the exchange ends.
     pub slot: Option<InflightGuard>,
+    /// A shadow copy waiting for this request's body (`upstream::tee`), fed as it is sent.
+    pub tee: Option<Tee>,
 }
 
 /// The outcome of looking at the buffered bytes of a connection.
@@ -419,17 +422,16 @@ fn plan(
     );
     let copy = crate::policy::shadow::decide(route, ti, || crate::policy::shadow::Request {
         method: method.as_bytes(),
-        bodyless: body_len == 0,
-        upgrade: false, // handed over
+        body: Some(body_len), // the engine relays only `Content-Length` bodies
+        upgrade: false,       // handed over
     });
-    if let Some(shadow) = copy {
+    // A copy with a body takes it from the engine's relay as it is sent (the tee).
+    let tee = copy.and_then(|shadow| {
         let preview = route.preview.as_ref().map(|p| &p.header);
-        let copy = CopiedHead::of_head(method, target, headers, host, preview);
-        let id = http::HeaderValue::from_bytes(request_id.as_bytes());
-        if let (Some(copy), Ok(id)) = (copy, id) {
-            crate::serve::shadow::send(proxy, conn, shadow, &limits, copy, &id);
-        }
-    }
+        let copy = CopiedHead::of_head(method, target, headers, host, preview)?;
+        let id = http::HeaderValue::from_bytes(request_id.as_bytes()).ok()?;
+        crate::serve::shadow::send(proxy, conn, shadow, &limits, copy, &id, body_len)
+    });
     let access = log(Some(request_id.as_bytes()), Some(reason));
     let head_method = method == "HEAD";
     let idempotent = resend::idempotent(method.as_bytes());
@@ -446,6 +448,7 @@ fn plan(
         reason,
         access,
         slot,
+        tee,
     })
 }
 

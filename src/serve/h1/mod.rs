@@ -391,6 +391,9 @@ impl<D: Downstream> Conn<D> {
         let mut body_left = f.body_len;
         let take = body_left.min(self.rbuf.len() as u64) as usize;
         self.out.extend_from_slice(&self.rbuf[..take]);
+        if let Some(tee) = &mut f.tee {
+            tee.push(&self.rbuf[..take]);
+        }
         self.rbuf.advance(take);
         body_left -= take as u64;
         let mut resent = 0;
@@ -431,6 +434,7 @@ impl<D: Downstream> Conn<D> {
                 .attempt(
                     &mut up,
                     &mut body_left,
+                    &mut f.tee,
                     head_method,
                     close,
                     may_resend,
@@ -452,10 +456,12 @@ impl<D: Downstream> Conn<D> {
     }
 
     /// One try of `send` on upstream connection `up`.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &mut self,
         up: &mut Up,
         body_left: &mut u64,
+        tee: &mut Option<crate::upstream::tee::Tee>,
         head_method: bool,
         close: bool,
         may_resend: bool,
@@ -506,6 +512,9 @@ impl<D: Downstream> Conn<D> {
                 _ = timer.as_mut() => return Err(TIMEOUT),
             };
             if sent {
+                if let Some(tee) = tee {
+                    tee.push(&self.rbuf[..take]);
+                }
                 self.rbuf.advance(take);
                 *body_left -= take as u64;
             }

@@ -53,6 +53,14 @@ pub struct Proxy {
     pub cut: tokio::sync::watch::Sender<bool>,
 }
 
+/// The request body's declared length (`Content-Length`), if it declares a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Facts about the downstream connection, computed once per connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -469,7 +477,10 @@ impl Proxy {
             let shadow =
                 crate::policy::shadow::decide(route, ti, || crate::policy::shadow::Request {
                     method: req.method().as_str().as_bytes(),
-                    bodyless: http_body::Body::is_end_stream(req.body()),
+                    body: match http_body::Body::is_end_stream(req.body()) {
+                        true => Some(0),
+                        false => declared_length(req.headers()),
+                    },
                     upgrade: headers::is_upgrade(req.headers()),
                 })
                 .cloned();
@@ -513,11 +524,7 @@ impl Proxy {
         });
         // A declared length over the limit is refused before any upstream work; an undeclared
         // one is cut off by `RequestBody` while streaming.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(req.headers());
         let (mut index, mut instance, slot) = match admit(target, &limits, declared) {
             Ok(x) => x,
             Err((e, index)) => {
@@ -574,9 +581,11 @@ impl Proxy {
         if !upstream.http2 {
             headers::chunk_for_trailers(req.headers_mut(), version, bodyless);
         }
-        if let Some((shadow, copy)) = copy {
-            crate::serve::shadow::send(self, conn, &shadow, &limits, copy, &id);
-        }
+        // A copy with a body takes it from `RequestBody` as hyper's client sends it (the tee).
+        let tee = copy.and_then(|(shadow, copy)| {
+            let body_len = if bodyless { 0 } else { declared.unwrap_or(0) };
+            crate::serve::shadow::send(self, conn, &shadow, &limits, copy, &id, body_len)
+        });
         if let Some(log) = &mut log {
             log.sent_with(id);
         }
@@ -610,13 +619,16 @@ impl Proxy {
         // `body::Replay`); an `Expect: 100-continue` body waits on its gate instead.
         let movable = !upgrade && upstream.instances.len() > 1;
         let keep_body = upstream.http2 || (movable && gate.is_none());
-        let (body, watch, replay) = if keep_body && !bodyless {
+        let (mut body, watch, replay) = if keep_body && !bodyless {
             let (body, watch, replay) = RequestBody::replayable(body, limits.max_body_bytes);
             (body, watch, Some(replay))
         } else {
             let (body, watch) = RequestBody::new(body, limits.max_body_bytes, gate);
             (body, watch, None)
         };
+        if let Some(tee) = tee {
+            body.tee(tee);
+        }
         let mut req = Request::from_parts(parts, body);
         // What a resend needs, when some failure could allow one (`resend`). (A request hyper
         // never wrote is handed back and written again by `pinned` and hyper's pool without it.)
