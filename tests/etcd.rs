@@ -304,6 +304,7 @@ async fn concurrent_flips_through_two_replicas_end_in_one_state() {
     for p in [a, b, cc] {
         wait_store_up(&c, p, true).await;
     }
+    let mut accepted = 0;
     for round in 0..10 {
         let (ra, rb) = tokio::join!(
             post(&c, a, "flip", r#"{"target":"green"}"#),
@@ -316,6 +317,7 @@ async fn concurrent_flips_through_two_replicas_end_in_one_state() {
                 r.status,
                 r.text()
             );
+            accepted += usize::from(r.status == 200);
         }
         // Whatever won, all three end on one live target, and it is the one etcd holds.
         wait_until(
@@ -330,6 +332,21 @@ async fn concurrent_flips_through_two_replicas_end_in_one_state() {
         let target = live(&c, a).await;
         all_serve(&c, &[a, b, cc], &target, Duration::from_secs(5)).await;
     }
+    // A flip that lost a race and was applied again is counted once, when it is in force: the
+    // fleet never counts more flips than it accepted.
+    let mut counted = 0.0;
+    for p in [a, b] {
+        let text = get(&c, &p.admin_url("/metrics"), &[]).await.text();
+        counted += text
+            .lines()
+            .find(|l| l.starts_with("flipgate_flips_total{route=\"bot\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(
+        counted <= accepted as f64,
+        "{counted} flips counted for {accepted} accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -592,7 +592,7 @@ impl Control {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = self.change(route, |r, s, now| {
+            let result = self.change_counted(route, |r, s, now, tally| {
                 if require_healthy {
                     let to = match &action {
                         Action::Flip { target: Some(t) } => Some(t.clone()),
@@ -604,8 +604,10 @@ impl Control {
                         self.require_healthy(&r.name, &to)?;
                     }
                 }
-                let (kind, message) = apply(r, s, &action, now, &self.metrics)?;
-                rollout::interrupted(r, s, kind, now, &self.metrics);
+                let (kind, message) = apply(r, s, &action, now, tally)?;
+                if rollout::interrupted(s, kind, now) {
+                    tally.rollout_ended(rollout::Phase::Aborted);
+                }
                 Ok((kind, message))
             });
             match result {
@@ -634,6 +636,24 @@ impl Control {
                 v.message()
             )))
         }
+    }
+
+    /// `change`, with `f` telling what metrics count in a `Tally`, counted once the change is in
+    /// force (never for a refused one).
+    pub(crate) fn change_counted(
+        &self,
+        route: &str,
+        f: impl FnOnce(
+            &Route,
+            &mut RouteState,
+            u64,
+            &mut Tally,
+        ) -> Result<(&'static str, String), ControlError>,
+    ) -> Result<Applied, ControlError> {
+        let mut tally = Tally::default();
+        let applied = self.change(route, |r, s, now| f(r, s, now, &mut tally))?;
+        tally.count(&self.metrics, route);
+        Ok(applied)
     }
 
     /// Changes one route's state with `f` (route, its state, now in unix ms), which says what it
@@ -1299,12 +1319,50 @@ fn default_other(route: &Route, s: &RouteState, hint: &str) -> Result<String, Co
         })
 }
 
+/// What a change did that metrics count, counted by `change_counted` only once the change is in
+/// force: a change refused (a shared store's lost race, retried; a stale rollout step) counts
+/// nothing, and a retried one is counted once.
+#[derive(Default)]
+pub(crate) struct Tally {
+    flips: u64,
+    /// `rollbacks_total` reasons, one entry per rollback.
+    rollbacks: Vec<&'static str>,
+    /// How a rollout the change ended ended (`rollouts_total`).
+    rollout_ended: Option<rollout::Phase>,
+}
+
+impl Tally {
+    pub(crate) fn flip(&mut self) {
+        self.flips += 1;
+    }
+
+    pub(crate) fn rollback(&mut self, reason: &'static str) {
+        self.rollbacks.push(reason);
+    }
+
+    pub(crate) fn rollout_ended(&mut self, phase: rollout::Phase) {
+        self.rollout_ended = Some(phase);
+    }
+
+    fn count(&self, metrics: &Metrics, route: &str) {
+        if self.flips > 0 {
+            metrics.flips.with_label_values(&[route]).inc_by(self.flips);
+        }
+        for reason in &self.rollbacks {
+            metrics.rollbacks.with_label_values(&[route, reason]).inc();
+        }
+        if let Some(phase) = self.rollout_ended {
+            rollout::count(metrics, route, phase);
+        }
+    }
+}
+
 fn apply(
     route: &Route,
     s: &mut RouteState,
     action: &Action,
     now_unix_ms: u64,
-    metrics: &Metrics,
+    tally: &mut Tally,
 ) -> Result<(&'static str, String), ControlError> {
     let name = route.name.as_str();
     match action {
@@ -1330,7 +1388,7 @@ fn apply(
             s.previous = Some(from.clone());
             s.live_source = Source::Admin;
             s.bake_until_unix_ms = bake_until(route, now_unix_ms);
-            metrics.flips.with_label_values(&[name]).inc();
+            tally.flip();
             Ok(("flip", format!("flipped live {from} -> {to}")))
         }
         Action::Canary { percent, target } => {
@@ -1377,14 +1435,14 @@ fn apply(
             s.canary_bp = 0;
             s.canary_source = Source::Admin;
             s.bake_until_unix_ms = bake_until(route, now_unix_ms);
-            metrics.flips.with_label_values(&[name]).inc();
+            tally.flip();
             Ok(("promote", format!("promoted canary: live {from} -> {t}")))
         }
         Action::Rollback => {
             if s.canary_bp > 0 {
                 s.canary_bp = 0;
                 s.canary_source = Source::Admin;
-                metrics.rollbacks.with_label_values(&[name, "admin"]).inc();
+                tally.rollback("admin");
                 return Ok((
                     "rollback",
                     format!("canary rolled back to 0%; all traffic to `{}`", s.live),
@@ -1408,8 +1466,8 @@ fn apply(
             let from = std::mem::replace(&mut s.live, prev.clone());
             s.live_source = Source::Admin;
             s.bake_until_unix_ms = None;
-            metrics.rollbacks.with_label_values(&[name, "admin"]).inc();
-            metrics.flips.with_label_values(&[name]).inc();
+            tally.rollback("admin");
+            tally.flip();
             Ok(("rollback", format!("rolled back live {from} -> {prev}")))
         }
         Action::Reset => {

@@ -32,7 +32,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::Route;
 use crate::control::circuit::window::Window;
 use crate::control::state::{RouteState, Source};
 use crate::control::wake::{self, Wake};
@@ -264,7 +263,7 @@ pub fn current_percent(s: &RouteState) -> i64 {
         .map_or(0, |r| i64::from(r.percent()))
 }
 
-fn count(metrics: &Metrics, route: &str, phase: Phase) {
+pub(crate) fn count(metrics: &Metrics, route: &str, phase: Phase) {
     metrics
         .rollouts
         .with_label_values(&[route, phase.name()])
@@ -273,24 +272,24 @@ fn count(metrics: &Metrics, route: &str, phase: Phase) {
 
 /// An operator's action `kind` was applied to `s`: a split change stops a rollout in progress
 /// (`aborted`, reason "operator KIND"). `reset` does not change the split and does not stop it.
-pub(crate) fn interrupted(
-    route: &Route,
-    s: &mut RouteState,
-    kind: &str,
-    now_unix_ms: u64,
-    metrics: &Metrics,
-) {
+/// Returns whether one stopped (counted once the change is in force: `Tally`).
+pub(crate) fn interrupted(s: &mut RouteState, kind: &str, now_unix_ms: u64) -> bool {
     // A reset, and a drain (instances, not the split), leave a rollout alone.
     if matches!(kind, "reset" | "drain" | "undrain") {
-        return;
+        return false;
     }
-    if let Some(r) = s.rollout.as_mut().filter(|r| r.phase.active()) {
-        r.end(
-            Phase::Aborted,
-            format!("operator {kind}: the split was changed by hand, the rollout stopped there"),
-            now_unix_ms,
-        );
-        count(metrics, &route.name, Phase::Aborted);
+    match s.rollout.as_mut().filter(|r| r.phase.active()) {
+        Some(r) => {
+            r.end(
+                Phase::Aborted,
+                format!(
+                    "operator {kind}: the split was changed by hand, the rollout stopped there"
+                ),
+                now_unix_ms,
+            );
+            true
+        }
+        None => false,
     }
 }
 
@@ -364,7 +363,7 @@ impl Control {
     /// with 422 for a bad target (unknown, or already live).
     pub fn rollout_start(&self, route: &str, plan: Plan) -> Result<Applied, ControlError> {
         let base = baseline(self, route, &plan.target);
-        self.change(route, |r, s, now| {
+        self.change_counted(route, |r, s, now, tally| {
             if let Some(cur) = s.rollout.as_ref().filter(|c| c.phase.active()) {
                 return Err(ControlError::Conflict(format!(
                     "route `{}` already has a rollout of `{}` in progress (step {} of {}, {}%); pause, resume or abort it first",
@@ -404,14 +403,14 @@ impl Control {
                         target: Some(plan.target.clone()),
                     },
                     now,
-                    &self.metrics,
+                    tally,
                 )?;
                 ro.end(
                     Phase::Promoted,
                     "the ladder is a single 100% step: promoted at once".into(),
                     now,
                 );
-                count(&self.metrics, &r.name, Phase::Promoted);
+                tally.rollout_ended(Phase::Promoted);
                 format!("rollout of `{}`: single 100% step, promoted", plan.target)
             } else {
                 apply(
@@ -422,7 +421,7 @@ impl Control {
                         target: Some(plan.target.clone()),
                     },
                     now,
-                    &self.metrics,
+                    tally,
                 )?;
                 format!(
                     "rollout of `{}` started: {}, hold {} per step, at least {} requests per step; step 1 at {first}%",
@@ -442,7 +441,7 @@ impl Control {
     /// 0 % (`rollbacks_total{reason="rollout"}`) and ends the rollout as `aborted`. 409 when there
     /// is no rollout in progress (or, to resume, none paused).
     pub fn rollout_op(&self, route: &str, op: Op) -> Result<Applied, ControlError> {
-        self.change(route, |r, s, now| {
+        self.change_counted(route, |r, s, now, tally| {
             let name = r.name.as_str();
             let Some(ro) = s.rollout.as_mut().filter(|x| x.phase.active()) else {
                 return Err(ControlError::Conflict(format!(
@@ -487,14 +486,11 @@ impl Control {
                 Op::Abort => {
                     let target = ro.target.clone();
                     ro.end(Phase::Aborted, "aborted by the operator".into(), now);
-                    count(&self.metrics, name, Phase::Aborted);
+                    tally.rollout_ended(Phase::Aborted);
                     if s.canary_bp > 0 && s.canary_target.as_deref() == Some(target.as_str()) {
                         s.canary_bp = 0;
                         s.canary_source = Source::Admin;
-                        self.metrics
-                            .rollbacks
-                            .with_label_values(&[name, "rollout"])
-                            .inc();
+                        tally.rollback("rollout");
                     }
                     Ok((
                         "rollout",
@@ -516,7 +512,7 @@ impl Control {
             Next::Advance { .. } => baseline(self, route, &target),
             _ => StepBase::default(),
         };
-        self.change(route, |r, s, now| {
+        self.change_counted(route, |r, s, now, tally| {
             if s.rollout.as_ref() != Some(seen) {
                 return Err(ControlError::Rejected("stale".into()));
             }
@@ -530,7 +526,7 @@ impl Control {
                             target: Some(target.clone()),
                         },
                         now,
-                        &self.metrics,
+                        tally,
                     )?;
                     let ro = s.rollout.as_mut().expect("checked above");
                     ro.step = *step;
@@ -543,7 +539,7 @@ impl Control {
                     )
                 }
                 Next::Promote => {
-                    apply(r, s, &Action::Promote, now, &self.metrics)?;
+                    apply(r, s, &Action::Promote, now, tally)?;
                     let ro = s.rollout.as_mut().expect("checked above");
                     ro.step = ro.steps.len().saturating_sub(1);
                     ro.end(
@@ -551,7 +547,7 @@ impl Control {
                         format!("every step held healthy; `{target}` promoted"),
                         now,
                     );
-                    count(&self.metrics, &r.name, Phase::Promoted);
+                    tally.rollout_ended(Phase::Promoted);
                     format!("rollout of `{target}`: promoted, `{target}` is live")
                 }
                 Next::RolledBack(why) | Next::Aborted(why) => {
@@ -562,7 +558,7 @@ impl Control {
                     };
                     let ro = s.rollout.as_mut().expect("checked above");
                     ro.end(phase, why.clone(), now);
-                    count(&self.metrics, &r.name, phase);
+                    tally.rollout_ended(phase);
                     format!("rollout of `{target}` {}: {why}", phase.name())
                 }
                 Next::Nothing | Next::Hold { .. } => {
@@ -868,8 +864,7 @@ mod tests {
         assert_eq!(current_percent(&s), 0);
         s.rollout = Some(ladder());
         assert_eq!(current_percent(&s), 5);
-        let m = Metrics::new();
-        interrupted(&route, &mut s, "flip", 1, &m);
+        assert!(interrupted(&mut s, "flip", 1));
         assert_eq!(current_percent(&s), 0);
         let ro = s.rollout.as_ref().unwrap();
         assert_eq!(ro.phase, Phase::Aborted);
