@@ -6,7 +6,6 @@
 //! Set `FLIPGATE_SCREENSHOT_DIR` to keep the screenshots.
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,35 +288,11 @@ async fn status_page(p: &Proc) {
     }
     assert_eq!(drawn, 6, "two targets x three metrics drawn:\n{dom}");
 
-    let keep = std::env::var_os("FLIPGATE_SCREENSHOT_DIR").map(std::path::PathBuf::from);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, size) in [("laptop", "1366,900"), ("phone", "390,1400")] {
-        let file = dir.join(format!("charts-{name}.png"));
-        let (_, stderr) = browser::run(
-            bin,
-            &url,
-            &[
-                format!("--screenshot={}", file.display()),
-                format!("--window-size={size}"),
-            ],
-        )
-        .await;
-        let problems = browser::console_problems(&stderr);
-        assert!(
-            problems.is_empty(),
-            "console errors ({name}): {problems:#?}"
-        );
-        assert_png(&file);
-        if keep.is_some() {
-            eprintln!("screenshot: {}", file.display());
-        }
-    }
-}
-
-fn assert_png(path: &Path) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
-    assert!(bytes.len() > 10_000, "{} is not blank", path.display());
+    browser::screenshots(
+        bin,
+        &url,
+        "charts",
+        &[("laptop", "1366,900"), ("phone", "390,1400")],
+    )
+    .await;
 }

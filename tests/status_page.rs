@@ -4,7 +4,6 @@
 //! `FLIPGATE_SCREENSHOT_DIR` to keep laptop and phone screenshots.
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use support::*;
@@ -247,36 +246,12 @@ async fn renders_in_headless_chromium_without_errors_or_injection() {
         "a script from events ran (it renames the page):\n{dom}"
     );
 
-    let keep = std::env::var_os("FLIPGATE_SCREENSHOT_DIR").map(std::path::PathBuf::from);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, size) in [("laptop", "1366,900"), ("phone", "390,1600")] {
-        let file = dir.join(format!("status-{name}.png"));
-        let (_, stderr) = browser::run(
-            bin,
-            &url,
-            &[
-                format!("--screenshot={}", file.display()),
-                format!("--window-size={size}"),
-            ],
-        )
-        .await;
-        let problems = browser::console_problems(&stderr);
-        assert!(
-            problems.is_empty(),
-            "console errors ({name}): {problems:#?}"
-        );
-        assert_png(&file);
-        if keep.is_some() {
-            eprintln!("screenshot: {}", file.display());
-        }
-    }
+    browser::screenshots(
+        bin,
+        &url,
+        "status",
+        &[("laptop", "1366,900"), ("phone", "390,1600")],
+    )
+    .await;
     gw.stop().await;
-}
-
-fn assert_png(path: &Path) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
-    assert!(bytes.len() > 10_000, "{} is not blank", path.display());
 }

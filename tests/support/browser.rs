@@ -68,3 +68,36 @@ pub fn console_problems(stderr: &str) -> Vec<&str> {
         .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("Refused to"))
         .collect()
 }
+
+/// Renders `url` at each `(name, "W,H")` size to `PREFIX-NAME.png` and asserts each is a real,
+/// non-blank PNG and that the page logged no console problem. The files go to a temporary
+/// directory, or to `FLIPGATE_SCREENSHOT_DIR` when set (kept, and their paths printed).
+pub async fn screenshots(bin: &str, url: &str, prefix: &str, sizes: &[(&str, &str)]) {
+    let keep = std::env::var_os("FLIPGATE_SCREENSHOT_DIR").map(std::path::PathBuf::from);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, size) in sizes {
+        let file = dir.join(format!("{prefix}-{name}.png"));
+        let (_, stderr) = run(
+            bin,
+            url,
+            &[
+                format!("--screenshot={}", file.display()),
+                format!("--window-size={size}"),
+            ],
+        )
+        .await;
+        let problems = console_problems(&stderr);
+        assert!(
+            problems.is_empty(),
+            "console errors ({name}): {problems:#?}"
+        );
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", file.display());
+        assert!(bytes.len() > 10_000, "{} is not blank", file.display());
+        if keep.is_some() {
+            eprintln!("screenshot: {}", file.display());
+        }
+    }
+}
