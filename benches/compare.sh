@@ -8,6 +8,8 @@
 #   bash benches/compare.sh --tls-only # only the TLS rows (closed loop, open loop at 50 %)
 #   bash benches/compare.sh --tail     # only the open-loop rows at 50 and 75 % (HTTP/1.1, h2c),
 #                                      # 3 rounds, a few minutes: to check a tail change
+#   bash benches/compare.sh --h2       # only the HTTP/2 closed-loop rows (h2c, h2 over TLS),
+#                                      # 3 rounds, about two minutes: to check an HTTP/2 change
 #   options: --rounds N  --secs S  --out FILE (the results table, also printed)
 #            --no-build (use the binaries already built; FLIPGATE_BIN, LOADGEN_BIN, PIPE_BIN
 #            override their paths, e.g. to compare two builds of flipgate)
@@ -35,6 +37,7 @@ SECS=2
 QUICK=0
 TLS_ONLY=0
 TAIL=0
+H2_ONLY=0
 OUT=""
 BUILD=1
 while [ $# -gt 0 ]; do
@@ -42,6 +45,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; ROUNDS=1; SECS=1 ;;
     --tls-only) TLS_ONLY=1 ;;
     --tail) TAIL=1 ;;
+    --h2) H2_ONLY=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --secs) SECS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
@@ -371,6 +375,7 @@ OPEN_METRICS="P50 P99 P999 CPU_US LOAD_CPU_US SEGS UP_CONNS"
 echo "compare.sh: warm-up (discarded)" >&2
 for p in "${PROXIES[@]}"; do
   if [ "$TLS_ONLY" = 1 ]; then skip "$p" tls || wrk_run "$p" tls /12 32 1; continue; fi
+  if [ "$H2_ONLY" = 1 ]; then h2_run "$p" 32 1; skip "$p" tls || h2_run "$p" 32 1 tls; continue; fi
   wrk_run "$p" h1 /12 32 1
   h2_run "$p" 32 1
   [ "$TAIL" = 1 ] && continue
@@ -386,6 +391,11 @@ for r in $(seq "$ROUNDS"); do
       [ "$p" = nginx ] || continue
       wrk_run nginx h1 /12 32 "$SECS"; record nginx "h1-12B" "rps_c32" "$r" "$RPS"
       h2_run nginx 32 "$SECS"; record nginx "h2c-12B" "rps_c32" "$r" "$RPS"
+      continue
+    fi
+    if [ "$H2_ONLY" = 1 ]; then
+      h2_run "$p" 32 "$SECS"; record "$p" "h2c-12B" "rps_c32" "$r" "$RPS"
+      skip "$p" tls || { h2_run "$p" 32 "$SECS" tls; record "$p" "h2-tls-12B" "rps_c32" "$r" "$RPS"; }
       continue
     fi
     if [ "$TLS_ONLY" = 1 ]; then
@@ -416,7 +426,9 @@ median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 ceiling() { # proxy case: median closed-loop c32 rps
   median $(awk -F'\t' -v p="$1" -v c="$2" '$1 == p && $2 == c && $3 == "rps_c32" {print $5}' "$RES")
 }
-if [ "$TLS_ONLY" = 1 ]; then
+if [ "$H2_ONLY" = 1 ]; then
+  QUICK=1 # the open-loop, memory and change sections are skipped
+elif [ "$TLS_ONLY" = 1 ]; then
   for r in $(seq "$ROUNDS"); do
     echo "compare.sh: open loop (TLS), round $r/$ROUNDS" >&2
     for p in "${PROXIES[@]}"; do
@@ -463,7 +475,7 @@ done
 
 fi
 
-if [ "$TLS_ONLY" = 0 ] && [ "$TAIL" = 0 ]; then
+if [ "$TLS_ONLY" = 0 ] && [ "$TAIL" = 0 ] && [ "$H2_ONLY" = 0 ]; then
 echo "compare.sh: memory" >&2
 [ "$QUICK" = 1 ] && IDLE=2000
 record all mem idle_connections 1 "$IDLE"

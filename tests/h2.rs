@@ -870,3 +870,155 @@ async fn http1_upstream_response_trailers_reach_an_h2c_client() {
     assert_eq!(collected.to_bytes(), "hello");
     gw.stop().await;
 }
+
+/// An HTTP/1.1 upstream for HTTP/2 clients through the engine's own exchange
+/// (`serve::proxy::direct`): counts its connections; answers each request `ok` (after `stall`,
+/// the head and the first body byte only, then nothing; with `one_per_conn`, closing the
+/// connection after each answer without saying so: the keep-alive race).
+async fn spawn_counting_upstream(
+    one_per_conn: bool,
+    stall: bool,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        let answer: &[u8] = if stall {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        };
+                        if s.write_all(answer).await.is_err() || one_per_conn {
+                            return;
+                        }
+                        if stall {
+                            // Holds the connection open, sending nothing more.
+                            let _ = s.read(&mut chunk).await;
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// HTTP/2 streams one after another share one kept-alive upstream connection; an upstream that
+/// closes each connection after one answer still answers every request (a closed idle connection
+/// is discarded, or the request resent on a fresh one).
+#[tokio::test]
+async fn h2_streams_reuse_upstream_connections_and_survive_keepalive_closes() {
+    use std::sync::atomic::Ordering;
+    let (keeps, kept_conns) = spawn_counting_upstream(false, false).await;
+    let (closes, _) = spawn_counting_upstream(true, false).await;
+    for (up, reuses) in [(keeps, true), (closes, false)] {
+        let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+        let h2c = h2c_client();
+        for i in 0..20 {
+            let r = get(&h2c, &gw.url("/x"), &[]).await;
+            assert_eq!((i, r.status, r.text()), (i, 200, "ok".to_string()));
+        }
+        if reuses {
+            assert_eq!(
+                kept_conns.load(Ordering::SeqCst),
+                1,
+                "one upstream connection"
+            );
+        }
+        gw.stop().await;
+    }
+}
+
+/// A failed connect moves an HTTP/2 request to another instance of its target.
+#[tokio::test]
+async fn h2_request_moves_to_another_instance_when_a_connect_fails() {
+    let (live, _) = spawn_counting_upstream(false, false).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = config("blue", &[("blue", live)], "").replace(
+        &format!("[\"{live}\"]"),
+        &format!("[\"{dead}\", \"{live}\"]"),
+    );
+    let gw = Gw::start(&cfg).await;
+    let h2c = h2c_client();
+    for i in 0..10 {
+        let r = get(&h2c, &gw.url("/x"), &[]).await;
+        assert_eq!((i, r.status), (i, 200));
+    }
+    gw.stop().await;
+}
+
+/// An upstream that never answers is a 504 at `upstream_timeout`; one that stops mid-body is cut
+/// at `body_idle_timeout` (the client's stream fails rather than hanging).
+#[tokio::test]
+async fn h2_request_to_a_silent_or_stalled_http1_upstream_ends() {
+    use http_body_util::BodyExt;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let (stalls, _) = spawn_counting_upstream(false, true).await;
+    let cfg = config("blue", &[("blue", silent_addr)], "")
+        .replace("upstream_timeout = \"5s\"", "upstream_timeout = \"300ms\"");
+    let gw = Gw::start(&cfg).await;
+    let h2c = h2c_client();
+    let r = get(&h2c, &gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 504);
+    gw.stop().await;
+    let gw = Gw::start(&with_server(
+        &config("green", &[("green", stalls)], ""),
+        "body_idle_timeout = \"300ms\"",
+    ))
+    .await;
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h2c.request(
+            http::Request::get(gw.url("/x"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("head within the deadline")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        resp.into_body().collect(),
+    )
+    .await
+    .expect("the stalled body ends within the deadline");
+    assert!(
+        body.is_err(),
+        "a body cut short is an error, not a clean end"
+    );
+    gw.stop().await;
+}

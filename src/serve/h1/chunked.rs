@@ -4,7 +4,9 @@
 //!
 //! Invariants: strict framing (CRLF line ends, hex sizes that fit in a u64); anything else is an
 //! error and the connection carrying it is not reused. `scan` never looks past the end of the
-//! message: the bytes after it belong to the next one. No allocation, O(1) state.
+//! message: the bytes after it belong to the next one. No allocation, O(1) state. `data` walks the
+//! same states for a client that takes the body without its framing (HTTP/2): trailers are
+//! skipped, as hyper's client drops them for a downstream that did not ask for them.
 
 /// Where in the chunked framing the scanner is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +163,41 @@ impl Scanner {
         }
         Ok(i)
     }
+
+    /// Whether the last chunk has been seen: what follows is the trailer section (its fields,
+    /// then an empty line).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart | State::Trailer | State::TrailerLf | State::EndLf | State::Done
+        )
+    }
+
+    /// Decodes the framing at the start of `buf`: returns how many bytes of it are framing
+    /// (consumed, never data) and how many data bytes follow them (not yet consumed: the caller
+    /// takes them, then calls again after them). `(n, 0)` when no data byte follows: `buf` is
+    /// all framing, or the body is `done()`, or the last chunk's size line ended at `n` (the
+    /// trailer section, `in_trailers`, is the next call's).
+    pub fn data(&mut self, buf: &[u8]) -> Result<(usize, usize), ChunkError> {
+        let mut i = 0;
+        while i < buf.len() && !self.done() {
+            if self.state == State::TrailerStart && i > 0 {
+                // The last chunk's size line ends here: the trailers are the next call's.
+                return Ok((i, 0));
+            }
+            if let State::Data(left) = self.state {
+                let take = left.min((buf.len() - i) as u64);
+                self.state = if take == left {
+                    State::DataCr
+                } else {
+                    State::Data(left - take)
+                };
+                return Ok((i, take as usize));
+            }
+            i += self.scan(&buf[i..i + 1])?;
+        }
+        Ok((i, 0))
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +256,29 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// `data` yields exactly the chunks' payload, whatever the reads' boundaries.
+    #[test]
+    fn data_decodes_across_splits() {
+        let b = b"5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nt: v\r\n\r\nNEXT";
+        for split in 1..b.len() {
+            let mut s = Scanner::default();
+            let (mut out, mut used) = (Vec::new(), 0);
+            for part in [&b[..split], &b[split..]] {
+                let mut at = 0;
+                while at < part.len() && !s.done() {
+                    let (framing, data) = s.data(&part[at..]).unwrap();
+                    at += framing;
+                    out.extend_from_slice(&part[at..at + data]);
+                    at += data;
+                }
+                used += at;
+            }
+            assert_eq!(out, b"hello world", "split at {split}");
+            assert!(s.done());
+            assert_eq!(used, b.len() - 4, "split at {split}");
         }
     }
 

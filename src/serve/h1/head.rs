@@ -484,18 +484,61 @@ pub struct Response {
 }
 
 /// The outcome of looking at an upstream's buffered bytes.
-pub enum UpstreamHead {
+pub enum UpstreamHead<R = Response> {
     Partial,
     /// An interim (1xx) response of this many bytes: skipped.
     Interim(usize),
     /// Not a usable HTTP/1.x response head.
     Invalid,
-    Ready(Response),
+    Ready(R),
 }
 
-/// Parses the upstream's response head and writes the client's into `out` (cleared first).
-/// `close` adds `connection: close` (the client connection ends after this response).
-pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -> UpstreamHead {
+/// An upstream's final response head, parsed and judged: what `parse_response` hands to the
+/// writer of the client's head (the engine's bytes, or hyper's `HeaderMap` on HTTP/2).
+pub struct Parsed<'a, 'b> {
+    /// The upstream's minor version (`HTTP/1.x`).
+    pub version: u8,
+    pub status: u16,
+    pub reason: &'b str,
+    pub framing: Framing,
+    /// The upstream connection may carry another request after this response.
+    pub reusable: bool,
+    /// The upstream sent a `Date`.
+    pub date: bool,
+    headers: &'a [httparse::Header<'b>],
+    conn_fields: &'a [usize],
+    chunked: Option<bool>,
+}
+
+impl<'b> Parsed<'_, 'b> {
+    /// The fields the client gets, in the upstream's order: hop-by-hop fields and those its
+    /// `Connection` lists are dropped (the forwarding policy's response rule, `hop_by_hop`),
+    /// `Transfer-Encoding` only with a body to frame, `Content-Length` only without it.
+    pub fn kept(&self) -> impl Iterator<Item = (&'b str, &'b [u8])> + '_ {
+        self.headers.iter().filter_map(move |h| {
+            let name = h.name;
+            let keep = if is(name, "transfer-encoding") {
+                self.chunked.is_some() && self.framing != Framing::Empty
+            } else if is(name, "content-length") {
+                self.chunked.is_none()
+            } else {
+                !hop_by_hop(name)
+                    && (self.conn_fields.is_empty()
+                        || !listed(self.headers, self.conn_fields, name))
+            };
+            keep.then_some((name, h.value))
+        })
+    }
+}
+
+/// Parses the upstream's response head in `buf` and hands the final one to `emit`, which writes
+/// what the client gets. The one reading of an upstream's HTTP/1.x response head, for both
+/// engines' own exchanges: returns its length with what `emit` made.
+pub fn parse_response<T>(
+    buf: &[u8],
+    head_method: bool,
+    emit: impl FnOnce(&Parsed<'_, '_>) -> T,
+) -> UpstreamHead<(usize, T)> {
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -551,7 +594,6 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
             _ => {}
         }
     }
-    let conn_fields = &conn_fields[..n_conn];
     let framing = if head_method || status == 204 || status == 304 {
         Framing::Empty
     } else {
@@ -564,49 +606,62 @@ pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -
     if framing == Framing::Close {
         reusable = false;
     }
+    let parsed = Parsed {
+        version,
+        status,
+        reason: resp.reason.unwrap_or(""),
+        framing,
+        reusable,
+        date,
+        headers,
+        conn_fields: &conn_fields[..n_conn],
+        chunked,
+    };
+    UpstreamHead::Ready((head_len, emit(&parsed)))
+}
 
+/// Writes the client's HTTP/1.1 head for the upstream's response `p` into `out` (cleared first).
+/// `close` adds `connection: close` (the client connection ends after this response).
+pub fn client_head(p: &Parsed<'_, '_>, out: &mut Vec<u8>, close: bool) -> Response {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(p.status).as_bytes());
     out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(p.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in headers {
-        let name = h.name;
-        let keep = if is(name, "transfer-encoding") {
-            chunked.is_some() && framing != Framing::Empty
-        } else if is(name, "content-length") {
-            chunked.is_none()
-        } else {
-            !hop_by_hop(name) && (conn_fields.is_empty() || !listed(headers, conn_fields, name))
-        };
-        if keep {
-            put_header(out, name.as_bytes(), h.value);
-        }
+    for (name, value) in p.kept() {
+        put_header(out, name.as_bytes(), value);
     }
-    put_header(
-        out,
-        b"via",
-        if version == 1 {
-            b"1.1 flipgate"
-        } else {
-            b"1.0 flipgate"
-        },
-    );
-    if !date {
+    let via: &[u8] = if p.version == 1 {
+        b"1.1 flipgate"
+    } else {
+        b"1.0 flipgate"
+    };
+    put_header(out, b"via", via);
+    if !p.date {
         put_date(out);
     }
-    if close || framing == Framing::Close {
+    if close || p.framing == Framing::Close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    UpstreamHead::Ready(Response {
-        head_len,
-        status,
-        framing,
-        reusable,
+    Response {
+        head_len: 0,
+        status: p.status,
+        framing: p.framing,
+        reusable: p.reusable,
         close,
-    })
+    }
+}
+
+/// Parses the upstream's response head and writes the client's into `out` (`client_head`).
+pub fn response(buf: &[u8], out: &mut Vec<u8>, head_method: bool, close: bool) -> UpstreamHead {
+    match parse_response(buf, head_method, |p| client_head(p, out, close)) {
+        UpstreamHead::Ready((head_len, r)) => UpstreamHead::Ready(Response { head_len, ..r }),
+        UpstreamHead::Partial => UpstreamHead::Partial,
+        UpstreamHead::Interim(n) => UpstreamHead::Interim(n),
+        UpstreamHead::Invalid => UpstreamHead::Invalid,
+    }
 }
 
 /// Writes flipgate's own answer (an error) into `out`.

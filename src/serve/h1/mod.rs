@@ -42,6 +42,9 @@
 //!   instance from the thread's pool (or opens one) and gives it back when it ended cleanly; at
 //!   most `upstreams::KEEP` (`idle::MAX_IDLE_PER_THREAD`) idle ones per thread. So the upstream sees about as many connections
 //!   as requests in flight, and an idle client connection holds none.
+//! - The upstream side (`Up`, the thread's pools, `upstream`, `read_head`, the reads) is also what
+//!   HTTP/2 streams to plain HTTP/1.1 upstreams use on hyper's path (`serve::proxy::direct`): one
+//!   pool, one reading of an answer's head, for both.
 
 pub mod chunked;
 pub mod downstream;
@@ -174,13 +177,15 @@ enum Next {
     Fallback,
 }
 
-/// An upstream connection: in use by one exchange, or idle in this thread's `upstreams` pool.
-struct Up {
+/// An upstream connection: in use by one exchange (the engine's, or an HTTP/2 stream's through
+/// `serve::proxy::direct`), or idle in this thread's `upstreams` pool.
+pub(crate) struct Up {
     authority: Authority,
     /// Its instance's counters: a connection to a drained instance is not kept idle.
     load: Arc<crate::upstream::balance::Load>,
-    stream: TcpStream,
-    buf: BytesMut,
+    pub(crate) stream: TcpStream,
+    /// What was read from it and not yet relayed.
+    pub(crate) buf: BytesMut,
     /// When it last went idle (into the pool).
     idle_since: Instant,
 }
@@ -401,12 +406,10 @@ impl<D: Downstream> Conn<D> {
         loop {
             let instance = &f.instance;
             let load = f.target.upstream.load(f.index);
-            let up = self
-                .upstream(instance, load, &f.limits, timer.as_mut())
-                .await;
+            let up = upstream(instance, load, &f.limits, timer.as_mut()).await;
             let (mut up, fresh) = match up {
                 Ok(x) => x,
-                Err(Failed::Answer(e)) if !moved && connect_retry::after(e) => {
+                Err(e) if !moved && connect_retry::after(e) => {
                     let limit = f.limits.max_upstream_connections;
                     let outlier = &f.limits.outlier;
                     let Some((i, slot)) =
@@ -420,7 +423,7 @@ impl<D: Downstream> Conn<D> {
                     moved = true;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(Failed::Answer(e)),
             };
             // Only a reused connection can be closed under a request by the keep-alive race.
             let may_resend = !fresh
@@ -520,75 +523,20 @@ impl<D: Downstream> Conn<D> {
             }
         }
         // The response head.
-        loop {
+        let (stop, out, left) = (&mut self.stop, &mut self.out, *body_left);
+        let head = read_head(up, head_method, may_resend, timer, |p| {
             // Decided when the head is written: a shutdown meanwhile closes after it.
-            let close = close || self.stop.now() || *body_left > 0;
-            if !up.buf.is_empty() {
-                match head::response(&up.buf, &mut self.out, head_method, close) {
-                    UpstreamHead::Ready(mut r) => {
-                        up.buf.advance(r.head_len);
-                        r.reusable &= sent;
-                        return Ok(r);
-                    }
-                    UpstreamHead::Interim(n) => {
-                        up.buf.advance(n);
-                        continue;
-                    }
-                    UpstreamHead::Invalid => return Err(RESET),
-                    UpstreamHead::Partial if up.buf.len() > MAX_RESPONSE_HEAD => return Err(RESET),
-                    UpstreamHead::Partial => {}
-                }
+            let close = close || stop.now() || left > 0;
+            head::client_head(p, out, close)
+        });
+        match head.await {
+            Ok(mut r) => {
+                r.reusable &= sent;
+                Ok(r)
             }
-            pool::fill(&mut up.buf);
-            let r = tokio::select! {
-                biased;
-                r = read_some(&up.stream, &mut up.buf) => r,
-                _ = timer.as_mut() => return Err(TIMEOUT),
-            };
-            match r {
-                Ok(n) if n > 0 => {}
-                // Closed before any byte of an answer: the keep-alive race.
-                _ if up.buf.is_empty() && may_resend => return Err(Attempt::Resend),
-                _ => return Err(RESET),
-            }
+            Err(NoHead::Resend) => Err(Attempt::Resend),
+            Err(NoHead::Failed(e)) => Err(Attempt::Failed(Failed::Answer(e))),
         }
-    }
-
-    /// An upstream connection to `instance` for this exchange: the most recently used idle one of
-    /// this thread, or a new one (`true`: a request failing on it is not resent).
-    async fn upstream(
-        &mut self,
-        instance: &Authority,
-        load: &Arc<crate::upstream::balance::Load>,
-        limits: &crate::serve::proxy::Limits,
-        timer: Pin<&mut Sleep>,
-    ) -> Result<(Up, bool), Failed> {
-        let rule = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
-        if let Some(up) = upstreams::take(instance, rule) {
-            return Ok((up, false));
-        }
-        let connect = TcpStream::connect(instance.as_str());
-        let stream = tokio::select! {
-            biased;
-            r = tokio::time::timeout(limits.connect_timeout, connect) => match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%instance, error = %e, "upstream connect failed");
-                    return Err(Failed::Answer(connect_error(&e)));
-                }
-                Err(_) => return Err(Failed::Answer(ProxyError::Upstream(UpstreamErrorKind::Timeout))),
-            },
-            _ = timer => return Err(Failed::Answer(ProxyError::Upstream(UpstreamErrorKind::Timeout))),
-        };
-        let _ = stream.set_nodelay(true);
-        let up = Up {
-            authority: instance.clone(),
-            load: load.clone(),
-            stream,
-            buf: BytesMut::new(),
-            idle_since: Instant::now(),
-        };
-        Ok((up, true))
     }
 
     /// Relays the response body (the head is in `out`) from upstream `up` to the client. Returns
@@ -649,6 +597,99 @@ impl<D: Downstream> Conn<D> {
     }
 }
 
+/// An upstream connection to `instance` for an exchange: the most recently used idle one of
+/// this thread, or a new one (`true`: a request failing on it is not resent). Fails as the
+/// request is answered: the connect's error, or a timeout (`connect_timeout`, or `timer`, the
+/// exchange's deadline).
+pub(crate) async fn upstream(
+    instance: &Authority,
+    load: &Arc<crate::upstream::balance::Load>,
+    limits: &crate::serve::proxy::Limits,
+    timer: Pin<&mut Sleep>,
+) -> Result<(Up, bool), ProxyError> {
+    const TIMEOUT: ProxyError = ProxyError::Upstream(UpstreamErrorKind::Timeout);
+    let rule = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
+    if let Some(up) = upstreams::take(instance, rule) {
+        return Ok((up, false));
+    }
+    let connect = TcpStream::connect(instance.as_str());
+    let stream = tokio::select! {
+        biased;
+        r = tokio::time::timeout(limits.connect_timeout, connect) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%instance, error = %e, "upstream connect failed");
+                return Err(connect_error(&e));
+            }
+            Err(_) => return Err(TIMEOUT),
+        },
+        _ = timer => return Err(TIMEOUT),
+    };
+    let _ = stream.set_nodelay(true);
+    let up = Up {
+        authority: instance.clone(),
+        load: load.clone(),
+        stream,
+        buf: BytesMut::new(),
+        idle_since: Instant::now(),
+    };
+    Ok((up, true))
+}
+
+/// Why an upstream connection gave no response head.
+pub(crate) enum NoHead {
+    /// It was closed before any byte of an answer and the caller allowed a resend (a reused
+    /// connection closed under the request: the keep-alive race).
+    Resend,
+    /// Answer with this: `Reset` (closed, reset, or not a valid head), or `Timeout` (`timer`).
+    Failed(ProxyError),
+}
+
+/// Reads the upstream's final response head from `up` (interim 1xx ones are skipped) and hands it
+/// to `emit`, which writes the client's; the head's bytes are consumed from `up.buf`, what
+/// follows them stays there. The one reading of an upstream's answer for both engines' own
+/// exchanges (the HTTP/1.1 engine's, `serve::proxy::direct`'s).
+pub(crate) async fn read_head<T>(
+    up: &mut Up,
+    head_method: bool,
+    may_resend: bool,
+    mut timer: Pin<&mut Sleep>,
+    mut emit: impl FnMut(&head::Parsed<'_, '_>) -> T,
+) -> Result<T, NoHead> {
+    const RESET: NoHead = NoHead::Failed(ProxyError::Upstream(UpstreamErrorKind::Reset));
+    loop {
+        if !up.buf.is_empty() {
+            match head::parse_response(&up.buf, head_method, &mut emit) {
+                UpstreamHead::Ready((n, t)) => {
+                    up.buf.advance(n);
+                    return Ok(t);
+                }
+                UpstreamHead::Interim(n) => {
+                    up.buf.advance(n);
+                    continue;
+                }
+                UpstreamHead::Invalid => return Err(RESET),
+                UpstreamHead::Partial if up.buf.len() > MAX_RESPONSE_HEAD => return Err(RESET),
+                UpstreamHead::Partial => {}
+            }
+        }
+        pool::fill(&mut up.buf);
+        let r = tokio::select! {
+            biased;
+            r = read_some(&up.stream, &mut up.buf) => r,
+            _ = timer.as_mut() => {
+                return Err(NoHead::Failed(ProxyError::Upstream(UpstreamErrorKind::Timeout)))
+            }
+        };
+        match r {
+            Ok(n) if n > 0 => {}
+            // Closed before any byte of an answer: the keep-alive race.
+            _ if up.buf.is_empty() && may_resend => return Err(NoHead::Resend),
+            _ => return Err(RESET),
+        }
+    }
+}
+
 /// Moves `timer` to `idle` from now unless it already stands between half of `idle` and `idle`
 /// from now: progress keeps a body alive, and the timer is touched at most once per half `idle`
 /// (with the defaults, the exchange's deadline already stands there and is not touched at all).
@@ -673,7 +714,7 @@ async fn write_within<D: Downstream>(stream: &mut D, buf: &[u8], timer: Pin<&mut
 }
 
 /// How many of the buffered bytes belong to the response body, and whether it ends within them.
-fn body_part(
+pub(crate) fn body_part(
     buf: &[u8],
     framing: Framing,
     left: &mut u64,
@@ -695,7 +736,7 @@ fn body_part(
 }
 
 /// Reads what is available into `buf`'s spare capacity, waiting for readiness when there is none.
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+pub(crate) async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     loop {
         match try_read(stream, buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.readable().await?,
@@ -711,7 +752,7 @@ async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<us
 /// reactor recorded after the read began is kept (tokio compares its event tick), so no wake-up is
 /// lost; a peer's close stays visible (`closed`).
 #[allow(unsafe_code)]
-fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+pub(crate) fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     let n = try_recv(stream, buf.spare_capacity_mut())?;
     // SAFETY: `recv` initialised the first `n` bytes of the spare room.
     unsafe { buf.set_len(buf.len() + n) };
@@ -742,7 +783,7 @@ fn try_recv(stream: &TcpStream, room: &mut [std::mem::MaybeUninit<u8>]) -> std::
 /// drained instance is never kept: one that ends its exchange after the drain is closed then, and
 /// those already idle are closed by the thread's next use of the pool after the drain (one
 /// relaxed load per use notices it, `balance::drain_epoch`).
-mod upstreams {
+pub(crate) mod upstreams {
     use super::Up;
     use crate::upstream::idle::{self, Idle};
     use http::uri::Authority;
@@ -806,7 +847,7 @@ mod upstreams {
     }
 
     /// Keeps a connection whose last exchange ended cleanly, for the next request to its upstream.
-    pub(super) fn give(mut up: Up) {
+    pub(crate) fn give(mut up: Up) {
         up.idle_since = Instant::now();
         let mut dropped = Vec::new();
         IDLE.with(|idle| {
@@ -824,7 +865,7 @@ mod upstreams {
 }
 
 /// Per-thread pool of I/O buffers, so requests allocate none and idle connections hold none.
-mod pool {
+pub(crate) mod pool {
     use bytes::BytesMut;
     use std::cell::RefCell;
 

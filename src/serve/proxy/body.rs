@@ -37,23 +37,65 @@ pub struct Held {
 pub enum ResponseBodyError {
     #[error("upstream body: {0}")]
     Upstream(#[from] hyper::Error),
+    #[error("{0}")]
+    Own(#[from] super::direct::OwnBodyError),
     /// No byte for `server.body_idle_timeout`.
     #[error("upstream body moved no byte for {0:?}")]
     Idle(std::time::Duration),
 }
 
-/// Body of every response flipgate sends.
+/// Body of every response flipgate sends. Not boxed: a box is an allocation per request, and the
+/// body is moved only into hyper's stream or connection.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     /// The upstream's body, with what it holds until done.
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
+/// Where an upstream's response body comes from: hyper's client, or the engine's own upstream
+/// connection (`direct`, HTTP/2 streams to HTTP/1.1 upstreams).
+pub enum Source {
+    Hyper(Incoming),
+    Own(super::direct::Own),
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        match self.get_mut() {
+            Source::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(ResponseBodyError::Upstream),
+            Source::Own(b) => Pin::new(b).poll_frame(cx).map_err(ResponseBodyError::Own),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper(b) => b.size_hint(),
+            Source::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The upstream's response body on its way to the client: cut when it moves no byte for `idle`.
 /// The timer is made only once the body first has to wait, so a body that arrives with its head
 /// costs none.
 pub struct UpstreamBody {
-    body: Incoming,
+    body: Source,
     held: Held,
     idle: std::time::Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -84,7 +126,7 @@ impl GrpcOutcome {
 impl ProxyBody {
     /// The upstream's body, cut after `idle` without a byte.
     pub fn upstream(
-        body: Incoming,
+        body: Source,
         held: Held,
         idle: std::time::Duration,
         grpc: Option<GrpcOutcome>,
@@ -153,7 +195,7 @@ impl Body for ProxyBody {
                         }
                     }
                 }
-                r.map(|o| o.map(|r| r.map_err(ResponseBodyError::Upstream)))
+                r
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }

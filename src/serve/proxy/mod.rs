@@ -8,6 +8,7 @@
 //! against a target.
 
 pub mod body;
+pub mod direct;
 pub mod pinned;
 pub mod tunnel;
 
@@ -606,6 +607,25 @@ impl Proxy {
             http::Version::HTTP_11
         };
         *req.version_mut() = upstream_version;
+        let deadline = crate::clock::deadline(start, limits.timeout);
+        let (parts, body) = req.into_parts();
+        if direct::serves(version, upstream, upgrade, bodyless, &parts) {
+            // The engine's own exchange (`direct`): no body to send, `body` is dropped.
+            let mut held = Held { slot, expect: None };
+            let sent = direct::send(&parts, target, &mut index, &mut held, &limits, deadline);
+            return match sent.await {
+                Ok(resp) => {
+                    let resp = resp.map(body::Source::Own);
+                    self.relay(resp, target, index, &limits, start, None, held, log)
+                }
+                Err(e) => {
+                    let instance = &upstream.instances[index];
+                    tracing::debug!(route = %target.route, target = %target.name, %instance, ?e, "upstream request failed");
+                    self.fail(target, index, &limits, e, start, log)
+                }
+            };
+        }
+        let mut req = Request::from_parts(parts, body);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // `Expect: 100-continue`: the body waits for the upstream's own `100 Continue`.
         let (expect, gate) = match !upgrade && !upstream.http2 {
@@ -643,7 +663,6 @@ impl Proxy {
         };
 
         let client = self.clients.for_upstream(upstream);
-        let deadline = crate::clock::deadline(start, limits.timeout);
         let mut moved = false;
         if pinned {
             loop {
@@ -654,6 +673,7 @@ impl Proxy {
                     .send(instance, load, limits.connect_timeout, idle, req);
                 match tokio::time::timeout_at(deadline, send).await {
                     Ok(Ok(Ok(resp))) => {
+                        let resp = resp.map(body::Source::Hyper);
                         return self.relay(resp, target, index, &limits, start, None, held, log);
                     }
                     Ok(Ok(Err(e))) => {
@@ -722,7 +742,7 @@ impl Proxy {
         }
         drop(kept); // the response head is in (or the exchange failed): stop keeping the body
         let resp = match result {
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => r.map(body::Source::Hyper),
             Ok(Err(e)) => {
                 log_failure(target, instance, &e);
                 return self.fail(target, index, &limits, classify(&e), start, log);
@@ -745,7 +765,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn relay(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<body::Source>,
         target: &Arc<TargetEntry>,
         index: usize,
         limits: &Limits,
