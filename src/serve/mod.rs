@@ -445,7 +445,7 @@ pub async fn serve(
     // it now, briefly awaited; the engine as its connection is closed), then every connection
     // still open, on every path, is closed.
     if !conns.is_empty() {
-        proxy.cut.send_replace(true);
+        proxy.cut.cut();
         let _ = tokio::time::timeout(CUT_GRACE, async {
             while conns.join_next().await.is_some() {}
         })

@@ -148,7 +148,7 @@ pub fn send(
     let client = proxy.clients.for_upstream(upstream).clone();
     let shadow = shadow.clone();
     let outlier = limits.outlier;
-    let mut cut = proxy.cut.subscribe();
+    let cut = proxy.cut.clone();
     let copy = async move {
         let (_place, _slot) = (place, slot);
         let start = Instant::now();
@@ -192,7 +192,7 @@ pub fn send(
         tokio::select! {
             biased;
             () = copy => {}
-            _ = cut.wait_for(|c| *c) => {}
+            _ = cut.wait() => {}
         }
     });
     tee

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use futures_util::future::{ready, Either};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -51,7 +52,7 @@ pub struct Proxy {
     pub closed: tokio::sync::Notify,
     /// Set at the drain deadline: requests still waiting for their upstream's answer on hyper's
     /// path are answered 503 (`Connection: close`) before their connections are closed.
-    pub cut: tokio::sync::watch::Sender<bool>,
+    pub cut: Arc<Cut>,
 }
 
 /// The request body's declared length (`Content-Length`), if it declares a valid one.
@@ -350,6 +351,91 @@ pub(crate) fn admit<'t>(
     }
 }
 
+/// The drain deadline's signal to requests still waiting for their upstream (`serve_until_cut`,
+/// shadow copies): a flag, and a wake-up for those waiting on it.
+#[derive(Default)]
+pub struct Cut {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cut {
+    /// Cuts every request waiting now or later.
+    pub fn cut(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `cut` is called (at once if it was).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_cut() {
+            notified.await;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, unless the drain deadline cuts it first: then 503 with
+    /// `Connection: close`, as the HTTP/1.1 engine answers. A hand-written `select`, so the
+    /// request's future is stored once (not moved into a second one) in every stream's task.
+    pub struct UntilCut<'a, F> {
+        cut: &'a Cut,
+        #[pin]
+        cut_notified: tokio::sync::futures::Notified<'a>,
+        #[pin]
+        serving: F,
+    }
+}
+
+impl<F: std::future::Future<Output = Response<ProxyBody>>> std::future::Future for UntilCut<'_, F> {
+    type Output = Response<ProxyBody>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response<ProxyBody>> {
+        let this = self.project();
+        // Registered before the flag is read: a cut in between still wakes this task.
+        let woken = this.cut_notified.poll(cx).is_ready();
+        if !woken && !this.cut.is_cut() {
+            return this.serving.poll(cx);
+        }
+        let mut r = Response::new(ProxyBody::full(crate::serve::h1::SHUTTING_DOWN));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        std::task::Poll::Ready(r)
+    }
+}
+
+/// A request admitted and rewritten for its upstream, on its way through hyper's clients
+/// (`Proxy::with_client`).
+struct Outbound {
+    target: Arc<TargetEntry>,
+    index: usize,
+    slot: Option<InflightGuard>,
+    limits: Limits,
+    start: Instant,
+    log: Option<crate::observe::access_log::Pending>,
+    upgrade: bool,
+    bodyless: bool,
+    /// Goes through this connection's pinned upstream connection first (`pinned`).
+    pinned: bool,
+    deadline: Instant,
+    tee: Option<crate::upstream::tee::Tee>,
+}
+
 impl Proxy {
     /// A data path over `snapshot`, with no connection open yet.
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, clients: Clients) -> Proxy {
@@ -359,30 +445,22 @@ impl Proxy {
             tunnels: Default::default(),
             connections: Default::default(),
             closed: Default::default(),
-            cut: tokio::sync::watch::Sender::new(false),
+            cut: Arc::default(),
         }
     }
 
     /// Serves one request, unless the drain deadline cuts it before the upstream answers (then
     /// 503 with `Connection: close`, as the HTTP/1.1 engine answers). Never fails: every problem
     /// becomes a response.
-    pub async fn serve_until_cut(
-        &self,
+    pub fn serve_until_cut<'a>(
+        &'a self,
         req: Request<Incoming>,
-        conn: &ConnInfo,
-    ) -> Response<ProxyBody> {
-        let mut cut = self.cut.subscribe();
-        tokio::select! {
-            biased;
-            r = self.serve(req, conn) => r,
-            _ = cut.wait_for(|c| *c) => {
-                let mut r = Response::new(ProxyBody::full(crate::serve::h1::SHUTTING_DOWN));
-                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                let h = r.headers_mut();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-                r
-            }
+        conn: &'a ConnInfo,
+    ) -> UntilCut<'a, impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a> {
+        UntilCut {
+            cut: &self.cut,
+            cut_notified: self.cut.notify.notified(),
+            serving: self.serve(req, conn),
         }
     }
 
@@ -405,8 +483,14 @@ impl Proxy {
         record_local(At::Unrouted(&snap.unrouted), e, Instant::now(), log);
     }
 
-    /// Serves one request. Never fails: every problem becomes a response.
-    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    /// Serves one request. Never fails: every problem becomes a response. Everything up to the
+    /// upstream exchange runs when called; the future returned holds only what the exchange
+    /// needs (an `async fn` would keep its arguments and its locals both, in every stream's task).
+    pub fn serve<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &'a ConnInfo,
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a {
         let start = Instant::now();
         // The authority the request is for (`headers::request_authority`): absolute form or
         // `:authority` over `Host`; `None` for an HTTP/1.0 request without one.
@@ -446,7 +530,7 @@ impl Proxy {
                 Ok(host) => host,
                 Err(e) => {
                     record_local(At::Unrouted(&snap.unrouted), e, start, log(None));
-                    return local(e);
+                    return Either::Left(ready(local(e)));
                 }
             };
             let host_str = host.as_ref().and_then(|h| h.to_str().ok());
@@ -455,7 +539,7 @@ impl Proxy {
             let Some(d) = decide::decide(&snap, host_str, path, req.headers(), peer) else {
                 let e = ProxyError::NoRoute;
                 record_local(At::Unrouted(&snap.unrouted), e, start, log(None));
-                return local(e);
+                return Either::Left(ready(local(e)));
             };
             d.record(&snap);
             let route = &snap.routes[d.route];
@@ -472,7 +556,7 @@ impl Proxy {
                     limits: &limits,
                 };
                 record_local(at, e, start, log(Some(reason)));
-                return local(e);
+                return Either::Left(ready(local(e)));
             }
             let preview = route.preview.as_ref().map(|p| p.header.clone());
             let shadow =
@@ -489,22 +573,21 @@ impl Proxy {
             (host, target, reason, limits, access, preview, shadow)
         };
         let access = access.map(|a| (a, reason));
-        self.forward(
-            req, host, preview, conn, &target, limits, start, access, shadow,
-        )
-        .await
+        Either::Right(self.forward(
+            req, host, preview, conn, target, limits, start, access, shadow,
+        ))
     }
 
     /// Admits, applies the forwarding policy, and forwards; records the outcome (and the access
     /// line, when `access` holds its format).
     #[allow(clippy::too_many_arguments)]
-    async fn forward(
-        &self,
+    fn forward<'a>(
+        &'a self,
         mut req: Request<Incoming>,
         host: Option<HeaderValue>,
         preview: Option<http::HeaderName>,
-        conn: &ConnInfo,
-        target: &Arc<TargetEntry>,
+        conn: &'a ConnInfo,
+        target: Arc<TargetEntry>,
         limits: Limits,
         start: Instant,
         access: Option<(
@@ -512,7 +595,9 @@ impl Proxy {
             crate::snapshot::split::Reason,
         )>,
         shadow: Option<Arc<crate::snapshot::shadow::Shadow>>,
-    ) -> Response<ProxyBody> {
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a {
+        let target_arc = target;
+        let target = &target_arc;
         let mut log = access.map(|(format, reason)| {
             crate::observe::access_log::Pending::new(
                 format,
@@ -526,7 +611,7 @@ impl Proxy {
         // A declared length over the limit is refused before any upstream work; an undeclared
         // one is cut off by `RequestBody` while streaming.
         let declared = declared_length(req.headers());
-        let (mut index, mut instance, slot) = match admit(target, &limits, declared) {
+        let (index, instance, slot) = match admit(target, &limits, declared) {
             Ok(x) => x,
             Err((e, index)) => {
                 if let Some(log) = &mut log {
@@ -542,7 +627,7 @@ impl Proxy {
                     limits: &limits,
                 };
                 record_local(at, e, start, log);
-                return local(e);
+                return Either::Left(ready(local(e)));
             }
         };
         let upstream = &target.upstream;
@@ -611,21 +696,69 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         if direct::serves(version, upstream, upgrade, bodyless, &parts) {
             // The engine's own exchange (`direct`): no body to send, `body` is dropped.
-            let mut held = Held { slot, expect: None };
-            let sent = direct::send(&parts, target, &mut index, &mut held, &limits, deadline);
-            return match sent.await {
-                Ok(resp) => {
-                    let resp = resp.map(body::Source::Own);
-                    self.relay(resp, target, index, &limits, start, None, held, log)
+            drop(body);
+            let held = Held { slot, expect: None };
+            return Either::Right(Either::Left(async move {
+                let (target, mut held) = (&target_arc, held);
+                let mut index = index;
+                let sent = direct::send(&parts, target, &mut index, &mut held, &limits, deadline);
+                match sent.await {
+                    Ok(resp) => {
+                        let resp = resp.map(body::Source::Own);
+                        self.relay(resp, target, index, &limits, start, None, held, log)
+                    }
+                    Err(e) => {
+                        let instance = &target.upstream.instances[index];
+                        tracing::debug!(route = %target.route, target = %target.name, %instance, ?e, "upstream request failed");
+                        self.fail(target, index, &limits, e, start, log)
+                    }
                 }
-                Err(e) => {
-                    let instance = &upstream.instances[index];
-                    tracing::debug!(route = %target.route, target = %target.name, %instance, ?e, "upstream request failed");
-                    self.fail(target, index, &limits, e, start, log)
-                }
-            };
+            }));
         }
-        let mut req = Request::from_parts(parts, body);
+        let out = Outbound {
+            target: target_arc.clone(),
+            index,
+            slot,
+            limits,
+            start,
+            log,
+            upgrade,
+            bodyless,
+            pinned,
+            deadline,
+            tee,
+        };
+        // Boxed: the future of this path is large (hyper's client, the pinned slot, resends) and
+        // would otherwise make every stream's task that size, the direct path's included.
+        let req = Request::from_parts(parts, body);
+        Either::Right(Either::Right(Box::pin(self.with_client(req, conn, out))))
+    }
+
+    /// Sends the forwarded request through hyper's clients (this connection's pinned one, or the
+    /// shared pools) with what resends and connect retries need, and relays the answer.
+    async fn with_client(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        out: Outbound,
+    ) -> Response<ProxyBody> {
+        let Outbound {
+            target: target_arc,
+            mut index,
+            slot,
+            limits,
+            start,
+            log,
+            upgrade,
+            bodyless,
+            pinned,
+            deadline,
+            tee,
+        } = out;
+        let target = &target_arc;
+        let upstream = &target.upstream;
+        let mut instance = &upstream.instances[index];
+        let mut req = req;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // `Expect: 100-continue`: the body waits for the upstream's own `100 Continue`.
         let (expect, gate) = match !upgrade && !upstream.http2 {
