@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: HTTP/2 closed-loop throughput +9 % over glibc's malloc in an A/B, HTTP/1.1 unchanged
+/// (the engine allocates next to nothing), peak RSS +9 MiB (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use flipgate::cli::{Cli, Command};
 use flipgate::config::Config;
