@@ -963,11 +963,15 @@ impl Control {
             routes: persisted_routes(inner),
             parked: inner.parked.clone(),
         };
-        if inner.submitted.as_deref() == Some(&saved) {
-            return self.writer.status().latest;
-        }
         // A follower whose state is exactly what the owner wrote has nothing unpersisted.
         let on_disk = !self.writer.writes() && saved == inner.base;
+        // Unchanged since it was handed over: nothing to do, unless a follower now finds it in
+        // the owner's file (both set the same state aside, the owner's write read after this
+        // process's own change): handed over again, as on disk.
+        let found_on_disk = on_disk && !self.writer.status().persisted();
+        if inner.submitted.as_deref() == Some(&saved) && !found_on_disk {
+            return self.writer.status().latest;
+        }
         let saved = Arc::new(saved);
         inner.submitted = Some(saved.clone());
         self.writer.submit(saved, on_disk)
