@@ -1022,3 +1022,119 @@ async fn h2_request_to_a_silent_or_stalled_http1_upstream_ends() {
     );
     gw.stop().await;
 }
+
+/// An HTTP/1.1 upstream that answers each request with its body (`Content-Length` framed), and
+/// counts its connections.
+async fn spawn_echo_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            let body = buf[i + 4..i + 4 + len].to_vec();
+                            buf.drain(..i + 4 + len);
+                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                            if s.write_all(head.as_bytes()).await.is_err()
+                                || s.write_all(&body).await.is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// HTTP/2 request bodies with a declared length reach an HTTP/1.1 upstream byte for byte, up to
+/// the engine's 64 KiB and past it (hyper's client then), one after another on one kept-alive
+/// upstream connection while they go through the engine's side.
+#[tokio::test]
+async fn h2_request_bodies_reach_an_http1_upstream_whole() {
+    use std::sync::atomic::Ordering;
+    let (up, conns) = spawn_echo_upstream().await;
+    let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
+    let h2c = h2c_client();
+    for (i, len) in [1usize, 100, 5000, 65536, 1, 65537, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        let body: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
+        let r = send(
+            &h2c,
+            "POST",
+            &gw.url("/echo"),
+            &[],
+            Bytes::from(body.clone()),
+        )
+        .await;
+        assert_eq!((len, r.status), (len, 200));
+        assert!(r.body == body, "the body of {len} bytes came back changed");
+        if len <= 65536 {
+            assert_eq!(conns.load(Ordering::SeqCst), 1, "one upstream connection");
+        }
+    }
+    gw.stop().await;
+}
+
+/// A client that stops sending its HTTP/2 request body is answered 408 at `upstream_timeout`.
+#[tokio::test]
+async fn h2_request_body_that_stops_is_a_408() {
+    let (up, _) = spawn_echo_upstream().await;
+    let cfg = config("blue", &[("blue", up)], "")
+        .replace("upstream_timeout = \"5s\"", "upstream_timeout = \"300ms\"");
+    let gw = Gw::start(&cfg).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"half"))))
+        .await
+        .unwrap();
+    let body = StreamBody::new(tokio_stream_of(rx));
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::post(gw.url("/echo"))
+        .header("content-length", "8")
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+        .await
+        .expect("answered within the deadline")
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    drop(tx);
+    gw.stop().await;
+}
+
+/// A `Stream` of what `rx` receives.
+fn tokio_stream_of<T>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + Unpin + 'static
+where
+    T: Send + 'static,
+{
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|x| (x, rx))
+    }))
+}

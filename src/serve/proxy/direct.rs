@@ -11,9 +11,13 @@
 //! side, in the stream's own task.
 //!
 //! Invariants:
-//! - Only what `serves` admits comes here: an HTTP/2 request without a body, to a plain HTTP/1.1
-//!   upstream, no upgrade, no CONNECT, not gRPC (its trailers need hyper's client). Everything
-//!   else keeps hyper's client.
+//! - Only what `serves` admits comes here: an HTTP/2 request to a plain HTTP/1.1 upstream, no
+//!   upgrade, no CONNECT, not gRPC (its trailers need hyper's client), without a body or with one
+//!   the engine would relay itself (a declared length within `MAX_BODY`, no `Expect`, not
+//!   re-framed chunked for trailers). Everything else keeps hyper's client.
+//! - A body is relayed as the client sends it, after the head, as the engine relays one; a
+//!   request with a body is never resent (it is not kept), but a failed connect, before any of it
+//!   was read, still moves it to another instance.
 //! - The head is the forwarded request as hyper's path rewrote it (`policy::forward::apply`, the
 //!   one policy), written field by field; the answer's head goes through the engine's one reading
 //!   (`h1::head::parse_response`: framing, hop-by-hop fields) into a `HeaderMap`, and from there
@@ -39,14 +43,16 @@ use tokio::time::Instant;
 use super::body::Held;
 use super::Limits;
 use crate::policy::connect_retry;
-use crate::policy::error::{ProxyError, UpstreamErrorKind};
+use crate::policy::error::{ClientErrorKind, ProxyError, UpstreamErrorKind};
 use crate::policy::resend::{self, Unanswered};
 use crate::serve::h1::chunked::Scanner;
-use crate::serve::h1::head::Framing;
+use crate::serve::h1::head::{Framing, MAX_BODY};
 use crate::serve::h1::{self, pool, upstreams, NoHead, Up};
 use crate::snapshot::TargetEntry;
 use crate::upstream::peer_gone;
+use crate::upstream::tee::Tee;
 use crate::upstream::Upstream;
+use hyper::body::Incoming;
 
 /// Whether this request goes through `send` (see the invariants).
 pub(super) fn serves(
@@ -56,8 +62,14 @@ pub(super) fn serves(
     bodyless: bool,
     req: &http::request::Parts,
 ) -> bool {
+    // A body goes only as the engine sends one: a declared length within `MAX_BODY`, and no
+    // `Expect` (its `100 Continue` handshake is hyper's client's).
+    let body_ok = bodyless
+        || (super::declared_length(&req.headers).is_some_and(|n| n <= MAX_BODY)
+            && !req.headers.contains_key(header::EXPECT)
+            && !req.headers.contains_key(header::TRANSFER_ENCODING));
     version == http::Version::HTTP_2
-        && bodyless
+        && body_ok
         && !upgrade
         && !upstream.http2
         && upstream.scheme == http::uri::Scheme::HTTP
@@ -66,11 +78,21 @@ pub(super) fn serves(
         && crate::serve::h1::enabled()
 }
 
-/// Sends the (forwarded, bodyless) request `req` to instance `*index` of `target` and returns the
-/// upstream's answer, its body still to come from the connection. `index` and `held`'s slot
-/// follow the request when a failed connect moves it to another instance.
+/// The request body `send` relays: the client's stream, its declared length, and the shadow
+/// copy's tee when the request is copied.
+pub(super) struct RequestBody {
+    pub body: Incoming,
+    pub len: u64,
+    pub tee: Option<Tee>,
+}
+
+/// Sends the forwarded request `req` (and its body, as the client sends it) to instance `*index`
+/// of `target` and returns the upstream's answer, its body still to come from the connection.
+/// `index` and `held`'s slot follow the request when a failed connect moves it to another
+/// instance.
 pub(super) async fn send(
     req: &http::request::Parts,
+    mut body: RequestBody,
     target: &TargetEntry,
     index: &mut usize,
     held: &mut Held,
@@ -101,17 +123,19 @@ pub(super) async fn send(
             }
             Err(e) => break Err(e),
         };
-        // Only a reused connection can be closed under a request by the keep-alive race.
+        // Only a reused connection can be closed under a request by the keep-alive race; the
+        // body, read as it is sent, cannot be sent again.
+        let bodyless = body.len == 0;
         let may_resend =
-            !fresh && resend::allowed(Unanswered::ClosedUnder, idempotent, true, resent);
+            !fresh && resend::allowed(Unanswered::ClosedUnder, idempotent, bodyless, resent);
         let sent = tokio::select! {
             biased;
             r = up.stream.write_all(&head) => r,
             _ = timer.as_mut() => break Err(ProxyError::Upstream(UpstreamErrorKind::Timeout)),
         };
         // A write the upstream refused may still have been answered (the engine's rule): the
-        // answer is read, and the connection not kept.
-        let reusable = match sent {
+        // sending stops, the answer is read, and the connection is not kept.
+        let mut reusable = match sent {
             Ok(()) => true,
             Err(_) if may_resend => {
                 resent += 1;
@@ -120,6 +144,12 @@ pub(super) async fn send(
             Err(e) if peer_gone(&e) => false,
             Err(_) => break Err(ProxyError::Upstream(UpstreamErrorKind::Reset)),
         };
+        if reusable && body.len > 0 {
+            match relay_body(&mut up, &mut body, timer.as_mut()).await {
+                Ok(sent) => reusable = sent,
+                Err(e) => break Err(e),
+            }
+        }
         match h1::read_head(&mut up, head_method, may_resend, timer.as_mut(), parts_of).await {
             Ok((resp, framing, kept)) => {
                 let body = Own::new(up, framing, kept && reusable);
@@ -135,6 +165,52 @@ pub(super) async fn send(
     head.clear();
     pool::give(&mut head);
     result
+}
+
+/// Relays the request body from the client's stream to `up` as it comes (the tee takes each
+/// part the upstream took). `Ok(false)`: the upstream refused a write (its answer may follow).
+/// The deadline passing while the client's body is awaited is the client's (`BodyTimeout`), as
+/// is a body that ends short or breaks (`BodyAborted`).
+async fn relay_body(
+    up: &mut Up,
+    body: &mut RequestBody,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Result<bool, ProxyError> {
+    use http_body_util::BodyExt;
+    const ABORTED: ProxyError = ProxyError::Client(ClientErrorKind::BodyAborted);
+    let mut left = body.len;
+    while left > 0 {
+        let frame = tokio::select! {
+            biased;
+            f = body.body.frame() => f,
+            _ = timer.as_mut() => return Err(ProxyError::Client(ClientErrorKind::BodyTimeout)),
+        };
+        let data = match frame {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers: an HTTP/1.1 length-delimited body has none
+            },
+            None | Some(Err(_)) => return Err(ABORTED),
+        };
+        if data.len() as u64 > left {
+            return Err(ABORTED);
+        }
+        let written = tokio::select! {
+            biased;
+            r = up.stream.write_all(&data) => r,
+            _ = timer.as_mut() => return Err(ProxyError::Upstream(UpstreamErrorKind::Timeout)),
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if peer_gone(&e) => return Ok(false),
+            Err(_) => return Err(ProxyError::Upstream(UpstreamErrorKind::Reset)),
+        }
+        if let Some(tee) = &mut body.tee {
+            tee.push(&data);
+        }
+        left -= data.len() as u64;
+    }
+    Ok(true)
 }
 
 /// The upstream's request head: the request line in origin form, then every field as forwarded.

@@ -695,13 +695,16 @@ impl Proxy {
         let deadline = crate::clock::deadline(start, limits.timeout);
         let (parts, body) = req.into_parts();
         if direct::serves(version, upstream, upgrade, bodyless, &parts) {
-            // The engine's own exchange (`direct`): no body to send, `body` is dropped.
-            drop(body);
+            // The engine's own exchange (`direct`).
+            let len = if bodyless { 0 } else { declared.unwrap_or(0) };
+            let body = direct::RequestBody { body, len, tee };
             let held = Held { slot, expect: None };
             return Either::Right(Either::Left(async move {
                 let (target, mut held) = (&target_arc, held);
                 let mut index = index;
-                let sent = direct::send(&parts, target, &mut index, &mut held, &limits, deadline);
+                let sent = direct::send(
+                    &parts, body, target, &mut index, &mut held, &limits, deadline,
+                );
                 match sent.await {
                     Ok(resp) => {
                         let resp = resp.map(body::Source::Own);
