@@ -34,9 +34,11 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
@@ -78,8 +80,8 @@ pub(super) fn serves(
         && crate::serve::h1::enabled()
 }
 
-/// The request body `send` relays: the client's stream, its declared length, and the shadow
-/// copy's tee when the request is copied.
+/// The request body `send` relays: the client's stream, its declared length (what is left of it
+/// to relay), and the shadow copy's tee when the request is copied.
 pub(super) struct RequestBody {
     pub body: Incoming,
     pub len: u64,
@@ -103,6 +105,24 @@ pub(super) async fn send(
     let mut head = BytesMut::new();
     pool::fill(&mut head);
     write_head(&mut head, req);
+    // The request's rule for a resend is the engine's: only without a body.
+    let bodyless = body.len == 0;
+    // What of the body already came with the head goes out in the same write, as on the engine.
+    let first = (body.len > 0)
+        .then(|| body.body.frame().now_or_never())
+        .flatten();
+    if let Some(Some(Ok(frame))) = first {
+        if let Ok(data) = frame.into_data() {
+            if data.len() as u64 > body.len {
+                return Err(ProxyError::Client(ClientErrorKind::BodyAborted));
+            }
+            head.extend_from_slice(&data);
+            if let Some(tee) = &mut body.tee {
+                tee.push(&data);
+            }
+            body.len -= data.len() as u64;
+        }
+    }
     let head_method = req.method == Method::HEAD;
     let idempotent = resend::idempotent(req.method.as_str().as_bytes());
     let (mut resent, mut moved) = (0, false);
@@ -125,7 +145,6 @@ pub(super) async fn send(
         };
         // Only a reused connection can be closed under a request by the keep-alive race; the
         // body, read as it is sent, cannot be sent again.
-        let bodyless = body.len == 0;
         let may_resend =
             !fresh && resend::allowed(Unanswered::ClosedUnder, idempotent, bodyless, resent);
         let sent = tokio::select! {
@@ -176,7 +195,6 @@ async fn relay_body(
     body: &mut RequestBody,
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> Result<bool, ProxyError> {
-    use http_body_util::BodyExt;
     const ABORTED: ProxyError = ProxyError::Client(ClientErrorKind::BodyAborted);
     let mut left = body.len;
     while left > 0 {
