@@ -20,10 +20,11 @@ ARG RUST_VERSION=1.95.0
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 # Cargo features to build with: "" (default) or "etcd" (the etcd state backend).
 ARG FEATURES=""
-# protoc: the etcd client compiles its protobufs at build time. Build stage only.
+# protoc: the etcd client compiles its protobufs at build time; libprotobuf-dev holds the
+# well-known types they import (only recommended by protobuf-compiler). Build stage only.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
