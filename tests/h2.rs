@@ -871,13 +871,23 @@ async fn http1_upstream_response_trailers_reach_an_h2c_client() {
     gw.stop().await;
 }
 
+/// How `spawn_h1_upstream` answers each request.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// `ok`, keeping the connection.
+    Ok,
+    /// `ok`, then closing the connection without saying so (the keep-alive race).
+    OncePerConnection,
+    /// The head and one byte of a 100-byte body, then nothing (the connection held open).
+    Stall,
+    /// The request's body (`Content-Length` framed).
+    Echo,
+}
+
 /// An HTTP/1.1 upstream for HTTP/2 clients through the engine's own exchange
-/// (`serve::proxy::direct`): counts its connections; answers each request `ok` (after `stall`,
-/// the head and the first body byte only, then nothing; with `one_per_conn`, closing the
-/// connection after each answer without saying so: the keep-alive race).
-async fn spawn_counting_upstream(
-    one_per_conn: bool,
-    stall: bool,
+/// (`serve::proxy::direct`): answers each request as `answer` says, and counts its connections.
+async fn spawn_h1_upstream(
+    answer: Answer,
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -890,22 +900,41 @@ async fn spawn_counting_upstream(
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
+                let mut chunk = [0u8; 16384];
                 loop {
-                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..i + 4);
-                        let answer: &[u8] = if stall {
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx"
-                        } else {
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                        };
-                        if s.write_all(answer).await.is_err() || one_per_conn {
-                            return;
-                        }
-                        if stall {
-                            // Holds the connection open, sending nothing more.
-                            let _ = s.read(&mut chunk).await;
-                            return;
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            let body = buf[i + 4..i + 4 + len].to_vec();
+                            buf.drain(..i + 4 + len);
+                            let out = match answer {
+                                Answer::Echo => {
+                                    let mut out =
+                                        format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")
+                                            .into_bytes();
+                                    out.extend_from_slice(&body);
+                                    out
+                                }
+                                Answer::Stall => {
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx".to_vec()
+                                }
+                                _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                            };
+                            if s.write_all(&out).await.is_err()
+                                || answer == Answer::OncePerConnection
+                            {
+                                return;
+                            }
+                            if answer == Answer::Stall {
+                                // Holds the connection open, sending nothing more.
+                                let _ = s.read(&mut chunk).await;
+                                return;
+                            }
+                            continue;
                         }
                     }
                     match s.read(&mut chunk).await {
@@ -931,8 +960,8 @@ fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 #[tokio::test]
 async fn h2_streams_reuse_upstream_connections_and_survive_keepalive_closes() {
     use std::sync::atomic::Ordering;
-    let (keeps, kept_conns) = spawn_counting_upstream(false, false).await;
-    let (closes, _) = spawn_counting_upstream(true, false).await;
+    let (keeps, kept_conns) = spawn_h1_upstream(Answer::Ok).await;
+    let (closes, _) = spawn_h1_upstream(Answer::OncePerConnection).await;
     for (up, reuses) in [(keeps, true), (closes, false)] {
         let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
         let h2c = h2c_client();
@@ -954,7 +983,7 @@ async fn h2_streams_reuse_upstream_connections_and_survive_keepalive_closes() {
 /// A failed connect moves an HTTP/2 request to another instance of its target.
 #[tokio::test]
 async fn h2_request_moves_to_another_instance_when_a_connect_fails() {
-    let (live, _) = spawn_counting_upstream(false, false).await;
+    let (live, _) = spawn_h1_upstream(Answer::Ok).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -985,7 +1014,7 @@ async fn h2_request_to_a_silent_or_stalled_http1_upstream_ends() {
             held.push(s);
         }
     });
-    let (stalls, _) = spawn_counting_upstream(false, true).await;
+    let (stalls, _) = spawn_h1_upstream(Answer::Stall).await;
     let cfg = config("blue", &[("blue", silent_addr)], "")
         .replace("upstream_timeout = \"5s\"", "upstream_timeout = \"300ms\"");
     let gw = Gw::start(&cfg).await;
@@ -1023,58 +1052,13 @@ async fn h2_request_to_a_silent_or_stalled_http1_upstream_ends() {
     gw.stop().await;
 }
 
-/// An HTTP/1.1 upstream that answers each request with its body (`Content-Length` framed), and
-/// counts its connections.
-async fn spawn_echo_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 16384];
-                loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
-                            .unwrap_or(0);
-                        if buf.len() >= i + 4 + len {
-                            let body = buf[i + 4..i + 4 + len].to_vec();
-                            buf.drain(..i + 4 + len);
-                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
-                            if s.write_all(head.as_bytes()).await.is_err()
-                                || s.write_all(&body).await.is_err()
-                            {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, conns)
-}
-
 /// HTTP/2 request bodies with a declared length reach an HTTP/1.1 upstream byte for byte, up to
 /// the engine's 64 KiB and past it (hyper's client then), one after another on one kept-alive
 /// upstream connection while they go through the engine's side.
 #[tokio::test]
 async fn h2_request_bodies_reach_an_http1_upstream_whole() {
     use std::sync::atomic::Ordering;
-    let (up, conns) = spawn_echo_upstream().await;
+    let (up, conns) = spawn_h1_upstream(Answer::Echo).await;
     let gw = Gw::start(&config("blue", &[("blue", up)], "")).await;
     let h2c = h2c_client();
     for (i, len) in [1usize, 100, 5000, 65536, 1, 65537, 200_000]
@@ -1102,7 +1086,7 @@ async fn h2_request_bodies_reach_an_http1_upstream_whole() {
 /// A client that stops sending its HTTP/2 request body is answered 408 at `upstream_timeout`.
 #[tokio::test]
 async fn h2_request_body_that_stops_is_a_408() {
-    let (up, _) = spawn_echo_upstream().await;
+    let (up, _) = spawn_h1_upstream(Answer::Echo).await;
     let cfg = config("blue", &[("blue", up)], "")
         .replace("upstream_timeout = \"5s\"", "upstream_timeout = \"300ms\"");
     let gw = Gw::start(&cfg).await;
