@@ -14,8 +14,15 @@ static BASE: OnceLock<Instant> = OnceLock::new();
 /// Milliseconds since the process's clock base.
 #[inline]
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `now_ms` for a clock reading already taken (a request's end, say): one clock read serves
+/// both the latency and the counters' time.
+#[inline]
+pub fn ms_at(at: Instant) -> u64 {
     let base = *BASE.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(base).as_millis() as u64
+    at.saturating_duration_since(base).as_millis() as u64
 }
 
 /// Wall-clock seconds since the Unix epoch, for persisted and displayed timestamps.

@@ -39,8 +39,12 @@ pub fn sample(log: &Log) -> Option<AccessLogFormat> {
     }
 }
 
-/// What is known about a sampled request before it is forwarded (or answered by flipgate).
-pub struct Pending {
+/// What is known about a sampled request before it is forwarded (or answered by flipgate). Boxed:
+/// an `Option<Pending>` travels with every request (in each engine's state), and costs a pointer
+/// there, not the whole record, when nothing is logged.
+pub struct Pending(Box<Facts>);
+
+struct Facts {
     format: AccessLogFormat,
     method: Method,
     path: String,
@@ -63,7 +67,7 @@ impl Pending {
         client: std::net::IpAddr,
         reason: Option<Reason>,
     ) -> Pending {
-        Pending {
+        Pending(Box::new(Facts {
             format,
             method,
             path,
@@ -71,13 +75,13 @@ impl Pending {
             client,
             reason,
             sent: Instant::now(),
-        }
+        }))
     }
 
     /// The id the forwarded request carries (known once the forwarding policy ran).
     pub fn sent_with(&mut self, request_id: HeaderValue) {
-        self.request_id = Some(request_id);
-        self.sent = Instant::now();
+        self.0.request_id = Some(request_id);
+        self.0.sent = Instant::now();
     }
 
     /// Emits the line once the upstream's response headers are known; `arrived` is when the
@@ -105,19 +109,20 @@ impl Pending {
         error: Option<&'static str>,
         arrived: Instant,
     ) {
-        let (upstream, total) = (self.sent.elapsed(), arrived.elapsed());
+        let this = *self.0;
+        let (upstream, total) = (this.sent.elapsed(), arrived.elapsed());
         let line = Line {
-            request_id: self
+            request_id: this
                 .request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-            client: self.client,
-            method: self.method.as_str(),
-            path: &self.path,
+            client: this.client,
+            method: this.method.as_str(),
+            path: &this.path,
             route: target.map_or("-", |t| &t.route),
             target: target.map_or("-", |t| &t.name),
-            reason: self.reason.map_or("-", Reason::as_str),
+            reason: this.reason.map_or("-", Reason::as_str),
             status: status.as_u16(),
             error,
             upstream_ms: if error.is_some() && target.is_none() {
@@ -127,7 +132,7 @@ impl Pending {
             },
             total_ms: total.as_secs_f64() * 1e3,
         };
-        let text = line.format(self.format);
+        let text = line.format(this.format);
         tracing::info!(target: TARGET, "{text}");
     }
 }

@@ -21,12 +21,9 @@
 //! - Time is passed in (`now`), so the rule is tested on tokio's paused clock. Nothing here
 //!   allocates or takes a lock; `silent` costs no system call while the reactor has seen nothing.
 
-use std::future::Future;
-use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -78,16 +75,17 @@ impl Idle {
 /// system call while the reactor has seen nothing; when it has, one non-blocking read decides (a
 /// stale readiness reads `WouldBlock`, which also clears it). A byte read here is lost, but the
 /// connection is then closed anyway.
+/// Asked through the stream's reader waker slot (`poll_read_ready`), which no task uses while the
+/// connection is idle: no waiter is queued and dequeued.
 pub fn silent(stream: &TcpStream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut ready = pin!(stream.ready(Interest::READABLE));
-    match ready.as_mut().poll(&mut cx) {
+    match stream.poll_read_ready(&mut cx) {
         Poll::Pending => true,
-        Poll::Ready(Ok(r)) if !r.is_read_closed() && !r.is_error() => matches!(
+        Poll::Ready(Ok(())) => matches!(
             stream.try_read(&mut [0u8; 1]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
         ),
-        Poll::Ready(_) => false,
+        Poll::Ready(Err(_)) => false,
     }
 }
 

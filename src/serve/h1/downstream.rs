@@ -37,6 +37,15 @@ pub trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Waits until `try_fill` may make progress.
     fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// Writes all of `buf` and flushes it (ciphertext rustls queued when the socket was full goes
+    /// out).
+    fn send_all(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            self.write_all(buf).await?;
+            self.flush().await
+        }
+    }
+
     /// Reads what is available into `buf`'s spare room, waiting when there is nothing.
     fn fill(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send {
         async move {
@@ -58,7 +67,13 @@ impl Downstream for TcpStream {
 
     #[inline]
     fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+        super::read_ready(self)
+    }
+
+    /// One direct `send` per write (`h1::write_all`); a TCP stream has nothing to flush.
+    #[inline]
+    fn send_all(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        super::write_all(self, buf)
     }
 }
 
@@ -100,12 +115,10 @@ impl Downstream for TlsStream {
     }
 }
 
-/// Writes all of `buf` to the client and flushes it (ciphertext rustls queued when the socket was
-/// full goes out; on TCP the flush costs nothing).
+/// Writes all of `buf` to the client and flushes it (`Downstream::send_all`).
 #[inline]
 pub async fn send<D: Downstream>(stream: &mut D, buf: &[u8]) -> io::Result<()> {
-    stream.write_all(buf).await?;
-    stream.flush().await
+    stream.send_all(buf).await
 }
 
 /// Writes what the socket takes now, without waiting, and flushes as far as it can: a last word

@@ -47,10 +47,12 @@
 //!   pool, one reading of an answer's head, for both.
 
 pub mod chunked;
+pub mod deadline;
 pub mod downstream;
 pub mod head;
 pub mod rewind;
 
+use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,13 +62,14 @@ use http::uri::Authority;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::policy::connect_retry;
 use crate::policy::error::{connect_error, ClientErrorKind, ProxyError, UpstreamErrorKind};
 use crate::policy::resend::{self, Unanswered};
 use crate::serve::proxy::{record_answer, record_error, record_local, At, ConnInfo, Proxy};
 use crate::upstream::peer_gone;
+use deadline::Deadline;
 use downstream::{send, Downstream};
 use head::{Framing, Head, Plan, UpstreamHead};
 
@@ -118,9 +121,15 @@ pub async fn serve<D: Downstream>(
         served: false,
         unanswered: false,
     };
-    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut timer = pin!(Deadline::new(Instant::now()));
+    // One waiter on the shutdown signal for the connection's life, polled while it is idle: a
+    // `changed()` per wait joined and left the signal's waiter list once per request.
+    let mut rx = conn.stop.rx.clone();
+    let mut stopping = pin!(async move {
+        let _ = rx.changed().await;
+    });
     let last_word = LastWord(&mut conn);
-    let next = last_word.0.run(timer.as_mut()).await;
+    let next = last_word.0.run(timer.as_mut(), stopping.as_mut()).await;
     drop(last_word);
     match next {
         Next::Close => None,
@@ -228,9 +237,14 @@ enum Failed {
 }
 
 impl<D: Downstream> Conn<D> {
-    async fn run(&mut self, mut timer: Pin<&mut Sleep>) -> Next {
+    async fn run(
+        &mut self,
+        mut timer: Pin<&mut Deadline>,
+        mut stopping: Pin<&mut impl Future<Output = ()>>,
+    ) -> Next {
         loop {
-            let Some((plan, start)) = self.next_head(timer.as_mut()).await else {
+            let next = self.next_head(timer.as_mut(), stopping.as_mut());
+            let Some((plan, start)) = next.await else {
                 return Next::Close;
             };
             let keep = match plan {
@@ -269,7 +283,12 @@ impl<D: Downstream> Conn<D> {
 
     /// Waits for the next complete request head and plans it; `None` when the connection should
     /// close (client closed, timeout, shutdown while idle).
-    async fn next_head(&mut self, mut timer: Pin<&mut Sleep>) -> Option<(Plan, Instant)> {
+    /// `stopping` completes when shutdown begins; it is not polled again after that.
+    async fn next_head(
+        &mut self,
+        mut timer: Pin<&mut Deadline>,
+        mut stopping: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<(Plan, Instant)> {
         // Between requests a kept-alive connection may stay idle for `idle_timeout`; a head once
         // begun (and the first one, counted from the accept) must be whole within `header_timeout`.
         let mut idle = self.served && self.rbuf.is_empty();
@@ -279,16 +298,10 @@ impl<D: Downstream> Conn<D> {
         };
         timer
             .as_mut()
-            .reset(crate::clock::deadline(Instant::now(), wait));
+            .set(crate::clock::deadline(Instant::now(), wait));
         loop {
             if !self.rbuf.is_empty() {
                 let start = Instant::now();
-                if idle {
-                    idle = false;
-                    timer
-                        .as_mut()
-                        .reset(crate::clock::deadline(start, self.settings.header_timeout));
-                }
                 match head::request(
                     &self.proxy,
                     &self.info,
@@ -299,6 +312,14 @@ impl<D: Downstream> Conn<D> {
                     start,
                 ) {
                     Head::Plan(p) => return Some((p, start)),
+                    // A head arriving whole never needed the header deadline (moving the
+                    // deadline closer is what costs).
+                    Head::Partial if idle => {
+                        idle = false;
+                        timer
+                            .as_mut()
+                            .set(crate::clock::deadline(start, self.settings.header_timeout));
+                    }
                     Head::Partial => {}
                 }
             } else if self.served && self.stop.now() {
@@ -317,7 +338,7 @@ impl<D: Downstream> Conn<D> {
             tokio::select! {
                 biased;
                 r = self.stream.readable() => r.ok()?,
-                _ = self.stop.rx.changed(), if idle => return None,
+                _ = stopping.as_mut(), if idle => return None,
                 _ = timer.as_mut() => return None,
             }
         }
@@ -328,13 +349,13 @@ impl<D: Downstream> Conn<D> {
         &mut self,
         mut f: head::Forward,
         start: Instant,
-        mut timer: Pin<&mut Sleep>,
+        mut timer: Pin<&mut Deadline>,
     ) -> bool {
         timer
             .as_mut()
-            .reset(crate::clock::deadline(start, f.limits.timeout));
+            .set(crate::clock::deadline(start, f.limits.timeout));
         self.unanswered = true;
-        let sent = self.send(&mut f, timer.as_mut()).await;
+        let sent = self.send(&mut f, start, timer.as_mut()).await;
         self.unanswered = false;
         let head::Forward {
             body_len,
@@ -369,13 +390,15 @@ impl<D: Downstream> Conn<D> {
                 return send(&mut self.stream, &self.out).await.is_ok() && !close;
             }
         };
-        record_answer(&target, index, &limits, resp.status, start);
+        let answered = record_answer(&target, index, &limits, resp.status, start);
         if let Some(a) = access {
             let status = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::OK);
             a.finish(&target, status, start);
         }
         let idle = limits.body_idle_timeout;
-        let done = self.relay_body(&mut up, resp.framing, idle, timer).await;
+        let done = self
+            .relay_body(&mut up, resp.framing, idle, answered, timer)
+            .await;
         drop(slot);
         if done && resp.reusable && up.buf.is_empty() {
             pool::give(&mut up.buf);
@@ -390,7 +413,8 @@ impl<D: Downstream> Conn<D> {
     async fn send(
         &mut self,
         f: &mut head::Forward,
-        mut timer: Pin<&mut Sleep>,
+        start: Instant,
+        mut timer: Pin<&mut Deadline>,
     ) -> Result<(Up, head::Response), Failed> {
         let (head_method, close) = (f.head_method, f.close);
         let mut body_left = f.body_len;
@@ -403,10 +427,13 @@ impl<D: Downstream> Conn<D> {
         body_left -= take as u64;
         let mut resent = 0;
         let mut moved = false;
+        // The request's start is this poll's clock reading; a retry reads the clock again.
+        let mut now = Some(start);
         loop {
             let instance = &f.instance;
             let load = f.target.upstream.load(f.index);
-            let up = upstream(instance, load, &f.limits, timer.as_mut()).await;
+            let now = now.take().unwrap_or_else(Instant::now);
+            let up = upstream(instance, load, &f.limits, now, timer.as_mut()).await;
             let (mut up, fresh) = match up {
                 Ok(x) => x,
                 Err(e) if !moved && connect_retry::after(e) => {
@@ -468,7 +495,7 @@ impl<D: Downstream> Conn<D> {
         head_method: bool,
         close: bool,
         may_resend: bool,
-        mut timer: Pin<&mut Sleep>,
+        mut timer: Pin<&mut Deadline>,
     ) -> Result<head::Response, Attempt> {
         const TIMEOUT: Attempt = Attempt::Failed(Failed::Answer(ProxyError::Upstream(
             UpstreamErrorKind::Timeout,
@@ -491,7 +518,7 @@ impl<D: Downstream> Conn<D> {
         };
         let mut sent = tokio::select! {
             biased;
-            r = up.stream.write_all(&self.out) => sent_or_gone(r)?,
+            r = write_all(&up.stream, &self.out) => sent_or_gone(r)?,
             _ = timer.as_mut() => return Err(TIMEOUT),
         };
         if !sent && may_resend {
@@ -511,7 +538,7 @@ impl<D: Downstream> Conn<D> {
             let take = (n as u64).min(*body_left) as usize;
             sent = tokio::select! {
                 biased;
-                r = up.stream.write_all(&self.rbuf[..take]) => sent_or_gone(r)?,
+                r = write_all(&up.stream, &self.rbuf[..take]) => sent_or_gone(r)?,
                 _ = timer.as_mut() => return Err(TIMEOUT),
             };
             if sent {
@@ -548,7 +575,8 @@ impl<D: Downstream> Conn<D> {
         up: &mut Up,
         framing: Framing,
         idle: Duration,
-        mut timer: Pin<&mut Sleep>,
+        now: Instant,
+        mut timer: Pin<&mut Deadline>,
     ) -> bool {
         let mut left = match framing {
             Framing::Length(n) => n,
@@ -562,15 +590,15 @@ impl<D: Downstream> Conn<D> {
         self.out.extend_from_slice(&up.buf[..n]);
         up.buf.advance(n);
         // The exchange's deadline usually still leaves at least half of `idle`: then the timer
-        // is not touched at all (a timer reset per request costs more than the clock read).
-        refresh(timer.as_mut(), idle);
+        // is not moved at all.
+        refresh(timer.as_mut(), idle, now);
         if !write_within(&mut self.stream, &self.out, timer.as_mut()).await {
             return false;
         }
         self.out.clear();
         while !complete {
             pool::fill(&mut up.buf);
-            refresh(timer.as_mut(), idle);
+            refresh(timer.as_mut(), idle, Instant::now());
             let r = tokio::select! {
                 biased;
                 r = read_some(&up.stream, &mut up.buf) => r,
@@ -600,16 +628,17 @@ impl<D: Downstream> Conn<D> {
 /// An upstream connection to `instance` for an exchange: the most recently used idle one of
 /// this thread, or a new one (`true`: a request failing on it is not resent). Fails as the
 /// request is answered: the connect's error, or a timeout (`connect_timeout`, or `timer`, the
-/// exchange's deadline).
+/// exchange's deadline). `now`: a clock reading taken since the caller last awaited.
 pub(crate) async fn upstream(
     instance: &Authority,
     load: &Arc<crate::upstream::balance::Load>,
     limits: &crate::serve::proxy::Limits,
-    timer: Pin<&mut Sleep>,
+    now: Instant,
+    timer: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(Up, bool), ProxyError> {
     const TIMEOUT: ProxyError = ProxyError::Upstream(UpstreamErrorKind::Timeout);
     let rule = crate::upstream::idle::Idle::new(limits.pool_idle_timeout);
-    if let Some(up) = upstreams::take(instance, rule) {
+    if let Some(up) = upstreams::take(instance, rule, now) {
         return Ok((up, false));
     }
     let connect = TcpStream::connect(instance.as_str());
@@ -653,7 +682,7 @@ pub(crate) async fn read_head<T>(
     up: &mut Up,
     head_method: bool,
     may_resend: bool,
-    mut timer: Pin<&mut Sleep>,
+    mut timer: Pin<&mut impl Future<Output = ()>>,
     mut emit: impl FnMut(&head::Parsed<'_, '_>) -> T,
 ) -> Result<T, NoHead> {
     const RESET: NoHead = NoHead::Failed(ProxyError::Upstream(UpstreamErrorKind::Reset));
@@ -691,18 +720,21 @@ pub(crate) async fn read_head<T>(
 }
 
 /// Moves `timer` to `idle` from now unless it already stands between half of `idle` and `idle`
-/// from now: progress keeps a body alive, and the timer is touched at most once per half `idle`
-/// (with the defaults, the exchange's deadline already stands there and is not touched at all).
-fn refresh(timer: Pin<&mut Sleep>, idle: Duration) {
-    let now = Instant::now();
-    let deadline = timer.deadline();
+/// from `now`: progress keeps a body alive, and the deadline moves at most once per half `idle`
+/// (with the defaults, the exchange's deadline already stands there and is not moved at all).
+fn refresh(timer: Pin<&mut Deadline>, idle: Duration, now: Instant) {
+    let deadline = timer.at();
     if deadline < now + idle / 2 || deadline > now + idle {
-        timer.reset(now + idle);
+        timer.set(now + idle);
     }
 }
 
 /// Writes all of `buf` to the client unless `timer` fires first (a client that stopped reading).
-async fn write_within<D: Downstream>(stream: &mut D, buf: &[u8], timer: Pin<&mut Sleep>) -> bool {
+async fn write_within<D: Downstream>(
+    stream: &mut D,
+    buf: &[u8],
+    timer: Pin<&mut Deadline>,
+) -> bool {
     tokio::select! {
         biased;
         r = send(stream, buf) => r.is_ok(),
@@ -739,10 +771,44 @@ pub(crate) fn body_part(
 pub(crate) async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     loop {
         match try_read(stream, buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.readable().await?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => read_ready(stream).await?,
             r => return r,
         }
     }
+}
+
+/// Writes all of `buf` to `stream`, waiting for room when the socket is full. Each `send` is
+/// made directly (`rustix`), not through libc's wrapper, whose cancellation-point bookkeeping
+/// cost as much CPU as the rest of the call's user-space part (docs/BENCHMARKS.md); the
+/// readiness is cleared on `WouldBlock` as tokio's own writes do.
+pub(crate) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    while !buf.is_empty() {
+        let r = stream.try_io(Interest::WRITABLE, || {
+            Ok(rustix::net::send(
+                stream,
+                buf,
+                rustix::net::SendFlags::NOSIGNAL,
+            )?)
+        });
+        match r {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the reactor has seen `stream` readable. Through the stream's one reader waker
+/// slot, which the task keeps between waits: `TcpStream::readable` joins and leaves the socket's
+/// waiter list (a lock each way) on every wait. One task reads a connection at a time.
+pub(crate) fn read_ready(stream: &TcpStream) -> impl Future<Output = std::io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| stream.poll_read_ready(cx))
 }
 
 /// One non-blocking read into `buf`'s spare room (`WouldBlock`, without a system call, when the
@@ -764,7 +830,8 @@ fn try_recv(stream: &TcpStream, room: &mut [std::mem::MaybeUninit<u8>]) -> std::
     let mut short = None;
     let len = room.len();
     let r = stream.try_io(Interest::READABLE, || {
-        let n = socket2::SockRef::from(stream).recv(room)?;
+        let flags = rustix::net::RecvFlags::empty();
+        let n = rustix::net::recv(stream, &mut *room, flags)?.0 .0.len();
         if n > 0 && n < len {
             short = Some(n);
             return Err(std::io::ErrorKind::WouldBlock.into());
@@ -820,8 +887,9 @@ pub(crate) mod upstreams {
     /// The most recently used idle connection to `authority` that the idle rule lets carry a
     /// request (`upstream::idle`: not expired, silent); unusable ones met on the way, and every
     /// connection of the thread that has expired (they sit oldest first), are closed.
-    pub(super) fn take(authority: &Authority, rule: Idle) -> Option<Up> {
-        let now = Instant::now();
+    /// `now`: a clock reading taken since the caller last awaited (so no connection was given
+    /// back after it).
+    pub(super) fn take(authority: &Authority, rule: Idle, now: Instant) -> Option<Up> {
         let mut dropped = Vec::new();
         let found = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
@@ -940,10 +1008,13 @@ mod tests {
         let authority = up.authority.clone();
         upstreams::give(up);
         tokio::time::advance(idle - Duration::from_secs(1)).await;
-        let up = upstreams::take(&authority, rule).expect("still fresh");
+        let up = upstreams::take(&authority, rule, Instant::now()).expect("still fresh");
         upstreams::give(up);
         tokio::time::advance(idle).await;
-        assert!(upstreams::take(&authority, rule).is_none(), "expired");
+        assert!(
+            upstreams::take(&authority, rule, Instant::now()).is_none(),
+            "expired"
+        );
     }
 
     /// An idle connection on which the upstream wrote anything is never handed out.
@@ -957,6 +1028,6 @@ mod tests {
         up.stream.readable().await.unwrap();
         upstreams::give(up);
         let rule = crate::upstream::idle::Idle::new(Duration::from_secs(60));
-        assert!(upstreams::take(&authority, rule).is_none());
+        assert!(upstreams::take(&authority, rule, Instant::now()).is_none());
     }
 }

@@ -119,7 +119,8 @@ impl GrpcOutcome {
         let t = &self.target;
         t.metrics.grpc(code);
         let failed = grpc::is_error(t.grpc_errors, code);
-        super::record_outcome(t, self.index, &self.outlier, failed, self.elapsed);
+        let now_ms = crate::clock::now_ms();
+        super::record_outcome(t, self.index, &self.outlier, failed, self.elapsed, now_ms);
     }
 }
 

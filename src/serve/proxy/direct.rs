@@ -39,7 +39,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::body::Held;
@@ -129,27 +128,28 @@ pub(super) async fn send(
     let result = loop {
         let instance = &target.upstream.instances[*index];
         let load = target.upstream.load(*index);
-        let (mut up, fresh) = match h1::upstream(instance, load, limits, timer.as_mut()).await {
-            Ok(x) => x,
-            Err(e) if !moved && connect_retry::after(e) => {
-                let (limit, outlier) = (limits.max_upstream_connections, &limits.outlier);
-                match connect_retry::another(target, *index, outlier, limit) {
-                    Some((i, slot)) => {
-                        (*index, held.slot, moved) = (i, Some(slot), true);
-                        continue;
+        let (mut up, fresh) =
+            match h1::upstream(instance, load, limits, Instant::now(), timer.as_mut()).await {
+                Ok(x) => x,
+                Err(e) if !moved && connect_retry::after(e) => {
+                    let (limit, outlier) = (limits.max_upstream_connections, &limits.outlier);
+                    match connect_retry::another(target, *index, outlier, limit) {
+                        Some((i, slot)) => {
+                            (*index, held.slot, moved) = (i, Some(slot), true);
+                            continue;
+                        }
+                        None => break Err(e),
                     }
-                    None => break Err(e),
                 }
-            }
-            Err(e) => break Err(e),
-        };
+                Err(e) => break Err(e),
+            };
         // Only a reused connection can be closed under a request by the keep-alive race; the
         // body, read as it is sent, cannot be sent again.
         let may_resend =
             !fresh && resend::allowed(Unanswered::ClosedUnder, idempotent, bodyless, resent);
         let sent = tokio::select! {
             biased;
-            r = up.stream.write_all(&head) => r,
+            r = h1::write_all(&up.stream, &head) => r,
             _ = timer.as_mut() => break Err(ProxyError::Upstream(UpstreamErrorKind::Timeout)),
         };
         // A write the upstream refused may still have been answered (the engine's rule): the
@@ -215,7 +215,7 @@ async fn relay_body(
         }
         let written = tokio::select! {
             biased;
-            r = up.stream.write_all(&data) => r,
+            r = h1::write_all(&up.stream, &data) => r,
             _ = timer.as_mut() => return Err(ProxyError::Upstream(UpstreamErrorKind::Timeout)),
         };
         match written {

@@ -138,20 +138,23 @@ impl Limits {
 }
 
 /// Records an upstream's answer (any status) against its target: instance health, the circuit
-/// window and the metrics. A 5xx is a failure.
+/// window and the metrics. A 5xx is a failure. Returns the clock reading it took (the answer's
+/// time), for the caller's next deadline.
 pub(crate) fn record_answer(
     target: &TargetEntry,
     index: usize,
     limits: &Limits,
     status: u16,
     start: Instant,
-) {
-    let elapsed = start.elapsed();
+) -> Instant {
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(start);
     if (500..600).contains(&status) {
         target.metrics.upstream_error(UpstreamErrorKind::Status5xx);
     }
-    judge(target, index, &limits.outlier, Ok(status), elapsed);
+    judge_at(target, index, &limits.outlier, Ok(status), elapsed, now);
     target.metrics.record(status, elapsed.as_secs_f64());
+    now
 }
 
 /// What judges a target (its instance's health, the circuit window) learns from one exchange with
@@ -166,27 +169,43 @@ pub(crate) fn judge(
     outcome: Result<u16, ProxyError>,
     elapsed: Duration,
 ) {
+    judge_at(target, index, outlier, outcome, elapsed, Instant::now());
+}
+
+/// `judge` at a clock reading already taken (`now`).
+fn judge_at(
+    target: &TargetEntry,
+    index: usize,
+    outlier: &Outlier,
+    outcome: Result<u16, ProxyError>,
+    elapsed: Duration,
+    now: Instant,
+) {
+    let now_ms = crate::clock::ms_at(now);
     match outcome {
         Ok(status) => {
             let is_5xx = (500..600).contains(&status);
-            record_outcome(target, index, outlier, is_5xx, elapsed);
+            record_outcome(target, index, outlier, is_5xx, elapsed, now_ms);
         }
-        Err(ProxyError::Upstream(_)) => record_outcome(target, index, outlier, true, elapsed),
-        Err(ProxyError::NoHealthy) => target.window.record(crate::clock::now_ms(), true, 0),
+        Err(ProxyError::Upstream(_)) => {
+            record_outcome(target, index, outlier, true, elapsed, now_ms)
+        }
+        Err(ProxyError::NoHealthy) => target.window.record(now_ms, true, 0),
         Err(ProxyError::Client(_) | ProxyError::Local(_) | ProxyError::NoRoute) => {}
     }
 }
 
 /// Records whether an upstream's answer was a failure in what judges the target: the instance's
-/// health (outlier ejection) and the circuit window. `elapsed`: time to the response head.
+/// health (outlier ejection) and the circuit window. `elapsed`: time to the response head;
+/// `now_ms`: the outcome's time (`clock::now_ms`).
 pub(crate) fn record_outcome(
     target: &TargetEntry,
     index: usize,
     outlier: &Outlier,
     failed: bool,
     elapsed: Duration,
+    now_ms: u64,
 ) {
-    let now_ms = crate::clock::now_ms();
     target.upstream.health[index].record(failed, now_ms, outlier);
     target
         .window
