@@ -31,8 +31,9 @@
 //!   is never reused, and the client connection closes after the answer if its body was not all
 //!   read.
 //! - Timeouts: the head must arrive within the idle/header timeout (also the idle bound); the
-//!   exchange up to the response head within `upstream_timeout`, as on hyper's path. One timer
-//!   per connection, reset per phase.
+//!   exchange up to the response head within `upstream_timeout`, as on hyper's path. One
+//!   deadline per connection (`deadline::Deadline`), moved per phase; tokio's timer wheel is
+//!   touched only when it comes closer (a head that arrives in pieces) or an armed one passes.
 //! - Shutdown: an idle connection that has served a request closes at once; a new one (perhaps
 //!   accepted during a reuse-port handover) gets its first request answered; a busy one finishes
 //!   its response, sent with `connection: close`, then closes.
