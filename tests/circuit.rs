@@ -398,6 +398,41 @@ async fn the_task_trips_on_its_own_within_a_tick() {
     task.await.unwrap();
 }
 
+/// While a canary is judged the task runs no short timer (a 5 ms poll woke a sidecar with a canary
+/// configured 200 times a second): the first errors wake it as they are recorded, and are judged
+/// at once, not at the next tick or poll.
+#[tokio::test(start_paused = true)]
+async fn errors_are_judged_as_soon_as_recorded_between_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = paused_control(
+        dir.path(),
+        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(circuit::run(control.clone(), rx));
+    // Healthy traffic, then the task idles between ticks: half-way to the next one (and 1 ms past
+    // a multiple of the old 5 ms poll), record the failures.
+    record(&control, "green", 20, false, 1);
+    let offset = circuit::TICK * 10 + circuit::TICK / 2 + Duration::from_millis(1);
+    tokio::time::sleep(offset).await;
+    assert!(tripped(&control).is_none());
+    record(&control, "green", 20, true, 1);
+    let start = tokio::time::Instant::now();
+    while tripped(&control).is_none() {
+        // Lets the woken task run; the paused clock moves only when every task waits.
+        tokio::time::sleep(Duration::from_micros(100)).await;
+        assert!(start.elapsed() < Duration::from_secs(30), "never tripped");
+    }
+    assert!(
+        start.elapsed() < circuit::POLL / 2,
+        "judged {:?} after the errors (tick {:?})",
+        start.elapsed(),
+        circuit::TICK
+    );
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
 /// With no candidate to judge the task waits for the control plane instead of polling; a canary
 /// set later wakes it, and errors then trip within a poll as before.
 #[tokio::test(start_paused = true)]

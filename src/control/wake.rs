@@ -28,10 +28,22 @@ pub async fn next(
     shutdown: &mut watch::Receiver<bool>,
     active: impl FnOnce() -> bool,
 ) -> Wake {
+    next_or(tick, published, shutdown, active, std::future::pending()).await
+}
+
+/// `next`, also ending (as a `Tick`) when `early` completes while the task is active.
+pub async fn next_or(
+    tick: &mut Interval,
+    published: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+    active: impl FnOnce() -> bool,
+    early: impl std::future::Future<Output = ()>,
+) -> Wake {
     published.borrow_and_update();
     let active = active();
     tokio::select! {
         _ = tick.tick(), if active => Wake::Tick,
+        _ = early, if active => Wake::Tick,
         r = published.changed(), if !active => match r {
             Ok(()) => {
                 tick.reset_immediately();

@@ -3,10 +3,11 @@
 //!
 //! Invariants: the decision is a pure function of (route entry, windows, now), so tests drive it
 //! with a paused clock (`check_all_at` takes both clocks). The request path never decides and never
-//! wakes anything: it bumps window counters and, on a bad outcome, one process-wide counter that the
-//! task polls, so a trip follows the crossing within `POLL`. The task polls only while some route
-//! has a candidate to judge; otherwise it waits for the next published snapshot (an idle proxy
-//! does not wake on a timer for the circuit). The task only ever asks the control
+//! locks: it bumps window counters and, on a bad outcome, one process-wide counter, waking the
+//! task if it waits for one (`window::bad_since`: at most one wake-up per evaluation), so a trip
+//! follows the crossing at once. The task ticks only while some route has a candidate to judge;
+//! otherwise it waits for the next published snapshot (an idle proxy does not wake on a timer for
+//! the circuit). The task only ever asks the control
 //! plane to roll back (never to re-promote), with the route state its verdict was reached on; the
 //! control plane drops the verdict if that state changed meanwhile, so a trip that races an
 //! operator's action is never applied to the wrong target.
@@ -33,9 +34,8 @@ use window::Totals;
 /// outcomes age out of the window).
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// How often the task checks whether any error or slow request was recorded since it last
-/// evaluated; if so it evaluates at once. Bounds error-onset-to-rollback once the threshold is
-/// crossed, without the request path ever waking or locking anything.
+/// The shortest time between two evaluations brought on by new errors or slow requests: a burst
+/// of failures is judged at once, then at most every `POLL`.
 pub const POLL: Duration = Duration::from_millis(5);
 
 /// Share of requests that may exceed `max_p99` before the latency criterion trips (that is p99).
@@ -197,25 +197,24 @@ fn pending(control: &Control, now_ms: u64, now_unix_ms: u64) -> Vec<Pending> {
 }
 
 /// The circuit task: while some route has a candidate to judge, evaluates every route every
-/// `TICK`, and within `POLL` of any new error or slow request; while none has (the steady state:
-/// no canary, no bake), it sleeps until the control plane publishes a new snapshot, so an idle
-/// proxy does not wake `1 / POLL` times a second. Evaluation is a few atomic loads per watched
-/// target, done inline; only an actual trip (which takes the control lock and builds a snapshot)
-/// goes to the blocking pool. A trip never waits for the disk: the state writer persists it
-/// afterwards.
+/// `TICK`, and as soon as an error or slow request is recorded (`window::bad_since`), at most once
+/// per `POLL`; while none has (the steady state: no canary, no bake), it sleeps until the control
+/// plane publishes a new snapshot, so an idle proxy wakes on no timer of the circuit's. No short
+/// timer runs while a canary is judged either (it woke a proxy 200 times a second). Evaluation is
+/// a few atomic loads per watched target, done inline; only an actual trip (which takes the
+/// control lock and builds a snapshot) goes to the blocking pool. A trip never waits for the disk:
+/// the state writer persists it afterwards.
 pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut published = control.published();
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Evaluate on the first poll, whatever was recorded before the task started.
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Evaluate on the first wake, whatever was recorded before the task started.
     let mut seen = u64::MAX;
-    let mut last = tokio::time::Instant::now();
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        match wake::next(&mut poll, &mut published, &mut shutdown, || {
-            watching(&control, unix_ms())
-        })
-        .await
-        {
+        let active = || watching(&control, unix_ms());
+        let bad = window::bad_since(seen);
+        match wake::next_or(&mut tick, &mut published, &mut shutdown, active, bad).await {
             Wake::Stop => return,
             // Something changed: evaluate at the next poll, whatever the counters say. The
             // evidence follows the new snapshot now, since the task may sleep from here on (no
@@ -233,12 +232,15 @@ pub async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
             }
             Wake::Tick => {}
         }
-        let bad = window::bad_outcomes();
-        if bad == seen && last.elapsed() < TICK {
-            continue;
+        // New bad outcomes are judged at once, but during a burst of them at most once per POLL.
+        if window::bad_outcomes() != seen {
+            let now = tokio::time::Instant::now();
+            if let Some(due) = last.map(|l| l + POLL).filter(|&due| due > now) {
+                tokio::time::sleep_until(due).await;
+            }
         }
-        seen = bad;
-        last = tokio::time::Instant::now();
+        seen = window::bad_outcomes();
+        last = Some(tokio::time::Instant::now());
         let now_unix = unix_ms();
         let trips = pending(&control, crate::clock::now_ms(), now_unix);
         if trips.is_empty() {

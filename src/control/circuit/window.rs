@@ -1,6 +1,7 @@
 //! Sliding-window outcome counters for one target, recorded from the request path.
 //!
-//! Invariants: recording is a handful of relaxed atomic operations, no locks, no allocation. The
+//! Invariants: recording is a handful of relaxed atomic operations, no allocation, and no lock but
+//! one: the first bad outcome after the circuit task began waiting wakes it (`bad_since`), once. The
 //! window is `BUCKETS` time buckets; each bucket remembers the tick it counts, and a stale bucket is
 //! reset by the first recorder of a new tick (a concurrent recorder may lose a count at the boundary,
 //! which is acceptable for rates). Time is passed in (milliseconds on a monotonic clock) so tests
@@ -9,17 +10,42 @@
 //! bin-index computation (`latency_bin`: a leading-zeros count and a shift) and one relaxed add
 //! per histogram per request.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 /// Process-wide count of recorded outcomes that can trip a circuit (errors and slow requests).
-/// The circuit task polls it cheaply and evaluates as soon as it moves, so a rollback does not
-/// wait for the next full tick; the request path pays one relaxed add, only on a bad outcome.
+/// The circuit task evaluates as soon as it moves (`bad_since`), so a rollback does not wait for
+/// the next full tick and the task needs no short timer to find out.
 static BAD_OUTCOMES: AtomicU64 = AtomicU64::new(0);
+
+/// Set by a circuit task about to wait in `bad_since`; the first bad outcome after it clears it and
+/// wakes every task waiting (`BAD_NOTIFY`). So the request path pays one relaxed add and one atomic
+/// swap per bad outcome, and takes the notifier's lock at most once per evaluation.
+static BAD_ARMED: AtomicBool = AtomicBool::new(false);
+static BAD_NOTIFY: Notify = Notify::const_new();
 
 /// The current value of the bad-outcome counter (see `BAD_OUTCOMES`).
 pub fn bad_outcomes() -> u64 {
     BAD_OUTCOMES.load(Relaxed)
+}
+
+/// Completes once the bad-outcome counter differs from `seen`.
+pub async fn bad_since(seen: u64) {
+    let mut notified = std::pin::pin!(BAD_NOTIFY.notified());
+    loop {
+        // Registered, then armed, then one more look: an outcome counted after the look finds
+        // the flag set and wakes this waiter.
+        notified.as_mut().enable();
+        BAD_ARMED.store(true, SeqCst);
+        if BAD_OUTCOMES.load(SeqCst) != seen {
+            return;
+        }
+        notified.as_mut().await;
+        notified.set(BAD_NOTIFY.notified());
+    }
 }
 
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
@@ -201,7 +227,10 @@ impl Window {
             b.slow.fetch_add(1, Relaxed);
         }
         if error || slow {
-            BAD_OUTCOMES.fetch_add(1, Relaxed);
+            BAD_OUTCOMES.fetch_add(1, SeqCst);
+            if BAD_ARMED.swap(false, SeqCst) {
+                BAD_NOTIFY.notify_waiters();
+            }
         }
     }
 
