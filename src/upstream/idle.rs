@@ -75,6 +75,7 @@ impl Idle {
 /// system call while the reactor has seen nothing; when it has, one non-blocking read decides (a
 /// stale readiness reads `WouldBlock`, which also clears it). A byte read here is lost, but the
 /// connection is then closed anyway.
+///
 /// Asked through the stream's reader waker slot (`poll_read_ready`), which no task uses while the
 /// connection is idle: no waiter is queued and dequeued.
 pub fn silent(stream: &TcpStream) -> bool {

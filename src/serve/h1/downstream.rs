@@ -115,12 +115,6 @@ impl Downstream for TlsStream {
     }
 }
 
-/// Writes all of `buf` to the client and flushes it (`Downstream::send_all`).
-#[inline]
-pub async fn send<D: Downstream>(stream: &mut D, buf: &[u8]) -> io::Result<()> {
-    stream.send_all(buf).await
-}
-
 /// Writes what the socket takes now, without waiting, and flushes as far as it can: a last word
 /// from a `Drop`, where there is no task to wait in.
 pub fn write_now<D: Downstream>(stream: &mut D, mut buf: &[u8]) {

@@ -71,7 +71,7 @@ use crate::policy::resend::{self, Unanswered};
 use crate::serve::proxy::{record_answer, record_error, record_local, At, ConnInfo, Proxy};
 use crate::upstream::peer_gone;
 use deadline::Deadline;
-use downstream::{send, Downstream};
+use downstream::Downstream;
 use head::{Framing, Head, Plan, UpstreamHead};
 
 /// The head buffer is kept between requests up to this size (a small head costs no allocation;
@@ -258,7 +258,7 @@ impl<D: Downstream> Conn<D> {
                     self.rbuf.advance(head_len);
                     let close = close || self.stop.now();
                     head::local_response(&mut self.out, error.status(), error.body(), close);
-                    send(&mut self.stream, &self.out).await.is_ok() && !close
+                    self.stream.send_all(&self.out).await.is_ok() && !close
                 }
                 Plan::Forward(f) => {
                     self.rbuf.advance(f.head_len);
@@ -388,7 +388,7 @@ impl<D: Downstream> Conn<D> {
                 // The request body may not all have been read: the connection cannot be reused.
                 let close = close || body_len > 0;
                 head::local_response(&mut self.out, e.status(), e.body(), close);
-                return send(&mut self.stream, &self.out).await.is_ok() && !close;
+                return self.stream.send_all(&self.out).await.is_ok() && !close;
             }
         };
         let answered = record_answer(&target, index, &limits, resp.status, start);
@@ -429,11 +429,11 @@ impl<D: Downstream> Conn<D> {
         let mut resent = 0;
         let mut moved = false;
         // The request's start is this poll's clock reading; a retry reads the clock again.
-        let mut now = Some(start);
+        let mut first = Some(start);
         loop {
             let instance = &f.instance;
             let load = f.target.upstream.load(f.index);
-            let now = now.take().unwrap_or_else(Instant::now);
+            let now = first.take().unwrap_or_else(Instant::now);
             let up = upstream(instance, load, &f.limits, now, timer.as_mut()).await;
             let (mut up, fresh) = match up {
                 Ok(x) => x,
@@ -738,7 +738,7 @@ async fn write_within<D: Downstream>(
 ) -> bool {
     tokio::select! {
         biased;
-        r = send(stream, buf) => r.is_ok(),
+        r = stream.send_all(buf) => r.is_ok(),
         _ = timer => {
             tracing::debug!("client stopped reading a response body: cut");
             false
