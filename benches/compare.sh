@@ -16,7 +16,7 @@
 #
 # What it measures, per proxy (medians over rounds; warm-up runs are discarded):
 #   - closed loop (wrk -t1): rps and p99 at 32 and 256 connections;
-#   - open loop (examples/loadgen.rs, latency from the intended send time) at 25/50/75 % of nginx's
+#   - open loop (examples/loadgen/, latency from the intended send time) at 25/50/75 % of nginx's
 #     32-connection ceiling: p50/p99/p99.9, and the proxy's own CPU time per request (utime+stime
 #     of its processes from /proc);
 #   - HTTP/1.1 with 12 B and 64 KiB bodies, TLS (12 B), HTTP/2 cleartext and over TLS (h2load,

@@ -11,7 +11,7 @@
 #
 # flipgate (release, workers = 1) proxies route `bot` over three targets, each a server of one
 # nginx upstream that answers its own name: `blue` (live in the file), `green`, and `red`, which
-# is in the file but never live nor canary. examples/loadgen.rs keeps N keep-alive connections in
+# is in the file but never live nor canary. examples/loadgen/ keeps N keep-alive connections in
 # a closed loop for S seconds (--keep-going: a failed request is counted and its connection
 # replaced, so the run ends with counts), and reads every body: only "blue" and "green" count as
 # served. Meanwhile examples/churn.rs, one small process, spreads over the run 100 flips (green,

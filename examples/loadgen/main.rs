@@ -2,9 +2,16 @@
 //! connections, open loop at a fixed rate or closed loop, with an HdrHistogram of latencies.
 //!
 //! Open loop measures each request from its *intended* send time (no coordinated omission): a
-//! pacer thread releases request k at `start + k / rate` with a precise sleep and hands it to
+//! pacer (`pace`) releases request k at `start + k / rate` on a `timerfd` and hands it to
 //! connection `k % conns`; a request that has to wait for its connection counts that wait. The
-//! async side runs on one thread, so `taskset` can pin the whole generator to one core.
+//! whole generator runs on one thread, so `taskset` can pin it to one core.
+//!
+//! HTTP/1.1 connections are this generator's own (`h1`: a prepared request written, the response
+//! parsed in place, one task per connection), so that the load CPU, which it shares with the
+//! upstream in the benchmarks, spends its time on the proxy's answers rather than on the client.
+//! `--keep-going` keeps hyper's client: its errors tell a request the server never read (the
+//! connection was closed before it was written) from one it lost, and `benches/zero_loss.sh`
+//! counts them apart. `--h2` is hyper's client too.
 //!
 //! Output: one line of `key=value` pairs (requests, rps, p50/p99/p999/max in µs, errors, non2xx)
 //! that the script parses. Any error or non-2xx makes the exit status 1.
@@ -43,6 +50,9 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+mod h1;
+mod pace;
 
 struct Args {
     url: http::Uri,
@@ -124,12 +134,14 @@ fn parse_args() -> Args {
     a
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 struct Target {
     addr: String,
     h2: bool,
+    /// HTTP/1.1 through `h1` rather than hyper's client.
+    raw: bool,
     tls: Option<(
         tokio_rustls::TlsConnector,
         rustls::pki_types::ServerName<'static>,
@@ -169,6 +181,7 @@ fn target(args: &Args) -> Target {
     Target {
         addr,
         h2: args.h2,
+        raw: !args.h2 && !args.keep_going,
         tls,
     }
 }
@@ -187,28 +200,62 @@ async fn connect(t: &Target) -> std::io::Result<Box<dyn Io>> {
 enum Sender {
     H1(http1::SendRequest<Empty<Bytes>>),
     H2(http2::SendRequest<Empty<Bytes>>),
+    Raw(h1::Conn),
+}
+
+/// A request through one of hyper's clients: the status and the whole body.
+macro_rules! via_hyper {
+    ($tx:expr, $req:expr) => {
+        async {
+            $tx.ready().await?;
+            let resp = $tx.send_request($req).await?;
+            Ok((resp.status(), resp.into_body().collect().await?.to_bytes()))
+        }
+        .await
+    };
 }
 
 impl Sender {
-    async fn send(
+    /// One request and its whole response: the status and, when `keep_body`, the body. An error
+    /// is described as the client saw it, with its causes.
+    async fn exchange(
         &mut self,
-        req: http::Request<Empty<Bytes>>,
-    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
-        match self {
-            Sender::H1(tx) => {
-                tx.ready().await?;
-                tx.send_request(req).await
+        args: &Args,
+        conn: usize,
+        keep_body: bool,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let hyper_response = match self {
+            Sender::Raw(c) => {
+                return match c.exchange(keep_body).await {
+                    Ok(r) => http::StatusCode::from_u16(r.status)
+                        .map(|s| (s, Bytes::from(r.body)))
+                        .map_err(|_| format!("request failed: bad status {}", r.status)),
+                    Err(e) => Err(format!("request failed: {e}")),
+                };
             }
-            Sender::H2(tx) => {
-                tx.ready().await?;
-                tx.send_request(req).await
+            // The two hyper clients share their method names, not a trait.
+            Sender::H1(tx) => via_hyper!(tx, request(args, conn)),
+            Sender::H2(tx) => via_hyper!(tx, request(args, conn)),
+        };
+        hyper_response.map_err(|e: hyper::Error| {
+            // hyper's message names the step ("channel closed": the connection was already
+            // gone, the request not sent); its source names the socket error, if any.
+            let mut kind = format!("request failed: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                kind.push_str(&format!(": {s}"));
+                src = s.source();
             }
-        }
+            kind
+        })
     }
 }
 
-async fn handshake(t: &Target) -> Result<Sender, String> {
+async fn handshake(t: &Target, args: &Args, conn: usize) -> Result<Sender, String> {
     let io = connect(t).await.map_err(|e| format!("connect: {e}"))?;
+    if t.raw {
+        return Ok(Sender::Raw(h1::Conn::new(io, raw_request(args, conn))));
+    }
     if t.h2 {
         let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
@@ -221,6 +268,31 @@ async fn handshake(t: &Target) -> Result<Sender, String> {
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(Sender::H1(tx))
+}
+
+/// The request of connection `conn` (its sticky header names the user), as hyper's client
+/// would write it.
+fn raw_request(args: &Args, conn: usize) -> Vec<u8> {
+    let mut r = format!(
+        "GET {} HTTP/1.1\r\nhost: {}\r\n",
+        args.url.path_and_query().map_or("/", |p| p.as_str()),
+        args.url.authority().expect("host").as_str()
+    )
+    .into_bytes();
+    let mut header = |n: &[u8], v: &[u8]| {
+        r.extend_from_slice(n);
+        r.extend_from_slice(b": ");
+        r.extend_from_slice(v);
+        r.extend_from_slice(b"\r\n");
+    };
+    for (n, v) in &args.headers {
+        header(n.as_str().as_bytes(), v.as_bytes());
+    }
+    if let Some(s) = &args.sticky {
+        header(s.as_str().as_bytes(), format!("user-{conn}").as_bytes());
+    }
+    r.extend_from_slice(b"\r\n");
+    r
 }
 
 fn request(args: &Args, conn: usize) -> http::Request<Empty<Bytes>> {
@@ -287,20 +359,9 @@ enum Outcome {
 }
 
 /// Sends one request.
-async fn one(
-    tx: &mut Sender,
-    req: http::Request<Empty<Bytes>>,
-    counts: &Counts,
-    expect: &[String],
-) -> Outcome {
-    let res = async {
-        let resp = tx.send(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    }
-    .await;
-    match res {
+async fn one(tx: &mut Sender, args: &Args, conn: usize, counts: &Counts) -> Outcome {
+    let expect = &args.expect;
+    match tx.exchange(args, conn, !expect.is_empty()).await {
         Ok((s, body)) if s.is_success() => {
             if expect.is_empty() {
                 counts.ok.fetch_add(1, Relaxed);
@@ -328,16 +389,8 @@ async fn one(
             counts.failed(format!("status {s}"));
             Outcome::Wrong
         }
-        Err(e) => {
+        Err(kind) => {
             counts.errors.fetch_add(1, Relaxed);
-            // hyper's message names the step ("channel closed": the connection was already
-            // gone, the request not sent); its source names the socket error, if any.
-            let mut kind = format!("request failed: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                kind.push_str(&format!(": {s}"));
-                src = s.source();
-            }
             counts.failed(kind);
             Outcome::Broken
         }
@@ -346,9 +399,15 @@ async fn one(
 
 /// A new connection in place of a broken one, retried (1 ms apart, each failure counted) until
 /// one is had or `end` has passed.
-async fn redial(t: &Target, counts: &Counts, end: Instant) -> Option<Sender> {
+async fn redial(
+    t: &Target,
+    args: &Args,
+    conn: usize,
+    counts: &Counts,
+    end: Instant,
+) -> Option<Sender> {
     while Instant::now() < end {
-        match handshake(t).await {
+        match handshake(t, args, conn).await {
             Ok(tx) => return Some(tx),
             Err(e) => {
                 counts.connect_errors.fetch_add(1, Relaxed);
@@ -380,14 +439,14 @@ async fn idle(args: &Args, t: &Target) -> i32 {
     let counts = Counts::new(args);
     let mut held = Vec::with_capacity(args.idle);
     for i in 0..args.idle {
-        let mut tx = match handshake(t).await {
+        let mut tx = match handshake(t, args, i).await {
             Ok(tx) => tx,
             Err(e) => {
                 eprintln!("loadgen: idle connection {i}: {e}");
                 return 1;
             }
         };
-        if one(&mut tx, request(args, i), &counts, &args.expect).await != Outcome::Ok {
+        if one(&mut tx, args, i, &counts).await != Outcome::Ok {
             return 1;
         }
         held.push(tx);
@@ -414,7 +473,7 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
         let mut tx = if args.h2 && shared.len() == args.h2_conns {
             Sender::H2(http2::SendRequest::clone(&shared[c % args.h2_conns]))
         } else {
-            match handshake(&t).await {
+            match handshake(&t, &args, c).await {
                 Ok(tx) => tx,
                 Err(e) => {
                     eprintln!("loadgen: connection {c}: {e}");
@@ -448,11 +507,11 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
                     }
                     now
                 };
-                match one(&mut tx, request(&args, c), &counts, &args.expect).await {
+                match one(&mut tx, &args, c, &counts).await {
                     Outcome::Ok => {}
                     _ if !args.keep_going => break,
                     Outcome::Wrong => continue,
-                    Outcome::Broken => match redial(&t, &counts, end).await {
+                    Outcome::Broken => match redial(&t, &args, c, &counts, end).await {
                         Some(new) => {
                             tx = new;
                             continue;
@@ -470,7 +529,7 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     }
     if args.rate > 0 {
         let rate = args.rate;
-        std::thread::spawn(move || pace(pacer_tx, rate, start, end));
+        tokio::spawn(pace::pace(pacer_tx, rate, start, end));
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     for t in tasks {
@@ -516,36 +575,4 @@ fn own_usage() -> (u64, u64) {
         us(u.ru_utime) + us(u.ru_stime),
         (u.ru_nvcsw + u.ru_nivcsw) as u64,
     )
-}
-
-/// Releases request k at `start + k / rate`, round-robin over the connections.
-fn pace(
-    conns: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
-    rate: u64,
-    start: Instant,
-    end: Instant,
-) {
-    let period = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut k: u64 = 0;
-    loop {
-        let intended = start + period * k as u32;
-        if intended >= end {
-            break;
-        }
-        let now = Instant::now();
-        if intended > now {
-            std::thread::sleep(intended - now);
-        }
-        // Release everything that is due now, then sleep again.
-        let now = Instant::now();
-        loop {
-            let due = start + period * k as u32;
-            if due > now || due >= end {
-                break;
-            }
-            let _ = conns[(k % conns.len() as u64) as usize].send(due);
-            k += 1;
-        }
-    }
-    // Dropping the senders ends every connection's loop.
 }
