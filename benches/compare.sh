@@ -15,7 +15,8 @@
 #            override their paths, e.g. to compare two builds of flipgate)
 #
 # What it measures, per proxy (medians over rounds; warm-up runs are discarded):
-#   - closed loop (wrk -t1): rps and p99 at 32 and 256 connections;
+#   - closed loop (wrk -t1): rps and p99 at 32 and 256 connections, and at 32 how busy each CPU
+#     was (`busy_load`, `busy_proxy`: a proxy whose CPU is not full is bound by the load CPU);
 #   - open loop (examples/loadgen/, latency from the intended send time) at 25/50/75 % of nginx's
 #     32-connection ceiling: p50/p99/p99.9, and the proxy's own CPU time per request (utime+stime
 #     of its processes from /proc);
@@ -50,7 +51,7 @@ while [ $# -gt 0 ]; do
     --secs) SECS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -321,14 +322,24 @@ RES="${OUT:+$OUT.raw.tsv}"; RES="${RES:-$W/results.tsv}"
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$RES"; } # proxy case metric round value
 abort() { echo "compare.sh: ABORT: $*" >&2; exit 1; }
 
-# wrk closed loop: sets RPS P99_US
+cpu_jiffies() { # "busy total" jiffies of one CPU, from /proc/stat
+  awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat
+}
+busy_pct() { # busy0 total0 busy1 total1: percent of the interval the CPU was busy
+  python3 -c "print(round(100 * ($3 - $1) / max(1, $4 - $2), 1))"
+}
+# wrk closed loop: sets RPS P99_US, and LOAD_BUSY PROXY_BUSY (percent of each CPU used during the
+# run: a proxy whose CPU is not full is bound by the load CPU, not by its own cost)
 wrk_run() { # proxy proto path conns secs
-  local out
+  local out lb0 lt0 lb1 lt1 pb0 pt0 pb1 pt1
+  read -r lb0 lt0 < <(cpu_jiffies "$LOAD_CPU"); read -r pb0 pt0 < <(cpu_jiffies "$PROXY_CPU")
   out=$(load wrk -t1 -c"$4" -d"${5}s" --latency -H "x-user-id: user-8841" "$(url_of "$1" "$2" "$3")" 2>&1) || abort "wrk failed for $1: $out"
   if grep -qE "Non-2xx|Socket errors" <<<"$out"; then abort "$1 $2 $3 c$4: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"; fi
   RPS=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
   P99_US=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); print v } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } }' <<<"$out")
   [ -n "$RPS" ] || abort "cannot parse wrk output: $out"
+  read -r lb1 lt1 < <(cpu_jiffies "$LOAD_CPU"); read -r pb1 pt1 < <(cpu_jiffies "$PROXY_CPU")
+  LOAD_BUSY=$(busy_pct "$lb0" "$lt0" "$lb1" "$lt1"); PROXY_BUSY=$(busy_pct "$pb0" "$pt0" "$pb1" "$pt1")
 }
 # h2load closed loop over h2c (proto h2) or h2 over TLS (proto tls): sets RPS
 h2_run() { # proxy conns secs [proto]
@@ -408,6 +419,9 @@ for r in $(seq "$ROUNDS"); do
     for c in 32 256; do
       wrk_run "$p" h1 /12 "$c" "$SECS"
       record "$p" "h1-12B" "rps_c$c" "$r" "$RPS"; record "$p" "h1-12B" "p99_c${c}_us" "$r" "$P99_US"
+      [ "$c" = 32 ] || continue
+      record "$p" "h1-12B" "busy_load_c32" "$r" "$LOAD_BUSY"
+      [ "$p" = direct ] || record "$p" "h1-12B" "busy_proxy_c32" "$r" "$PROXY_BUSY"
     done
     [ "$QUICK" = 1 ] && continue
     wrk_run "$p" h1 /64k 32 "$SECS"
@@ -557,6 +571,7 @@ for case, metric in keys:
     print(f"{case:10} {metric:16} " + " ".join(cells))
 print("latency rows (p50/p99/p999 at N % of nginx's ceiling, µs): direct's absolute value, others as added over direct (ratio to nginx's added)")
 print("cpu_us rows: proxy CPU µs per request; load_cpu_us: load generator + upstream CPU µs per request;")
+print("busy_load/busy_proxy rows: % of the load CPU / of the proxy's CPU in use during the closed-loop run (a proxy whose CPU is not full is bound by the load CPU);")
 print("segs: TCP segments sent on loopback per request; up_conns: connections the proxy opened per run; mem rows: KiB")
 PY
 echo "compare.sh: done; raw results in the table above (work dir removed)" >&2
