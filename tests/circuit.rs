@@ -313,6 +313,20 @@ fn paused_control(dir: &std::path::Path, circuit: &str) -> Arc<Control> {
     Control::new(config, Arc::new(flipgate::observe::metrics::Metrics::new())).unwrap()
 }
 
+/// The circuit the task tests judge: 20 requests in 30 s, trips above 5 % errors.
+const JUDGED: &str = "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n";
+
+/// Starts the circuit task; sending `true` on the returned sender stops it.
+fn spawn_task(
+    control: &Arc<Control>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    (stop, tokio::spawn(circuit::run(control.clone(), rx)))
+}
+
 fn record(control: &Control, target: &str, n: u64, error: bool, latency_ms: u64) {
     let snap = control.snapshots().load_full();
     let t = snap
@@ -366,12 +380,8 @@ async fn errors_age_out_of_the_sliding_window() {
 #[tokio::test(start_paused = true)]
 async fn the_task_trips_on_its_own_within_a_tick() {
     let dir = tempfile::tempdir().unwrap();
-    let control = paused_control(
-        dir.path(),
-        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
-    );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(circuit::run(control.clone(), rx));
+    let control = paused_control(dir.path(), JUDGED);
+    let (stop, task) = spawn_task(&control);
     record(&control, "green", 20, true, 1);
     let start = tokio::time::Instant::now();
     // Virtual time: each sleep auto-advances the paused clock.
@@ -404,12 +414,8 @@ async fn the_task_trips_on_its_own_within_a_tick() {
 #[tokio::test(start_paused = true)]
 async fn errors_are_judged_as_soon_as_recorded_between_ticks() {
     let dir = tempfile::tempdir().unwrap();
-    let control = paused_control(
-        dir.path(),
-        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
-    );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(circuit::run(control.clone(), rx));
+    let control = paused_control(dir.path(), JUDGED);
+    let (stop, task) = spawn_task(&control);
     // Healthy traffic, then the task idles between ticks: half-way to the next one (and 1 ms past
     // a multiple of the old 5 ms poll), record the failures.
     record(&control, "green", 20, false, 1);
@@ -439,13 +445,9 @@ async fn errors_are_judged_as_soon_as_recorded_between_ticks() {
 async fn the_task_waits_while_nothing_is_judged_and_wakes_for_a_new_canary() {
     use flipgate::control::Action;
     let dir = tempfile::tempdir().unwrap();
-    let control = paused_control(
-        dir.path(),
-        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
-    );
+    let control = paused_control(dir.path(), JUDGED);
     control.act("bot", Action::Rollback).unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(circuit::run(control.clone(), rx));
+    let (stop, task) = spawn_task(&control);
     // Nothing is judged: green's errors are not a candidate's.
     record(&control, "green", 20, true, 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -495,10 +497,7 @@ async fn latency_criterion_trips_on_p99() {
 #[tokio::test(start_paused = true)]
 async fn a_trip_racing_an_operator_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let control = paused_control(
-        dir.path(),
-        "window = \"30s\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
-    );
+    let control = paused_control(dir.path(), JUDGED);
     record(&control, "green", 20, true, 1);
     let snap = control.snapshots().load_full();
     let (candidate, trip, kind) = circuit::evaluate(
