@@ -121,7 +121,20 @@ async fn the_api_shows_the_running_evidence() {
     assert!(a["errors"]["worse_at"].as_f64().unwrap() > 2.99);
     assert!(a["errors"]["not_worse_at"].as_f64().unwrap() > 0.69);
     assert!(a["latency"]["worse"].is_number(), "{a}");
-    assert_eq!(a["decision"], "undecided");
+    // Both targets are healthy, so how far the evidence got in 80 requests depends on the split
+    // and on loopback timing; what must hold is that the decision is the one the shown evidence
+    // and bars imply.
+    let at = |kind: &str, side: &str| a[kind][side].as_f64().unwrap();
+    let reached = |kind: &str, side: &str| at(kind, side) >= at(kind, &format!("{side}_at"));
+    let expected = if reached("errors", "worse") || reached("latency", "worse") {
+        "worse"
+    } else if reached("errors", "not_worse") && reached("latency", "not_worse") {
+        "not_worse"
+    } else {
+        "undecided"
+    };
+    assert_eq!(a["decision"], expected, "{a}");
+    assert!(!reached("errors", "worse"), "no request failed: {a}");
     gw.stop().await;
 }
 
