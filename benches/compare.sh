@@ -7,10 +7,12 @@
 #   bash benches/compare.sh --quick    # 1 round, short runs, HTTP/1.1 12 B only: a sanity check
 #   bash benches/compare.sh --tls-only # only the TLS rows (closed loop, open loop at 50 %)
 #   bash benches/compare.sh --tail     # only the open-loop rows at 50 and 75 % (HTTP/1.1, h2c),
-#                                      # 3 rounds, a few minutes: to check a tail change
+#                                      # 3 rounds, about 7 minutes: to check a tail change
 #   bash benches/compare.sh --h2       # only the HTTP/2 closed-loop rows (h2c, h2 over TLS),
 #                                      # 3 rounds, about two minutes: to check an HTTP/2 change
 #   options: --rounds N  --secs S  --out FILE (the results table, also printed)
+#            --slices K  --slice-secs S (the open-loop rows at 25/50/75 %: K slices of S seconds
+#            per proxy and round, taken in turns, default 4 x 1 s; see below)
 #            --no-build (use the binaries already built; FLIPGATE_BIN, LOADGEN_BIN, PIPE_BIN
 #            override their paths, e.g. to compare two builds of flipgate)
 #
@@ -19,7 +21,12 @@
 #     was (`busy_load`, `busy_proxy`: a proxy whose CPU is not full is bound by the load CPU);
 #   - open loop (examples/loadgen/, latency from the intended send time) at 25/50/75 % of nginx's
 #     32-connection ceiling: p50/p99/p99.9, and the proxy's own CPU time per request (utime+stime
-#     of its processes from /proc);
+#     of its processes from /proc). A round of these rows is K short slices per proxy, taken in
+#     turns (A B C D E, A B C D E, ...), whose latencies are pooled before the percentiles are
+#     taken: on a shared VM the proxy's CPU is taken for up to a few ms by work that is no
+#     proxy's (the host's kdamond), and how often drifts within minutes (direct's own p99.9 went
+#     from 0.2 to 2.9 ms between rounds), so one 2 s run per proxy let one stall, or one quiet
+#     spell, set a round's p99.9. nginx is measured twice (`nginx-aa`, an A/A control);
 #   - HTTP/1.1 with 12 B and 64 KiB bodies, TLS (12 B), HTTP/2 cleartext and over TLS (h2load,
 #     12 B, closed loop; open loop for h2c at 50/75 % of nginx's h2c ceiling, 64 request slots
 #     over 4 connections);
@@ -41,17 +48,21 @@ TAIL=0
 H2_ONLY=0
 OUT=""
 BUILD=1
+SLICES=4
+SLICE_SECS=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) QUICK=1; ROUNDS=1; SECS=1 ;;
+    --quick) QUICK=1; ROUNDS=1; SECS=1; SLICES=1 ;;
     --tls-only) TLS_ONLY=1 ;;
     --tail) TAIL=1 ;;
     --h2) H2_ONLY=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --secs) SECS="$2"; shift ;;
+    --slices) SLICES="$2"; shift ;;
+    --slice-secs) SLICE_SECS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -121,6 +132,10 @@ declare -A TLS=([pipe]=19401 [nginx]=19402 [haproxy]=19403 [flipgate]=19404)
 declare -A H2=([pipe]=19201 [nginx]=19202 [haproxy]=19203 [flipgate]=19004)
 ADMIN=19904
 PROXIES=(direct pipe nginx haproxy flipgate)
+# The open-loop rows at 25/50/75 % measure nginx a second time, last in each turn, as `nginx-aa`
+# (an A/A control): its ratio to nginx is what the method reads for two identical proxies, i.e.
+# how far apart a row's ratios can be by chance alone.
+OPEN_PROXIES=("${PROXIES[@]}" nginx-aa)
 
 # A throw-away CA and a server certificate for localhost (rustls refuses a CA as end entity).
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=flipgate bench CA" \
@@ -282,7 +297,7 @@ if ! curl -sfk -o /dev/null "https://127.0.0.1:${TLS[flipgate]}/12" 2>/dev/null;
 fi
 
 pids_of() { # the processes whose CPU and memory count for a proxy
-  case "$1" in
+  case "${1%-aa}" in
     nginx) echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')" ;;
     haproxy) echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')" ;;
     flipgate) echo "$FLIPGATE_PID" ;;
@@ -306,9 +321,10 @@ mem_kib() { # $1 proxy, $2 VmRSS | VmHWM
   echo "$t"
 }
 port_of() { # $1 proxy, $2 proto
-  case "$1:$2" in
+  local p="${1%-aa}"
+  case "$p:$2" in
     direct:h1) echo $UP ;; direct:tls) echo $UP_TLS ;; direct:h2) echo $UP_H2 ;;
-    *:h1) echo "${H1[$1]}" ;; *:tls) echo "${TLS[$1]}" ;; *:h2) echo "${H2[$1]}" ;;
+    *:h1) echo "${H1[$p]}" ;; *:tls) echo "${TLS[$p]}" ;; *:h2) echo "${H2[$p]}" ;;
   esac
 }
 url_of() { # $1 proxy, $2 proto, $3 path
@@ -359,11 +375,13 @@ tcp_stat() { # a counter of the Tcp line in /proc/net/snmp (OutSegs, ActiveOpens
 }
 # loadgen open loop: sets P50 P99 P999 (µs), CPU_US (proxy CPU per request, µs), LOAD_CPU_US (load
 # generator + upstream CPU per request, µs), SEGS (TCP segments per request), UP_CONNS (connections
-# opened other than the generator's own: the proxy's to the upstream)
-open_run() { # proxy proto(h1|tls|h2) path rate secs
+# opened other than the generator's own: the proxy's to the upstream); with a 6th argument, also
+# writes the latency histogram there (loadgen --hist)
+open_run() { # proxy proto(h1|tls|h2) path rate secs [hist-file]
   local extra=() out t0 t1 u0 u1 s0 s1 o0 o1 conns=64
   [ "$2" = tls ] && extra=(--ca "$W/ca.pem")
   [ "$2" = h2 ] && { extra=(--h2 --h2-conns 4); conns=4; }
+  [ -n "${6:-}" ] && extra+=(--hist "$6")
   t0=$(cpu_ticks "$1"); u0=$(awk '{print $14 + $15}' "/proc/$UPSTREAM_PID/stat")
   s0=$(tcp_stat OutSegs); o0=$(tcp_stat ActiveOpens)
   out=$(load "$LOADGEN" --url "$(url_of "$1" "$2" "$3")" --conns 64 --rate "$4" --warmup 0.5 \
@@ -381,6 +399,44 @@ open_run() { # proxy proto(h1|tls|h2) path rate secs
   UP_CONNS=$((o1 - o0 - conns))
 }
 OPEN_METRICS="P50 P99 P999 CPU_US LOAD_CPU_US SEGS UP_CONNS"
+COST_METRICS="CPU_US LOAD_CPU_US SEGS UP_CONNS"
+# Percentiles of every request in the given histogram files (loadgen --hist) pooled: "p50 p99 p999"
+pooled() {
+  python3 - "$@" <<'PY'
+import collections, math, sys
+c = collections.Counter()
+for f in sys.argv[1:]:
+    for line in open(f):
+        v, n = line.split()
+        c[int(v)] += int(n)
+total = sum(c.values())
+def q(p):
+    want, seen = max(1, math.ceil(p * total)), 0
+    for v, n in sorted(c.items()):
+        seen += n
+        if seen >= want:
+            return v
+    return 0
+print(q(0.5), q(0.99), q(0.999))
+PY
+}
+# One round of an open-loop row at pct % for every proxy: SLICES slices of SLICE_SECS each, in
+# turns; cost metrics recorded per slice, latency percentiles of the slices' requests pooled.
+open_row() { # proto(h1|h2) case rate pct round
+  local s p
+  mkdir -p "$W/hist"
+  rm -f "$W/hist/"*
+  for s in $(seq "$SLICES"); do
+    for p in "${OPEN_PROXIES[@]}"; do
+      open_run "$p" "$1" /12 "$3" "$SLICE_SECS" "$W/hist/$p.$s"
+      for m in $COST_METRICS; do record "$p" "$2" "${m,,}_at$4" "$5" "${!m}"; done
+    done
+  done
+  for p in "${OPEN_PROXIES[@]}"; do
+    read -r P50 P99 P999 < <(pooled "$W/hist/$p."*)
+    for m in P50 P99 P999; do record "$p" "$2" "${m,,}_at$4" "$5" "${!m}"; done
+  done
+}
 
 # ---------------------------------------------------------------- runs
 echo "compare.sh: warm-up (discarded)" >&2
@@ -464,15 +520,9 @@ LOADS="25 50 75"
 for r in $(seq "$ROUNDS"); do
   echo "compare.sh: open loop, round $r/$ROUNDS" >&2
   for pct in $LOADS; do
-    for p in "${PROXIES[@]}"; do
-      open_run "$p" h1 /12 $((NGX_H1 * pct / 100)) "$SECS"
-      for m in $OPEN_METRICS; do record "$p" "h1-12B" "${m,,}_at$pct" "$r" "${!m}"; done
-    done
+    open_row h1 h1-12B $((NGX_H1 * pct / 100)) "$pct" "$r"
     [ "$QUICK" = 1 ] || [ "$pct" = 25 ] && continue
-    for p in "${PROXIES[@]}"; do
-      open_run "$p" h2 /12 $((NGX_H2 * pct / 100)) "$SECS"
-      for m in $OPEN_METRICS; do record "$p" "h2c-12B" "${m,,}_at$pct" "$r" "${!m}"; done
-    done
+    open_row h2 h2c-12B $((NGX_H2 * pct / 100)) "$pct" "$r"
   done
   [ "$QUICK" = 1 ] || [ "$TAIL" = 1 ] && continue
   ngx64=$(ceiling nginx h1-64KiB)
@@ -539,7 +589,7 @@ for line in open(sys.argv[1]):
     if v != "":
         rows[(p, case, metric)].append(float(v))
 med = {k: statistics.median(v) for k, v in rows.items()}
-proxies = ["direct", "pipe", "nginx", "haproxy", "flipgate"]
+proxies = ["direct", "pipe", "nginx", "haproxy", "flipgate", "nginx-aa"]
 def fmt(v):
     return "-" if v is None else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
 def ratio(a, b):
@@ -572,6 +622,7 @@ for case, metric in keys:
 print("latency rows (p50/p99/p999 at N % of nginx's ceiling, µs): direct's absolute value, others as added over direct (ratio to nginx's added)")
 print("cpu_us rows: proxy CPU µs per request; load_cpu_us: load generator + upstream CPU µs per request;")
 print("busy_load/busy_proxy rows: % of the load CPU / of the proxy's CPU in use during the closed-loop run (a proxy whose CPU is not full is bound by the load CPU);")
+print("nginx-aa: nginx measured again, last in each turn of the open-loop rows (A/A control: its ratio to nginx is the method's own spread)")
 print("segs: TCP segments sent on loopback per request; up_conns: connections the proxy opened per run; mem rows: KiB")
 PY
 echo "compare.sh: done; raw results in the table above (work dir removed)" >&2

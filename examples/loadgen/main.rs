@@ -31,6 +31,10 @@
 //! request slots then share `--h2-conns` connections (default 4), so each connection carries many
 //! concurrent streams, as browsers and gRPC clients do.
 //!
+//! `--hist FILE` also writes the measured latencies to FILE, one `value_us count` line per
+//! recorded histogram bucket, so a script can pool several runs (slices taken in turns with other
+//! proxies) and take percentiles of all their requests together.
+//!
 //! The summary line also has `cpu_us` and `csw`, the generator's own CPU time (user + system) and
 //! context switches over the whole run, so the script can tell how much of the load CPU a proxy's
 //! way of answering costs.
@@ -68,13 +72,14 @@ struct Args {
     expect: Vec<String>,
     h2: bool,
     h2_conns: usize,
+    hist: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen --url URL [--conns N] [--rate RPS (0 = closed loop)] [--duration SECS] \
          [--warmup SECS] [--header 'name: value']... [--sticky-header NAME] [--ca PEM] [--idle N] \
-         [--keep-going] [--expect-body A,B,...] [--h2] [--h2-conns N]"
+         [--keep-going] [--expect-body A,B,...] [--h2] [--h2-conns N] [--hist FILE]"
     );
     std::process::exit(2)
 }
@@ -94,6 +99,7 @@ fn parse_args() -> Args {
         expect: Vec::new(),
         h2: false,
         h2_conns: 4,
+        hist: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -115,6 +121,7 @@ fn parse_args() -> Args {
             "--warmup" => a.warmup = secs(&v),
             "--sticky-header" => a.sticky = Some(v.parse().unwrap_or_else(|_| usage())),
             "--ca" => a.ca = Some(v),
+            "--hist" => a.hist = Some(v),
             "--h2-conns" => a.h2_conns = v.parse().unwrap_or_else(|_| usage()),
             "--idle" => a.idle = v.parse().unwrap_or_else(|_| usage()),
             "--expect-body" => a.expect = v.split(',').map(str::to_string).collect(),
@@ -535,6 +542,16 @@ async fn run(args: Arc<Args>, t: Arc<Target>) -> i32 {
     for t in tasks {
         if let Ok(h) = t.await {
             total.add(h).expect("same bounds");
+        }
+    }
+    if let Some(path) = &args.hist {
+        let lines: String = total
+            .iter_recorded()
+            .map(|v| format!("{} {}\n", v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("loadgen: cannot write {path}: {e}");
+            return 1;
         }
     }
     let errors = counts.errors.load(Relaxed);
