@@ -3,11 +3,11 @@
 # measured in turns (A B C D E, A B C D E, ...) on loopback, with the proxy under test alone on
 # one CPU and the load generator + upstream on another.
 #
-#   bash benches/compare.sh            # default run, 3 rounds, well under 10 minutes
+#   bash benches/compare.sh            # default run, 3 rounds, about 20 minutes
 #   bash benches/compare.sh --quick    # 1 round, short runs, HTTP/1.1 12 B only: a sanity check
 #   bash benches/compare.sh --tls-only # only the TLS rows (closed loop, open loop at 50 %)
 #   bash benches/compare.sh --tail     # only the open-loop rows at 50 and 75 % (HTTP/1.1, h2c),
-#                                      # 3 rounds, about 7 minutes: to check a tail change
+#                                      # 3 rounds, about 11 minutes: to check a tail change
 #   bash benches/compare.sh --h2       # only the HTTP/2 closed-loop rows (h2c, h2 over TLS),
 #                                      # 3 rounds, about two minutes: to check an HTTP/2 change
 #   options: --rounds N  --secs S  --out FILE (the results table, also printed)
